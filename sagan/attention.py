@@ -1,0 +1,66 @@
+"""The SAGAN self-attention block (Zhang et al. 2018, section 3).
+
+Two variants:
+
+* ``official`` (default), as in the authors' TensorFlow code (``sn_non_local_block_sim``):
+  query and key projections to C/8, value to C/2, keys and values 2x2 max-pooled so
+  each of the N positions attends over N/4, output 1x1 conv C/2 -> C.
+* ``paper``, as the paper's text describes it: value and output through C/8, no pooling.
+
+Both use ``y = x + gamma * o`` with ``gamma`` a learnable scalar initialised to 0, no
+biases, and an *unscaled* softmax over keys (the official code does not divide the
+logits by sqrt(d)). The weighted sum is computed by
+``torch.nn.functional.scaled_dot_product_attention`` with ``scale=1``, so a fused
+kernel can avoid materialising the B x N x N/4 attention matrix on GPU.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from sagan.layers import Layers
+
+
+class SelfAttention(nn.Module):
+    """Self-attention over the positions of a C x H x W feature map.
+
+    Args:
+        ch: channels C of the input (at least 8).
+        layers: the network's layer constructors (spectral norm, init).
+        variant: ``"official"`` or ``"paper"``.
+    """
+
+    def __init__(self, ch: int, layers: Layers, variant: str = "official"):
+        super().__init__()
+        if ch < 8:
+            raise ValueError(f"self-attention needs at least 8 channels, got {ch}")
+        self.variant = variant
+        self.pool = variant == "official"
+        qk = ch // 8
+        v = ch // 2 if variant == "official" else ch // 8
+        self.query = layers.conv(ch, qk, 1, bias=False)
+        self.key = layers.conv(ch, qk, 1, bias=False)
+        self.value = layers.conv(ch, v, 1, bias=False)
+        self.out = layers.conv(v, ch, 1, bias=False)
+        self.gamma = nn.Parameter(torch.zeros(()))
+
+    def attend(self, x: torch.Tensor) -> torch.Tensor:
+        """The attention output ``o`` before the output conv: [B, C_v, H, W]."""
+        b, _, h, w = x.shape
+        q = self.query(x)
+        k = self.key(x)
+        v = self.value(x)
+        if self.pool:
+            k = F.max_pool2d(k, 2)
+            v = F.max_pool2d(v, 2)
+        # [B, C', H, W] -> [B, 1 head, positions, C']
+        q = q.flatten(2).transpose(1, 2).unsqueeze(1)
+        k = k.flatten(2).transpose(1, 2).unsqueeze(1)
+        v = v.flatten(2).transpose(1, 2).unsqueeze(1)
+        o = F.scaled_dot_product_attention(q, k, v, scale=1.0)
+        return o.squeeze(1).transpose(1, 2).reshape(b, -1, h, w)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        return x + self.gamma * self.out(self.attend(x))

@@ -1,0 +1,131 @@
+"""Crash-safe checkpoints: atomic writes, newest-valid loading, full RNG state.
+
+A checkpoint is ``RUN_DIR/checkpoints/ckpt-<step:09d>.pt``. It is written to a
+temporary file in the same directory, fsynced, then renamed over its final name, so a
+kill at any moment leaves either the old set or the new set, never half a file
+under a final name. Loading uses ``weights_only=True``: everything saved is tensors
+and plain Python containers.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+_NAME = re.compile(r"^ckpt-(\d{9})\.pt$")
+
+
+def ckpt_dir(run_dir: Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
+    """``(step, path)`` for every checkpoint file, newest first."""
+    d = ckpt_dir(run_dir)
+    if not d.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in d.iterdir() if (m := _NAME.match(p.name))]
+    return sorted(found, reverse=True)
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, write) -> None:
+    """Call ``write(file)`` on a temp file beside ``path``, fsync, rename over ``path``."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, lambda f: f.write(text.encode()))
+
+
+def save_checkpoint(run_dir: Path, step: int, state: dict[str, Any], keep: int = 2) -> Path:
+    """Write ``state`` as the checkpoint of ``step`` and delete all but the ``keep`` newest."""
+    d = ckpt_dir(run_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    for stale in d.glob(".ckpt-*.tmp*"):  # left by a kill during an earlier write
+        stale.unlink(missing_ok=True)
+    path = d / f"ckpt-{step:09d}.pt"
+    atomic_write_bytes(path, lambda f: torch.save(state, f))
+    for _, old in list_checkpoints(run_dir)[keep:]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def load_latest(run_dir: Path, map_location: str | torch.device = "cpu") -> tuple[dict[str, Any], Path] | None:
+    """The newest checkpoint that loads; a corrupt one is reported and skipped.
+
+    Returns ``None`` when the run has no checkpoint at all.
+
+    Raises:
+        RuntimeError: when checkpoints exist but none of them loads.
+    """
+    found = list_checkpoints(run_dir)
+    errors = []
+    for _, path in found:
+        try:
+            state = load_checkpoint(path, map_location)
+            if "step" not in state:
+                raise ValueError("no 'step' entry")
+            return state, path
+        except Exception as e:  # noqa: BLE001 - any failure to load means "not usable"
+            log.warning("checkpoint %s is unreadable (%s: %s); trying the previous one", path, type(e).__name__, e)
+            errors.append(f"{path.name}: {type(e).__name__}: {e}")
+    if found:
+        raise RuntimeError(f"no readable checkpoint in {ckpt_dir(run_dir)}:\n  " + "\n  ".join(errors))
+    return None
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG this process draws from, in a form ``weights_only`` loading accepts."""
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
+        "python": {"version": py_state[0], "state": list(py_state[1]), "gauss": py_state[2]},
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

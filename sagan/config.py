@@ -1,0 +1,306 @@
+"""The training configuration: one pydantic model, loaded from YAML plus overrides.
+
+Defaults follow the authors' official TensorFlow code (see ``shared/reference``);
+where the paper's text differs, the paper's version is an option. Unknown keys and
+wrong types are rejected with the key's full dotted path.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from sagan.arch import ARCHS, attention_sizes
+
+
+class YamlLoader(yaml.SafeLoader):
+    """SafeLoader that reads ``1e-4`` as a float (PyYAML follows YAML 1.1, which
+    needs ``1.0e-4``; researchers write learning rates the short way)."""
+
+
+YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def yaml_load(text: str):
+    return yaml.load(text, Loader=YamlLoader)  # noqa: S506 - a SafeLoader subclass
+
+
+class ConfigError(ValueError):
+    """A configuration problem, phrased for a person: what, where, what to do."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+DEFAULT_ATTENTION = {32: (16,), 64: (32,), 128: (32,)}
+
+
+class SyntheticConfig(_Strict):
+    n_images: int = Field(8192, ge=16)
+    n_classes: int = Field(4, ge=1, le=8)
+    seed: int = 0
+
+
+class DataConfig(_Strict):
+    name: Literal["synthetic", "cifar10", "imagefolder"]
+    root: str = "data"
+    resolution: Literal[32, 64, 128] = 128
+    conditional: bool = True
+    num_workers: int = Field(0, ge=0)
+    synthetic: SyntheticConfig = SyntheticConfig()
+
+
+class ModelConfig(_Strict):
+    ch: int = Field(64, ge=8)
+    z_dim: int = Field(128, ge=1)
+    # Feature-map sizes holding attention; null = the default placement for the
+    # resolution: feat32 at 64/128 (the official code), feat16 at 32 (StudioGAN's CIFAR).
+    attn_g: list[int] | None = None
+    attn_d: list[int] | None = None
+    attn_block: Literal["attention", "residual"] = "attention"
+    # official: f, g C/8, h C/2, 2x2 max-pooled keys and values; paper: h C/8, no pooling.
+    attention_variant: Literal["official", "paper"] = "official"
+    sn_g: bool = True
+    sn_d: bool = True
+    init: Literal["xavier", "ortho"] = "xavier"
+
+
+class TrainConfig(_Strict):
+    steps: int = Field(1_000_000, ge=1, description="generator steps")
+    batch_size: int = Field(256, ge=1)
+    lr_g: float = Field(1e-4, gt=0)
+    lr_d: float = Field(4e-4, gt=0)
+    # The official code leaves beta2 at TensorFlow's 0.999; the paper says 0.9.
+    betas: tuple[float, float] = (0.0, 0.999)
+    n_dis: int = Field(1, ge=1)
+    loss: Literal["hinge"] = "hinge"
+    ema: float | None = Field(None, gt=0, lt=1)
+    ema_start: int = Field(0, ge=0)
+    seed: int = 0
+    amp: bool = False  # bf16 autocast, CUDA only
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    channels_last: bool = True  # CUDA only
+    ckpt_every: int = Field(1000, ge=1)
+    ckpt_keep: int = Field(2, ge=1)
+    log_every: int = Field(100, ge=1)
+    sample_every: int = Field(1000, ge=1)
+    n_samples: int = Field(64, ge=1)
+    tensorboard: bool = False
+
+
+class ReferenceConfig(_Strict):
+    split: Literal["train", "test"] = "train"
+    n: int | None = Field(None, ge=2, description="real images; null = the whole split")
+
+
+class EvalConfig(_Strict):
+    every: int | None = Field(None, ge=1, description="G steps; null = only at the end")
+    at_end: bool = True
+    n_samples: int = Field(50_000, ge=2)
+    metrics: list[Literal["fid", "is", "kid", "prc", "consistency"]] = ["fid", "is"]
+    reference: ReferenceConfig = ReferenceConfig()
+    seed: int = 0
+    batch_size: int = Field(100, ge=1)
+    use_ema: bool = True
+    g_mode: Literal["eval", "train"] = "eval"
+    inception_weights: str | None = None
+    cache_dir: str | None = None
+
+
+class Config(_Strict):
+    data: DataConfig
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+
+    @model_validator(mode="after")
+    def _check_placement(self) -> Config:
+        res = self.data.resolution
+        for net in ("g", "d"):
+            key = f"attn_{net}"
+            if getattr(self.model, key) is None:
+                setattr(self.model, key, list(DEFAULT_ATTENTION[res]))
+            sizes = getattr(self.model, key)
+            allowed = attention_sizes(res, net)
+            for s in sizes:
+                if s not in allowed:
+                    raise ValueError(
+                        f"model.{key}: {s} is not a feature-map size at resolution {res} "
+                        f"({net.upper()} can hold attention at {', '.join(map(str, allowed))})"
+                    )
+            if len(set(sizes)) != len(sizes):
+                raise ValueError(f"model.{key}: {sizes} lists a size twice")
+        if self.data.name == "cifar10" and res != 32:
+            raise ValueError(f"data.resolution: cifar10 images are 32x32, got {res}")
+        return self
+
+
+# Keys whose change does not alter anything computed so far: a run may be resumed
+# with a different value (extend a run, log more often, move it to another device).
+RESUME_SAFE = (
+    "train.steps",
+    "train.log_every",
+    "train.sample_every",
+    "train.ckpt_every",
+    "train.ckpt_keep",
+    "train.n_samples",
+    "train.tensorboard",
+    "train.device",
+    "data.root",
+    "data.num_workers",
+    "eval.",
+)
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{'a': {'b': 1}} -> {'a.b': 1}``; lists stay values."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def set_dotted(d: dict[str, Any], key: str, value: Any) -> None:
+    """Set ``d['a']['b'] = value`` for ``key='a.b'``, creating dicts on the way."""
+    parts = key.split(".")
+    for p in parts[:-1]:
+        nxt = d.setdefault(p, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"{key}: '{p}' is a value, not a section")
+        d = nxt
+    d[parts[-1]] = value
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """Parse ``key=value`` strings; values are YAML (``[8,16]``, ``null``, ``1e-4``)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override '{item}': expected key=value, e.g. train.steps=100")
+        try:
+            out[key.strip()] = yaml_load(raw)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override '{item}': value is not valid YAML ({e})") from None
+    return out
+
+
+def describe_errors(err: ValidationError, where: str = "") -> str:
+    """One line per problem: ``where: dotted.key: message``."""
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"])
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif e["type"] == "missing":
+            msg = "required key is missing"
+        elif msg.startswith("Value error, "):
+            msg = msg[len("Value error, ") :]
+        if not loc and msg.startswith("model."):
+            lines.append(f"{where}{msg}")
+        else:
+            lines.append(f"{where}{loc}: {msg}" if loc else f"{where}{msg}")
+    return "\n".join(lines)
+
+
+def build_config(raw: dict[str, Any], overrides: dict[str, Any] | None = None, where: str = "") -> Config:
+    """Validate a raw dict (plus dotted overrides) into a :class:`Config`.
+
+    Raises:
+        ConfigError: naming every bad key by its full dotted path.
+    """
+    raw = _deepcopy(raw)
+    for key, value in (overrides or {}).items():
+        set_dotted(raw, key, value)
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(describe_errors(e, f"{where}: " if where else "")) from None
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file")
+    try:
+        data = yaml_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections (data, model, train, eval)")
+    return data
+
+
+def load_config(path: str | Path, overrides: list[str] | dict[str, Any] | None = None) -> Config:
+    """Load a YAML config file and apply ``key=value`` overrides."""
+    if isinstance(overrides, list):
+        overrides = parse_overrides(overrides)
+    return build_config(load_yaml(path), overrides, where=str(path))
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    return cfg.model_dump(mode="json")
+
+
+def to_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def resume_conflicts(saved: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Dotted keys that differ between two config dicts and matter for resuming."""
+    a, b = flatten(saved), flatten(new)
+    keys = sorted(set(a) | set(b))
+    return [
+        k
+        for k in keys
+        if a.get(k) != b.get(k) and not any(k == s or (s.endswith(".") and k.startswith(s)) for s in RESUME_SAFE)
+    ]
+
+
+def _deepcopy(d: Any) -> Any:
+    if isinstance(d, dict):
+        return {k: _deepcopy(v) for k, v in d.items()}
+    if isinstance(d, list):
+        return [_deepcopy(v) for v in d]
+    return d
+
+
+__all__ = [
+    "ARCHS",
+    "Config",
+    "ConfigError",
+    "DataConfig",
+    "EvalConfig",
+    "ModelConfig",
+    "TrainConfig",
+    "build_config",
+    "flatten",
+    "load_config",
+    "parse_overrides",
+    "resume_conflicts",
+    "to_dict",
+    "to_yaml",
+]

@@ -1,0 +1,172 @@
+"""SAGAN generator and discriminator (ResNet style, 32/64/128).
+
+Layouts are in :mod:`sagan.arch`. The blocks follow the official TensorFlow code:
+
+* G block: CBN, ReLU, nearest x2 upsample, conv3x3, CBN, ReLU, conv3x3; shortcut
+  upsample + conv1x1.
+* D block: ReLU, conv3x3, ReLU, conv3x3, 2x2 average pool; shortcut conv1x1 + pool.
+  The first D block is the "optimized" one (no ReLU before its first conv, pool
+  before the shortcut conv).
+* G ends with BN, ReLU, conv3x3, tanh; D with ReLU, global *sum* pool, linear, plus
+  the projection term <embed(y), h> when conditional (Miyato & Koyama 2018).
+
+An attention block (or, for the paper's control arm, a plain residual block that
+keeps the shape) goes after the first block that outputs a map of each requested
+size.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from sagan.arch import ARCHS
+from sagan.attention import SelfAttention
+from sagan.config import ModelConfig
+from sagan.layers import CondBatchNorm2d, Layers
+
+
+class GBlock(nn.Module):
+    def __init__(self, in_ch: int, out_ch: int, upsample: bool, layers: Layers, num_classes: int):
+        super().__init__()
+        self.upsample = upsample
+        self.bn1 = CondBatchNorm2d(in_ch, num_classes)
+        self.conv1 = layers.conv(in_ch, out_ch, 3)
+        self.bn2 = CondBatchNorm2d(out_ch, num_classes)
+        self.conv2 = layers.conv(out_ch, out_ch, 3)
+        self.shortcut = layers.conv(in_ch, out_ch, 1) if (upsample or in_ch != out_ch) else None
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        h = F.relu(self.bn1(x, y))
+        if self.upsample:
+            h = F.interpolate(h, scale_factor=2, mode="nearest")
+            x = F.interpolate(x, scale_factor=2, mode="nearest")
+        h = self.conv2(F.relu(self.bn2(self.conv1(h), y)))
+        if self.shortcut is not None:
+            x = self.shortcut(x)
+        return x + h
+
+
+class DBlock(nn.Module):
+    def __init__(self, in_ch: int, out_ch: int, downsample: bool, layers: Layers, optimized: bool = False):
+        super().__init__()
+        self.downsample = downsample
+        self.optimized = optimized
+        self.conv1 = layers.conv(in_ch, out_ch, 3)
+        self.conv2 = layers.conv(out_ch, out_ch, 3)
+        self.shortcut = layers.conv(in_ch, out_ch, 1) if (downsample or in_ch != out_ch) else None
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        h = x if self.optimized else F.relu(x)
+        h = self.conv2(F.relu(self.conv1(h)))
+        if self.downsample:
+            h = F.avg_pool2d(h, 2)
+        if self.optimized:
+            # The optimized block pools the input before its shortcut conv.
+            x = self.shortcut(F.avg_pool2d(x, 2) if self.downsample else x)
+        elif self.shortcut is not None:
+            x = self.shortcut(x)
+            if self.downsample:
+                x = F.avg_pool2d(x, 2)
+        return x + h
+
+
+def _extra_block(kind: str, ch: int, layers: Layers, variant: str, make_residual) -> nn.Module:
+    if kind == "attention":
+        return SelfAttention(ch, layers, variant)
+    return make_residual()
+
+
+class Generator(nn.Module):
+    """SAGAN generator: ``G(z, y) -> images in [-1, 1]``, [B, 3, R, R].
+
+    Attributes:
+        z_dim, num_classes (0 = unconditional), resolution.
+    """
+
+    def __init__(self, cfg: ModelConfig, resolution: int, num_classes: int):
+        super().__init__()
+        arch = ARCHS[resolution]
+        ch = cfg.ch
+        self.z_dim = cfg.z_dim
+        self.num_classes = num_classes
+        self.resolution = resolution
+        self.base = arch.base
+        layers = Layers(cfg.sn_g, cfg.init)
+        first = arch.g_blocks[0].in_mult * ch
+        self.first_ch = first
+        self.linear = layers.linear(cfg.z_dim, arch.base * arch.base * first)
+        blocks: list[nn.Module] = []
+        placed: set[int] = set()
+        for b in arch.g_blocks:
+            blocks.append(GBlock(b.in_mult * ch, b.out_mult * ch, b.resample, layers, num_classes))
+            if b.size in cfg.attn_g and b.size not in placed:
+                placed.add(b.size)
+                c = b.out_mult * ch
+                blocks.append(
+                    _extra_block(
+                        cfg.attn_block, c, layers, cfg.attention_variant,
+                        lambda c=c: GBlock(c, c, False, layers, num_classes),
+                    )
+                )
+        self.blocks = nn.ModuleList(blocks)
+        last = arch.g_blocks[-1].out_mult * ch
+        self.bn = nn.BatchNorm2d(last)
+        self.conv_out = layers.conv(last, 3, 3)
+
+    def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        y = y if self.num_classes > 0 else None
+        h = self.linear(z).view(z.shape[0], self.first_ch, self.base, self.base)
+        for block in self.blocks:
+            h = block(h, y)
+        return torch.tanh(self.conv_out(F.relu(self.bn(h))))
+
+
+class Discriminator(nn.Module):
+    """SAGAN discriminator with projection: ``D(x, y) -> logits [B]``."""
+
+    def __init__(self, cfg: ModelConfig, resolution: int, num_classes: int):
+        super().__init__()
+        arch = ARCHS[resolution]
+        ch = cfg.ch
+        self.num_classes = num_classes
+        layers = Layers(cfg.sn_d, cfg.init)
+        blocks: list[nn.Module] = []
+        placed: set[int] = set()
+        for i, b in enumerate(arch.d_blocks):
+            in_ch = 3 if b.in_mult == 0 else b.in_mult * ch
+            blocks.append(DBlock(in_ch, b.out_mult * ch, b.resample, layers, optimized=i == 0))
+            if b.size in cfg.attn_d and b.size not in placed:
+                placed.add(b.size)
+                c = b.out_mult * ch
+                blocks.append(
+                    _extra_block(
+                        cfg.attn_block, c, layers, cfg.attention_variant,
+                        lambda c=c: DBlock(c, c, False, layers),
+                    )
+                )
+        self.blocks = nn.ModuleList(blocks)
+        last = arch.d_blocks[-1].out_mult * ch
+        self.linear = layers.linear(last, 1)
+        self.embed = layers.embedding(num_classes, last) if num_classes > 0 else None
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        h = x
+        for block in self.blocks:
+            h = block(h)
+        h = F.relu(h).sum(dim=(2, 3))
+        out = self.linear(h).squeeze(1)
+        if self.embed is not None:
+            out = out + (self.embed(y) * h).sum(dim=1)
+        return out
+
+
+def attention_gammas(module: nn.Module) -> dict[str, float]:
+    """``{'blocks.3': gamma, ...}`` for every attention block (one host sync each)."""
+    return {name: float(m.gamma.detach()) for name, m in module.named_modules() if isinstance(m, SelfAttention)}
+
+
+def build_models(cfg: ModelConfig, resolution: int, num_classes: int) -> tuple[Generator, Discriminator]:
+    """G and D for a model config. ``num_classes == 0`` builds unconditional models."""
+    return Generator(cfg, resolution, num_classes), Discriminator(cfg, resolution, num_classes)

@@ -1,0 +1,86 @@
+"""The files of one run directory and how they are written.
+
+``RUN_DIR/`` holds ``config.yaml`` (the resolved config), ``status.json`` (state,
+step, attempts, best and final metrics), ``metrics.jsonl`` (one line per logged
+step), ``eval.jsonl`` (one record per evaluation, with its protocol), ``samples/``
+and ``checkpoints/``. This is the contract the ablation store and the reports read.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from sagan.checkpoint import atomic_write_text
+
+STATES = ("pending", "running", "interrupted", "done", "failed", "diverged")
+FINAL_STATES = ("done", "diverged")
+
+
+def now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def read_status(run_dir: Path) -> dict[str, Any]:
+    """The run's status; ``{'state': 'pending', ...}`` for a run never started."""
+    path = Path(run_dir) / "status.json"
+    if not path.is_file():
+        return {"state": "pending", "step": 0, "attempts": 0}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        # Written atomically, so this only happens if someone edited it by hand.
+        return {"state": "failed", "step": 0, "attempts": 0, "error": f"{path} is not valid JSON"}
+
+
+def write_status(run_dir: Path, status: dict[str, Any]) -> None:
+    status = dict(status, updated=now(), host=socket.gethostname())
+    atomic_write_text(Path(run_dir) / "status.json", json.dumps(status, indent=2) + "\n")
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Records of a JSON-lines file; a torn last line (killed mid-write) is dropped."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out
+
+
+def append_jsonl(path: Path, record: dict[str, Any]) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+
+
+def truncate_jsonl(path: Path, max_step: int) -> None:
+    """Drop records past ``max_step``: they are recomputed after a resume."""
+    path = Path(path)
+    if path.is_file():
+        keep = [r for r in read_jsonl(path) if r.get("step", 0) <= max_step]
+        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in keep))
+
+
+# Direction of each metric: True when larger is better.
+HIGHER_IS_BETTER = {"fid": False, "kid_mean": False, "is_mean": True, "precision": True, "recall": True, "consistency": True}
+
+
+def update_best(status: dict[str, Any], record: dict[str, Any]) -> None:
+    """Track, in ``status``, the best value of each metric over training and the latest."""
+    best = status.setdefault("best", {})
+    for name, value in record["metrics"].items():
+        if name not in HIGHER_IS_BETTER or value is None:
+            continue
+        old = best.get(name)
+        higher = HIGHER_IS_BETTER[name]
+        if old is None or (value > old["value"] if higher else value < old["value"]):
+            best[name] = {"value": value, "step": record["step"]}
+    status["latest"] = {"step": record["step"], "metrics": record["metrics"]}

@@ -1,0 +1,163 @@
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sagan.arch import ARCHS, attention_sizes
+from sagan.attention import SelfAttention
+from sagan.config import ModelConfig
+from sagan.layers import Layers, count_spectral_norm
+from sagan.losses import hinge_d, hinge_g
+from sagan.models import Discriminator, Generator, build_models
+
+
+def _reference_attention(m: SelfAttention, x: torch.Tensor) -> torch.Tensor:
+    """The official code's maths written out with an explicit softmax matrix."""
+    b, c, h, w = x.shape
+    q = m.query(x).flatten(2)  # B, C/8, N
+    k = m.key(x)
+    v = m.value(x)
+    if m.pool:
+        k, v = F.max_pool2d(k, 2), F.max_pool2d(v, 2)
+    k, v = k.flatten(2), v.flatten(2)  # B, C', M
+    beta = torch.softmax(q.transpose(1, 2) @ k, dim=-1)  # B, N, M (no 1/sqrt(d))
+    o = (beta @ v.transpose(1, 2)).transpose(1, 2).reshape(b, -1, h, w)
+    return x + m.gamma * m.out(o)
+
+
+@pytest.mark.parametrize("variant", ["official", "paper"])
+def test_attention_with_gamma_zero_is_identity(variant):
+    torch.manual_seed(0)
+    m = SelfAttention(32, Layers(sn=True, init="xavier"), variant)
+    x = torch.randn(2, 32, 8, 8)
+    assert m.gamma.item() == 0.0
+    assert torch.equal(m(x), x)
+
+
+@pytest.mark.parametrize("variant", ["official", "paper"])
+def test_attention_matches_explicit_softmax(variant):
+    torch.manual_seed(0)
+    m = SelfAttention(32, Layers(sn=False, init="xavier"), variant)
+    with torch.no_grad():
+        m.gamma.fill_(0.7)
+    x = torch.randn(3, 32, 8, 8)
+    torch.testing.assert_close(m(x), _reference_attention(m, x), rtol=1e-5, atol=1e-5)
+
+
+def test_attention_widths_follow_variant():
+    official = SelfAttention(64, Layers(False, "xavier"), "official")
+    paper = SelfAttention(64, Layers(False, "xavier"), "paper")
+    assert official.query.out_channels == official.key.out_channels == 8
+    assert official.value.out_channels == 32 and official.out.in_channels == 32
+    assert paper.value.out_channels == 8 and paper.out.in_channels == 8
+    assert all(conv.bias is None for conv in (official.query, official.key, official.value, official.out))
+
+
+def _placements(res):
+    for net in ("g", "d"):
+        sizes = attention_sizes(res, net)
+        yield from ((net, list(c)) for n in range(len(sizes) + 1) for c in itertools.combinations(sizes, n))
+
+
+@pytest.mark.parametrize("res", [32, 64, 128])
+def test_output_shapes_for_every_placement(res):
+    torch.manual_seed(0)
+    z = torch.randn(2, 16)
+    y = torch.tensor([0, 2])
+    for net, sizes in _placements(res):
+        for block in ("attention", "residual"):
+            cfg = ModelConfig(ch=8, z_dim=16, attn_g=sizes if net == "g" else [], attn_d=sizes if net == "d" else [], attn_block=block)
+            if net == "g":
+                G = Generator(cfg, res, num_classes=3)
+                out = G(z, y)
+                assert out.shape == (2, 3, res, res)
+                assert out.abs().max() <= 1
+            else:
+                D = Discriminator(cfg, res, num_classes=3)
+                assert D(torch.randn(2, 3, res, res), y).shape == (2,)
+
+
+def test_attention_sits_on_the_named_feature_map():
+    seen = {}
+
+    def hook(name):
+        def record(module, inputs, output):
+            seen[name] = inputs[0].shape[-1]
+
+        return record
+
+    cfg = ModelConfig(ch=8, z_dim=16, attn_g=[16, 64], attn_d=[32])
+    G, D = build_models(cfg, 128, 0)
+    for net, model in (("G", G), ("D", D)):
+        for name, m in model.named_modules():
+            if isinstance(m, SelfAttention):
+                m.register_forward_hook(hook(net + name))
+    D(G(torch.randn(2, 16)))
+    assert sorted(seen.values()) == [16, 32, 64]
+
+
+def test_residual_arm_has_no_attention_but_same_placement():
+    cfg = ModelConfig(ch=8, attn_g=[16], attn_d=[16], attn_block="residual")
+    G, D = build_models(cfg, 32, 0)
+    assert not any(isinstance(m, SelfAttention) for m in [*G.modules(), *D.modules()])
+    plain_g, plain_d = build_models(ModelConfig(ch=8, attn_g=[], attn_d=[]), 32, 0)
+    assert len(G.blocks) == len(plain_g.blocks) + 1
+    assert len(D.blocks) == len(plain_d.blocks) + 1
+
+
+# Hand counts at 32x32, attention at 16 in both, conditional:
+# G: linear + 3 up-blocks x (2 convs + shortcut) + 4 attention convs + output conv = 15
+# D: optimized (2 + shortcut) + down block (2 + shortcut) + 2 plain blocks x 2
+#    + 4 attention convs + linear + projection embedding = 16
+@pytest.mark.parametrize(
+    "sn_g,sn_d,expected",
+    [(False, True, (0, 16)), (True, True, (15, 16)), (False, False, (0, 0))],
+)
+def test_number_of_spectrally_normalised_layers(sn_g, sn_d, expected):
+    cfg = ModelConfig(ch=8, attn_g=[16], attn_d=[16], sn_g=sn_g, sn_d=sn_d)
+    G, D = build_models(cfg, 32, 10)
+    assert (count_spectral_norm(G), count_spectral_norm(D)) == expected
+
+
+def test_conditional_batchnorm_is_not_spectrally_normalised():
+    cfg = ModelConfig(ch=8, attn_g=[], attn_d=[])
+    G, _ = build_models(cfg, 32, 10)
+    assert G.blocks[0].bn1.gain.weight.shape == (10, 32)
+    assert torch.equal(G.blocks[0].bn1.gain.weight, torch.ones(10, 32))
+
+
+def test_one_power_iteration_per_training_forward():
+    cfg = ModelConfig(ch=8, attn_g=[], attn_d=[])
+    _, D = build_models(cfg, 32, 0)
+    u = D.blocks[1].conv1.parametrizations.weight[0]._u
+    before = u.clone()
+    D.eval()(torch.randn(2, 3, 32, 32))
+    assert torch.equal(u, before), "eval forward must not advance the power iteration"
+    D.train()(torch.randn(2, 3, 32, 32))
+    assert not torch.equal(u, before)
+
+
+@pytest.mark.parametrize("init", ["xavier", "ortho"])
+def test_init_scheme_is_applied(init):
+    torch.manual_seed(0)
+    cfg = ModelConfig(ch=8, attn_g=[], attn_d=[], sn_g=False, init=init)
+    G, _ = build_models(cfg, 32, 0)
+    w = G.blocks[0].conv1.weight.flatten(1)  # 32 x 288: orthogonal rows
+    gram = w @ w.T
+    is_ortho = torch.allclose(gram, torch.eye(gram.shape[0]), atol=1e-4)
+    assert is_ortho == (init == "ortho")
+
+
+def test_hinge_losses_on_known_values():
+    d_real = torch.tensor([2.0, 0.5, -1.0])  # relu(1 - x) = 0, 0.5, 2
+    d_fake = torch.tensor([-2.0, 0.0, 1.0])  # relu(1 + x) = 0, 1, 2
+    assert hinge_d(d_real, d_fake).item() == pytest.approx(2.5 / 3 + 1.0)
+    assert hinge_g(d_fake).item() == pytest.approx(1.0 / 3)
+
+
+def test_arch_tables_are_consistent():
+    for res, arch in ARCHS.items():
+        assert arch.g_blocks[-1].size == res
+        assert [b.in_mult for b in arch.g_blocks[1:]] == [b.out_mult for b in arch.g_blocks[:-1]]
+        assert [b.in_mult for b in arch.d_blocks[1:]] == [b.out_mult for b in arch.d_blocks[:-1]]
