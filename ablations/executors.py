@@ -1,0 +1,121 @@
+"""Executors: how prepared run directories get trained.
+
+The contract is small so that the SLURM executor can slot in beside the local one:
+an executor receives :class:`Task` s (a prepared run directory each), trains them
+with ``python -m ablations.worker RUN_DIR`` somewhere, and reports one
+:class:`Outcome` per task. The run directory is the only channel: state comes back
+through ``status.json``, never through the executor.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+
+from sagan import rundir
+
+
+@dataclass
+class Task:
+    run_id: str
+    run_dir: Path
+    label: str  # the cell's levels, for people
+    steps: int
+
+
+@dataclass
+class Outcome:
+    task: Task
+    state: str  # the run's status.json state after the attempt, or 'busy'
+    returncode: int
+
+
+class Executor(ABC):
+    name: str
+
+    @abstractmethod
+    def run(self, tasks: list[Task]) -> list[Outcome]:
+        """Train every task; return when all have finished (in any order)."""
+
+
+class LocalExecutor(Executor):
+    """Runs tasks as subprocesses on this machine, ``jobs`` at a time.
+
+    Each subprocess gets ``cpu_count // jobs`` threads and writes its output to
+    ``RUN_DIR/train.log``. One failing task does not stop the others.
+    """
+
+    name = "local"
+
+    def __init__(self, jobs: int = 1, poll_s: float = 1.0, tty: bool | None = None):
+        self.jobs = jobs
+        self.poll_s = poll_s
+        self.tty = sys.stderr.isatty() if tty is None else tty
+
+    def _env(self) -> dict[str, str]:
+        threads = str(max(1, (os.cpu_count() or 1) // self.jobs))
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env.setdefault("OMP_NUM_THREADS", threads)
+        env.setdefault("MKL_NUM_THREADS", threads)
+        return env
+
+    def _launch(self, task: Task) -> subprocess.Popen:
+        log = open(task.run_dir / "train.log", "a")  # noqa: SIM115 - closed when the process ends
+        log.write(f"\n=== {rundir.now()} {task.label} ===\n")
+        log.flush()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "ablations.worker", str(task.run_dir)],
+            stdout=log, stderr=subprocess.STDOUT, env=self._env(),
+        )
+        proc.log = log  # type: ignore[attr-defined]
+        return proc
+
+    def run(self, tasks: list[Task]) -> list[Outcome]:
+        from ablations.display import Display
+
+        pending = list(tasks)
+        running: dict[int, tuple[Task, subprocess.Popen]] = {}
+        outcomes: list[Outcome] = []
+        display = Display(len(tasks), tty=self.tty)
+        try:
+            while pending or running:
+                while pending and len(running) < self.jobs:
+                    task = pending.pop(0)
+                    proc = self._launch(task)
+                    running[proc.pid] = (task, proc)
+                    display.started(task)
+                for pid, (task, proc) in list(running.items()):
+                    rc = proc.poll()
+                    if rc is None:
+                        continue
+                    proc.log.close()  # type: ignore[attr-defined]
+                    del running[pid]
+                    state = "busy" if rc == 3 else rundir.read_status(task.run_dir).get("state", "failed")
+                    if rc not in (0, 3) and state in ("running", "pending"):
+                        state = "failed"  # died before it could say so
+                    outcome = Outcome(task, state, rc)
+                    outcomes.append(outcome)
+                    display.finished(outcome)
+                display.tick([t for t, _ in running.values()])
+                if running:
+                    time.sleep(self.poll_s)
+        except KeyboardInterrupt:
+            for _, proc in running.values():
+                proc.terminate()
+            for _, proc in running.values():
+                proc.wait()
+            raise
+        finally:
+            display.close()
+        return outcomes
+
+
+def make_executor(name: str, **kwargs) -> Executor:
+    if name == "local":
+        return LocalExecutor(**kwargs)
+    raise ValueError(f"unknown executor {name!r} (available: local)")

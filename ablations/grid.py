@@ -1,0 +1,287 @@
+"""Grid files: a base config, axes of named levels, seeds -> validated cells.
+
+A grid file::
+
+    name: attention
+    base: ../configs/cifar10.yaml     # a sagan.train config file, or an inline mapping
+    axes:
+      attention:                      # axis -> level -> config overrides
+        none:   {model.attn_g: [], model.attn_d: []}
+        feat16: {model.attn_g: [16], model.attn_d: [16]}
+      train.n_dis: [1, 5]             # shorthand: a config key and its values
+    seeds: [0, 1, 2]
+    mode: product                     # or zip (axes advance together)
+    exclude: [{attention: none, train.n_dis: 5}]
+    eval: {n_samples: 10000}          # defaults merged into every cell's eval section
+
+Every cell is validated against the training config before anything runs; each
+problem is one line naming the file and the path inside it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from sagan.config import (
+    RESUME_SAFE,
+    Config,
+    ConfigError,
+    build_config,
+    describe_errors,
+    flatten,
+    load_yaml,
+    set_dotted,
+    to_dict,
+    yaml_load,
+)
+
+
+class GridError(ValueError):
+    """A problem in a grid file, phrased as ``FILE: path.in.file: what is wrong``."""
+
+
+SEED_AXIS = "seed"
+
+# Keys left out of a run's identity: where it runs and how often it reports do not
+# change what it computes. train.steps stays in: a longer run is a different result.
+_NOT_IDENTITY = tuple(k for k in RESUME_SAFE if k != "train.steps")
+
+
+class LocalExecutorSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: Literal["local"] = "local"
+    jobs: int = Field(1, ge=1)
+
+
+class GridSpec(BaseModel):
+    """The schema of a grid file (after YAML parsing)."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    base: str | dict[str, Any]
+    axes: dict[str, dict[str, dict[str, Any] | None] | list[Any]] = {}
+    seeds: list[int] = [0]
+    mode: Literal["product", "zip"] = "product"
+    include: list[dict[str, Any]] = []
+    exclude: list[dict[str, Any]] = []
+    executor: LocalExecutorSpec = LocalExecutorSpec()
+    eval: dict[str, Any] = {}
+    max_attempts: int = Field(3, ge=1)
+
+    @field_validator("seeds")
+    @classmethod
+    def _unique_seeds(cls, seeds: list[int]) -> list[int]:
+        if not seeds:
+            raise ValueError("needs at least one seed")
+        dup = sorted({s for s in seeds if seeds.count(s) > 1})
+        if dup:
+            raise ValueError(f"seed {dup[0]} is listed twice")
+        return seeds
+
+
+@dataclass
+class Cell:
+    """One run of the grid: its axis levels, seed, resolved config and run id."""
+
+    levels: dict[str, str]  # axis -> level name, seed included
+    config: Config
+    run_id: str
+
+    def label(self) -> str:
+        return ",".join(f"{k}={v}" for k, v in self.levels.items())
+
+
+@dataclass
+class Grid:
+    name: str
+    path: Path
+    spec: GridSpec
+    axes: dict[str, list[str]]  # axis -> level names, in file order (seed last)
+    cells: list[Cell] = field(default_factory=list)
+
+
+def run_id(cfg: Config) -> str:
+    """A short hash of what a run computes: same cell in two grid files, same run."""
+    flat = {
+        k: v
+        for k, v in flatten(to_dict(cfg)).items()
+        if not any(k == s or (s.endswith(".") and k.startswith(s)) for s in _NOT_IDENTITY)
+    }
+    blob = json.dumps(flat, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def _axis_levels(name: str, axis: dict | list) -> dict[str, dict[str, Any]]:
+    """Normalise an axis to ``{level name: {dotted key: value}}``."""
+    if isinstance(axis, list):  # shorthand: `train.n_dis: [1, 5]`
+        return {_level_name(v): {name: v} for v in axis}
+    # Nested sections (`model: {attn_g: [8]}`) and dotted keys mean the same thing.
+    return {level: flatten(ov or {}) for level, ov in axis.items()}
+
+
+def _level_name(v: Any) -> str:
+    if isinstance(v, list):
+        return "-".join(map(str, v)) or "none"
+    return "none" if v is None else str(v).lower() if isinstance(v, bool) else str(v)
+
+
+def _matches(levels: dict[str, str], flt: dict[str, Any]) -> bool:
+    for axis, want in flt.items():
+        wanted = {str(w) for w in want} if isinstance(want, list) else {str(want)}
+        if levels.get(axis) not in wanted:
+            return False
+    return True
+
+
+def load_grid(path: str | Path) -> Grid:
+    """Parse, expand and validate a grid file.
+
+    Raises:
+        GridError: every problem found, one per line, nothing started.
+    """
+    path = Path(path)
+    where = str(path)
+    try:
+        raw = load_yaml(path)
+    except ConfigError as e:
+        raise GridError(str(e)) from None
+    try:
+        spec = GridSpec.model_validate(raw)
+    except ValidationError as e:
+        raise GridError(describe_errors(e, f"{where}: ")) from None
+
+    base = _load_base(spec, path)
+    errors: list[str] = []
+    axes: dict[str, dict[str, dict[str, Any]]] = {}
+    for axis, levels in spec.axes.items():
+        if axis == SEED_AXIS:
+            errors.append(f"{where}: axes.{axis}: '{SEED_AXIS}' is reserved; list seeds under 'seeds:'")
+            continue
+        norm = _axis_levels(axis, levels)
+        if not norm:
+            errors.append(f"{where}: axes.{axis}: the axis has no levels")
+            continue
+        axes[axis] = norm
+        seen: dict[str, str] = {}
+        for level, ov in norm.items():
+            try:
+                cfg = build_config(base, ov)
+            except ConfigError as e:
+                errors += [f"{where}: axes.{axis}.{level}: {line}" for line in str(e).splitlines()]
+                continue
+            key = run_id(cfg)
+            if key in seen and len(norm) > 1:
+                errors.append(
+                    f"{where}: axes.{axis}: levels '{seen[key]}' and '{level}' resolve to the same config"
+                )
+            seen.setdefault(key, level)
+    if spec.mode == "zip":
+        sizes = {a: len(v) for a, v in axes.items()}
+        if len(set(sizes.values())) > 1:
+            errors.append(f"{where}: mode: zip needs axes of equal length, got {sizes}")
+    for i, flt in enumerate(spec.include + spec.exclude):
+        kind, j = ("include", i) if i < len(spec.include) else ("exclude", i - len(spec.include))
+        for axis, want in flt.items():
+            names = [str(s) for s in spec.seeds] if axis == SEED_AXIS else list(axes.get(axis, {}))
+            if axis != SEED_AXIS and axis not in axes:
+                errors.append(f"{where}: {kind}[{j}]: no axis named '{axis}'")
+                continue
+            for w in want if isinstance(want, list) else [want]:
+                if str(w) not in names:
+                    errors.append(f"{where}: {kind}[{j}].{axis}: no level named '{w}' (levels: {', '.join(names)})")
+    if errors:
+        raise GridError("\n".join(errors))
+
+    grid = Grid(spec.name, path, spec, {a: list(v) for a, v in axes.items()} | {SEED_AXIS: [str(s) for s in spec.seeds]})
+    names = list(axes)
+    combos = (
+        list(zip(*(list(axes[a]) for a in names))) if spec.mode == "zip" and names
+        else list(itertools.product(*(list(axes[a]) for a in names)))
+    )
+    by_id: dict[str, str] = {}
+    for combo in combos:
+        for seed in spec.seeds:
+            levels = dict(zip(names, combo)) | {SEED_AXIS: str(seed)}
+            if spec.include and not any(_matches(levels, f) for f in spec.include):
+                continue
+            if any(_matches(levels, f) for f in spec.exclude):
+                continue
+            overrides: dict[str, Any] = {}
+            for a, lv in zip(names, combo):
+                overrides.update(axes[a][lv])
+            overrides["train.seed"] = seed
+            label = ",".join(f"{k}={v}" for k, v in levels.items())
+            try:
+                cfg = build_config(base, overrides)
+            except ConfigError as e:
+                errors += [f"{where}: cell {label}: {line}" for line in str(e).splitlines()]
+                continue
+            rid = run_id(cfg)
+            if rid in by_id:
+                errors.append(f"{where}: cells {by_id[rid]} and {label} resolve to the same config")
+                continue
+            by_id[rid] = label
+            grid.cells.append(Cell(levels, cfg, rid))
+    if errors:
+        raise GridError("\n".join(errors))
+    if not grid.cells:
+        raise GridError(f"{where}: include/exclude leave no cell to run")
+    return grid
+
+
+def _load_base(spec: GridSpec, path: Path) -> dict[str, Any]:
+    """The base config as a nested dict, with the grid's eval defaults merged in."""
+    if isinstance(spec.base, str):
+        base_path = (path.parent / spec.base).resolve()
+        try:
+            base = load_yaml(base_path)
+        except ConfigError as e:
+            raise GridError(f"{path}: base: {e}") from None
+    else:
+        base = {}
+        for k, v in spec.base.items():  # dotted keys allowed inline
+            if isinstance(v, dict) and "." not in k:
+                for kk, vv in flatten(v).items():
+                    set_dotted(base, f"{k}.{kk}", vv)
+            else:
+                set_dotted(base, k, v)
+    for k, v in flatten(spec.eval).items():
+        set_dotted(base, f"eval.{k}", v)
+    try:
+        build_config(base)
+    except ConfigError as e:
+        raise GridError("\n".join(f"{path}: base: {line}" for line in str(e).splitlines())) from None
+    return base
+
+
+def parse_only(items: list[str]) -> dict[str, list[str]]:
+    """``['attention=feat32,seed=0']`` -> ``{'attention': ['feat32'], 'seed': ['0']}``."""
+    out: dict[str, list[str]] = {}
+    for item in items:
+        for part in item.split(","):
+            key, sep, value = part.partition("=")
+            if not sep:
+                raise GridError(f"--only {item}: expected axis=level[,axis=level...]")
+            out.setdefault(key.strip(), []).append(value.strip())
+    return out
+
+
+def select(grid: Grid, only: dict[str, list[str]]) -> list[Cell]:
+    """The cells that match every ``--only`` filter (levels of one axis are alternatives)."""
+    for axis, wanted in only.items():
+        if axis not in grid.axes:
+            raise GridError(f"--only: no axis named '{axis}' (axes: {', '.join(grid.axes)})")
+        for w in wanted:
+            if w not in grid.axes[axis]:
+                raise GridError(f"--only: axis '{axis}' has no level '{w}' (levels: {', '.join(grid.axes[axis])})")
+    return [c for c in grid.cells if all(c.levels[a] in w for a, w in only.items())]
+
+
+__all__ = ["Cell", "Grid", "GridError", "GridSpec", "load_grid", "parse_only", "run_id", "select", "yaml_load"]

@@ -1,0 +1,50 @@
+"""Train one prepared run directory: ``python -m ablations.worker RUN_DIR``.
+
+What every executor launches (a local subprocess today, a SLURM job later). It
+claims the run with its lock, so a second worker on the same run exits at once.
+Exit status: 0 done or diverged (both results), 1 failed, 2 bad config, 3 claimed
+by another process.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+from ablations.store import RunLock
+from sagan.config import ConfigError, load_config
+from sagan.data import DataError
+from sagan.rundir import FINAL_STATES
+from sagan.train import train
+
+EXIT_BUSY = 3
+
+
+def run(run_dir: Path) -> int:
+    lock = RunLock(run_dir)
+    if not lock.acquire():
+        print(f"{run_dir}: already being trained by another process", file=sys.stderr)
+        return EXIT_BUSY
+    try:
+        cfg = load_config(run_dir / "config.yaml")
+        state = train(cfg, run_dir, progress=False)
+    except (ConfigError, DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        lock.release()
+    return 0 if state in FINAL_STATES else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python -m ablations.worker RUN_DIR", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    return run(Path(argv[0]))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
