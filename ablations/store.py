@@ -104,8 +104,9 @@ class RunStore:
         """Create the run directory with its resolved config, ready for any executor."""
         d = self.run_dir(cell.run_id)
         d.mkdir(parents=True, exist_ok=True)
-        if not (d / "config.yaml").is_file():
-            atomic_write_text(d / "config.yaml", to_yaml(cell.config))
+        # Same run id = same computation; only cadence and evaluation keys can differ,
+        # and this invocation's choice of those wins.
+        atomic_write_text(d / "config.yaml", to_yaml(cell.config))
         return d
 
     def discard(self, run_id: str) -> Path | None:

@@ -146,6 +146,11 @@ class Config(_Strict):
                     )
             if len(set(sizes)) != len(sizes):
                 raise ValueError(f"model.{key}: {sizes} lists a size twice")
+        if self.data.name == "synthetic" and self.data.synthetic.n_images < self.train.batch_size:
+            raise ValueError(
+                f"data.synthetic.n_images: {self.data.synthetic.n_images} images are fewer than "
+                f"train.batch_size={self.train.batch_size}"
+            )
         if self.data.name == "cifar10" and res != 32:
             raise ValueError(f"data.resolution: cifar10 images are 32x32, got {res}")
         return self

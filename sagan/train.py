@@ -235,16 +235,17 @@ class Trainer:
         if self.restored_from is not None:
             self.progress.write(f"resuming from {self.restored_from.name} (G step {self.step})")
         rundir.write_status(self.run_dir, status)
-        batches = Batches(
-            self.dataset, t.batch_size, t.seed, self.device, consumed=self.consumed,
-            num_workers=cfg.data.num_workers, channels_last=self.cuda and t.channels_last,
-        )
-        writer = self._tensorboard()
-        first_bad = torch.full((), -1, dtype=torch.long, device=self.device)
-        eval_every = cfg.eval.every
-        self.progress.start(self.step)
-        t0, s0 = time.perf_counter(), self.step
+        writer = None
         try:
+            batches = Batches(
+                self.dataset, t.batch_size, t.seed, self.device, consumed=self.consumed,
+                num_workers=cfg.data.num_workers, channels_last=self.cuda and t.channels_last,
+            )
+            writer = self._tensorboard()
+            first_bad = torch.full((), -1, dtype=torch.long, device=self.device)
+            eval_every = cfg.eval.every
+            self.progress.start(self.step)
+            t0, s0 = time.perf_counter(), self.step
             while self.step < t.steps:
                 vals = self.train_step(batches, first_bad)
                 s = self.step
@@ -328,7 +329,14 @@ def train(cfg: Config, run_dir: str | Path, progress: bool | None = None) -> str
     if status["state"] == "diverged" or (status["state"] == "done" and status.get("step", 0) >= cfg.train.steps):
         return status["state"]
     atomic_write_text(run_dir / "config.yaml", to_yaml(cfg))
-    return Trainer(cfg, run_dir, progress=progress).run()
+    try:
+        trainer = Trainer(cfg, run_dir, progress=progress)
+    except BaseException as e:
+        # Failed before its loop (data, device, a broken checkpoint): say so on disk.
+        status.update(state="failed", attempts=status.get("attempts", 0) + 1, error=f"{type(e).__name__}: {e}")
+        rundir.write_status(run_dir, status)
+        raise
+    return trainer.run()
 
 
 def main(argv: list[str] | None = None) -> int:
