@@ -1,0 +1,318 @@
+"""Datasets as the training loop and the metrics see them: uint8 ``[3,R,R]`` and a label.
+
+Three sources, chosen by ``data.name``:
+
+- ``synthetic``: :func:`sagan.synthetic.make_synthetic`, generated in memory.
+- ``cifar10``: torchvision's on-disk format under ``data.root``
+  (``ROOT/cifar-10-batches-py/``), never downloaded here.
+- ``imagefolder``: one subfolder per class (``torchvision.datasets.ImageFolder``),
+  resized (shorter side to R) and center-cropped to R x R.
+
+Every problem with the data on disk is raised as a :class:`DataError` that names
+the path or config key at fault and what to do about it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+from torchvision import datasets, transforms
+
+from sagan import synthetic
+from sagan.config import DataConfig
+
+SPLITS = ("train", "test")
+PREFETCH = "python -m sagan.prefetch --data cifar10 --root {root}"
+
+
+class DataError(Exception):
+    """A problem with the data, phrased for a person: what, where, what to do."""
+
+
+class InMemoryImages(Dataset):
+    """Images held in one uint8 tensor; :class:`sagan.batches.Batches` indexes it directly.
+
+    Args:
+        images: uint8 ``[N, 3, R, R]``.
+        labels: int64 ``[N]``, in ``0 .. num_classes - 1``.
+        num_classes: number of classes (labels are kept even for unconditional runs).
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, num_classes: int):
+        if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(
+                f"images must be uint8 [N, 3, R, R], got {images.dtype} {tuple(images.shape)}"
+            )
+        if labels.shape != (images.shape[0],):
+            raise ValueError(f"labels must be [{images.shape[0]}], got {tuple(labels.shape)}")
+        self.images = images
+        self.labels = labels.long()
+        self.num_classes = num_classes
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.images[i], int(self.labels[i])
+
+
+class FolderImages(datasets.ImageFolder):
+    """``torchvision.datasets.ImageFolder`` yielding uint8 ``[3,R,R]`` and a ``num_classes``."""
+
+    def __init__(self, root: Path, resolution: int):
+        super().__init__(
+            str(root),
+            transform=transforms.Compose(
+                [
+                    transforms.Resize(resolution, antialias=True),
+                    transforms.CenterCrop(resolution),
+                    transforms.PILToTensor(),
+                ]
+            ),
+            loader=load_rgb,
+        )
+        self.num_classes = len(self.classes)
+
+
+def load_rgb(path: str) -> Image.Image:
+    """Open an image file as RGB; a file PIL cannot read raises a DataError naming it."""
+    try:
+        with open(path, "rb") as f:
+            img = Image.open(f)
+            return img.convert("RGB")
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise DataError(
+            f"{path}: cannot read this image ({type(e).__name__}: {e}). "
+            "Replace or delete the file (it may be truncated or not an image)."
+        ) from None
+
+
+def build_dataset(cfg: DataConfig, split: str = "train") -> Dataset:
+    """The dataset named by ``cfg.name`` for ``split`` ("train" or "test").
+
+    Returns:
+        A dataset with ``.num_classes`` and items ``(uint8 [3,R,R], int label)``;
+        :class:`InMemoryImages` for synthetic and cifar10, :class:`FolderImages`
+        for imagefolder. Labels are returned even when ``cfg.conditional`` is false.
+
+    Raises:
+        DataError: missing, empty or unreadable data, or a single class with
+            ``data.conditional: true``.
+    """
+    _check_split(split)
+    if cfg.name == "synthetic":
+        s = cfg.synthetic
+        images, labels = synthetic.make_synthetic(
+            s.n_images, cfg.resolution, s.n_classes, synthetic_seed(s.seed, split)
+        )
+        return InMemoryImages(images, labels, s.n_classes)
+    if cfg.name == "cifar10":
+        return _cifar10(cfg, split)
+    if cfg.name == "imagefolder":
+        return _imagefolder(cfg, split)
+    raise DataError(
+        f"data.name: unknown dataset {cfg.name!r}; use synthetic, cifar10 or imagefolder"
+    )
+
+
+def synthetic_seed(seed: int, split: str) -> int:
+    """The generator seed of a synthetic split: ``seed`` for train, a derived one for test."""
+    _check_split(split)
+    if split == "train":
+        return seed
+    digest = hashlib.sha256(f"sagan-synthetic-test:{seed}".encode()).digest()
+    return int.from_bytes(digest[:8], "little")
+
+
+def _check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise DataError(f"split {split!r}: expected 'train' or 'test'")
+
+
+def _cifar10_dir(cfg: DataConfig) -> Path:
+    folder = Path(cfg.root) / datasets.CIFAR10.base_folder
+    if not folder.is_dir():
+        raise DataError(
+            f"data.root: CIFAR-10 not found: expected the directory {folder} "
+            f"(torchvision's cifar-10-batches-py format). Fetch it with: "
+            f"{PREFETCH.format(root=cfg.root)}"
+        )
+    return folder
+
+
+def _cifar10(cfg: DataConfig, split: str) -> InMemoryImages:
+    if cfg.resolution != 32:
+        raise DataError(
+            f"data.resolution: cifar10 images are 32x32, got {cfg.resolution}; set data.resolution: 32"
+        )
+    folder = _cifar10_dir(cfg)
+    try:
+        ds = datasets.CIFAR10(cfg.root, train=split == "train", download=False)
+    except RuntimeError as e:
+        # torchvision checks the md5 of every batch file: a missing, partial or
+        # foreign file lands here.
+        raise DataError(
+            f"{folder}: CIFAR-10 files are missing or corrupted ({e}). Delete the directory "
+            f"and fetch it again with: {PREFETCH.format(root=cfg.root)}"
+        ) from None
+    except (OSError, pickle.UnpicklingError, EOFError, KeyError, ValueError) as e:
+        raise DataError(
+            f"{folder}: cannot read the CIFAR-10 batch files ({type(e).__name__}: {e})"
+        ) from None
+    images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
+    labels = torch.as_tensor(ds.targets, dtype=torch.int64)
+    return InMemoryImages(images, labels, 10)
+
+
+def imagefolder_dir(cfg: DataConfig, split: str) -> Path:
+    """The folder an imagefolder split is read from.
+
+    If ``ROOT/train`` and ``ROOT/val`` both exist they are the train and test
+    splits. Otherwise ROOT itself is the train split, and the test split is a
+    sibling ``val`` folder when ROOT is named ``train`` (``imagenet/train`` next to
+    ``imagenet/val``); with neither layout, asking for the test split is an error.
+    """
+    _check_split(split)
+    root = Path(cfg.root)
+    if not root.is_dir():
+        what = "is a file, not a directory" if root.exists() else "does not exist"
+        raise DataError(
+            f"data.root: {root} {what}. Point data.root at a folder with one subfolder of images per class."
+        )
+    if (root / "train").is_dir() and (root / "val").is_dir():
+        return root / ("train" if split == "train" else "val")
+    if split == "train":
+        return root
+    if root.name == "train" and (root.parent / "val").is_dir():
+        return root.parent / "val"
+    raise DataError(
+        f"data.root: {root} has no test split: expected {root}/train and {root}/val, or a "
+        f"sibling {root.parent / 'val'} when data.root is a folder named train. Lay the data "
+        "out so, or evaluate against the training images (eval.reference.split: train)."
+    )
+
+
+def _imagefolder(cfg: DataConfig, split: str) -> FolderImages:
+    folder = imagefolder_dir(cfg, split)
+    if not any(p.is_dir() for p in folder.iterdir()):
+        raise DataError(
+            f"{folder}: no class folders. An imagefolder dataset needs one subfolder per "
+            f"class holding its images ({folder}/CLASS/IMAGE.png); put single-class data in "
+            f"one subfolder and set data.conditional: false."
+        )
+    try:
+        ds = FolderImages(folder, cfg.resolution)
+    except FileNotFoundError as e:
+        # torchvision's message names the empty class folder and the extensions it accepts.
+        raise DataError(f"{folder}: {e}") from None
+    if cfg.conditional and ds.num_classes < 2:
+        raise DataError(
+            f"{folder}: a single class folder ({ds.classes[0]}) but data.conditional is true. "
+            "Set data.conditional: false to train unconditionally, or add class folders."
+        )
+    _ = ds[0]  # read one image now, so a broken folder fails at start rather than mid-run
+    return ds
+
+
+def dataset_fingerprint(cfg: DataConfig, split: str) -> str:
+    """A short stable string identifying the data ``build_dataset(cfg, split)`` reads.
+
+    For keys of caches of dataset statistics. Synthetic: the generator's version and
+    parameters. cifar10: md5s of the split's batch files. imagefolder: the sorted
+    relative paths and sizes of the split's image files; not their mtimes, so that a
+    copied dataset keeps its caches, at the price of missing an edit that keeps a
+    file's size. The name, split and resolution are always included.
+
+    Returns:
+        ``"<name>-<16 hex digits>"``.
+    """
+    _check_split(split)
+    h = hashlib.sha256(f"{cfg.name}|{split}|{cfg.resolution}|".encode())
+    if cfg.name == "synthetic":
+        s = cfg.synthetic
+        h.update(
+            f"v{synthetic.VERSION}|{s.n_images}|{s.n_classes}|{synthetic_seed(s.seed, split)}".encode()
+        )
+    elif cfg.name == "cifar10":
+        folder = _cifar10_dir(cfg)
+        files = datasets.CIFAR10.train_list if split == "train" else datasets.CIFAR10.test_list
+        for name, _ in files:
+            path = folder / name
+            if not path.is_file():
+                raise DataError(
+                    f"{path}: missing CIFAR-10 batch file. Fetch it with: {PREFETCH.format(root=cfg.root)}"
+                )
+            h.update(f"{name}:{_md5(path)}|".encode())
+    else:
+        folder = imagefolder_dir(cfg, split)
+        for rel, size in _image_files(folder):
+            h.update(f"{rel}:{size}|".encode())
+    return f"{cfg.name}-{h.hexdigest()[:16]}"
+
+
+def _image_files(folder: Path) -> list[tuple[str, int]]:
+    """(relative path, size) of every file ImageFolder would read, sorted."""
+    out = []
+    for dirpath, _, names in os.walk(folder, followlinks=True):
+        for name in names:
+            if name.lower().endswith(datasets.folder.IMG_EXTENSIONS) and Path(dirpath) != folder:
+                path = Path(dirpath) / name
+                out.append((path.relative_to(folder).as_posix(), path.stat().st_size))
+    return sorted(out)
+
+
+def _md5(path: Path) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+__all__ = [
+    "DataError",
+    "FolderImages",
+    "InMemoryImages",
+    "build_dataset",
+    "dataset_fingerprint",
+    "imagefolder_dir",
+    "load_rgb",
+    "synthetic_seed",
+]
+
+
+def check_available(cfg: DataConfig, split: str = "train") -> None:
+    """Cheaply check that the data ``cfg`` names is on disk, without reading images.
+
+    For checks before anything starts (a grid of runs, a job submission); a run
+    still reads and checks its data fully when it builds the dataset.
+
+    Raises:
+        DataError: as :func:`build_dataset` would for a missing or malformed layout.
+    """
+    _check_split(split)
+    if cfg.name == "cifar10":
+        folder = _cifar10_dir(cfg)
+        files = datasets.CIFAR10.train_list if split == "train" else datasets.CIFAR10.test_list
+        missing = [name for name, _ in files if not (folder / name).is_file()]
+        if missing:
+            raise DataError(
+                f"{folder}: missing CIFAR-10 batch files {', '.join(missing)}. "
+                f"Fetch them with: {PREFETCH.format(root=cfg.root)}"
+            )
+    elif cfg.name == "imagefolder":
+        folder = imagefolder_dir(cfg, split)
+        classes = [p for p in folder.iterdir() if p.is_dir()]
+        if not classes:
+            raise DataError(f"{folder}: no class folders ({folder}/CLASS/IMAGE.png expected)")
+        if cfg.conditional and len(classes) < 2:
+            raise DataError(
+                f"{folder}: a single class folder but data.conditional is true; "
+                "set data.conditional: false or add class folders."
+            )
