@@ -55,6 +55,26 @@ def plan(cell: Cell, store: RunStore, args) -> str:
     )
 
 
+def check_cells(cells: list[Cell]) -> list[str]:
+    """What would make these cells fail at start (data, weights): one line each."""
+    from sagan.data import DataError
+    from sagan.metrics.errors import MetricsError
+    from sagan.train import preflight
+
+    problems: dict[str, None] = {}
+    seen: set[str] = set()
+    for c in cells:
+        key = c.config.data.model_dump_json() + c.config.eval.model_dump_json()
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            preflight(c.config)
+        except (DataError, MetricsError) as e:
+            problems[str(e)] = None
+    return list(problems)
+
+
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="python -m ablations.run", description=__doc__.splitlines()[0])
     p.add_argument("grid", help="grid YAML file, or the name of a bundled grid (smoke, probe, ...)")
@@ -85,6 +105,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         print(cell_table(grid, store, cells, actions))
         return 0
+    problems = check_cells(todo)
+    if problems:
+        print("error: " + "\n".join(problems) + "\nnothing was started.", file=sys.stderr)
+        return 2
     store.write_index(grid)
     if args.force:
         for c in todo:

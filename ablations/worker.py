@@ -15,6 +15,7 @@ from pathlib import Path
 from ablations.store import RunLock
 from sagan.config import ConfigError, load_config
 from sagan.data import DataError
+from sagan.metrics.errors import MetricsError
 from sagan.rundir import FINAL_STATES
 from sagan.train import train
 
@@ -29,7 +30,7 @@ def run(run_dir: Path) -> int:
     try:
         cfg = load_config(run_dir / "config.yaml")
         state = train(cfg, run_dir, progress=False)
-    except (ConfigError, DataError) as e:
+    except (ConfigError, DataError, MetricsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     finally:

@@ -28,6 +28,7 @@ from sagan.checkpoint import atomic_write_text, load_latest, rng_state, save_che
 from sagan.config import Config, ConfigError, flatten, load_config, resume_conflicts, to_dict, to_yaml, yaml_load
 from sagan.data import DataError, build_dataset
 from sagan.losses import LOSSES
+from sagan.metrics.errors import MetricsError
 from sagan.models import attention_gammas, build_models
 from sagan.progress import Progress
 
@@ -52,6 +53,28 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def preflight(cfg: Config) -> None:
+    """Fail now, not after hours of training, on what is missing at the start.
+
+    Checks that the training data (and the evaluation's reference split) is on disk
+    and that the Inception weights exist when the config will evaluate with them.
+
+    Raises:
+        DataError, MetricsError: the one clear message of the first problem found.
+    """
+    from sagan.data import check_available
+    from sagan.metrics.protocol import INCEPTION_METRICS
+    from sagan.metrics.weights import inception_weights_path
+
+    check_available(cfg.data, "train")
+    ev = cfg.eval
+    will_eval = ev.metrics and (ev.every is not None or ev.at_end)
+    if will_eval and any(m in INCEPTION_METRICS for m in ev.metrics):
+        inception_weights_path(ev.inception_weights)
+        if any(m in ("fid", "kid", "prc") for m in ev.metrics):
+            check_available(cfg.data, ev.reference.split)
 
 
 def check_resume(run_dir: Path, cfg: Config) -> None:
@@ -214,7 +237,8 @@ class Trainer:
 
     def evaluate(self, status: dict[str, Any]) -> None:
         """Score the current G with ``cfg.eval`` and record it, once per step."""
-        done = {r["step"] for r in rundir.read_jsonl(self.run_dir / "eval.jsonl")}
+        records = rundir.read_jsonl(self.run_dir / "eval.jsonl")
+        done = {r["step"] for r in records if r.get("origin", "train") == "train"}
         if self.step in done or not self.cfg.eval.metrics:
             return
         from sagan.metrics import evaluate_generator
@@ -222,6 +246,7 @@ class Trainer:
         use_ema = self.cfg.eval.use_ema and self.G_ema is not None
         G = self.G_ema if use_ema else self.G
         record = evaluate_generator(G, self.cfg, step=self.step, device=self.device, ema=use_ema, run_dir=self.run_dir)
+        record["origin"] = "train"
         rundir.append_jsonl(self.run_dir / "eval.jsonl", record)
         self.progress.write(f"eval step {self.step}: " + ", ".join(f"{k}={v:.4g}" for k, v in record["metrics"].items()))
         rundir.update_best(status, record)
@@ -328,6 +353,7 @@ def train(cfg: Config, run_dir: str | Path, progress: bool | None = None) -> str
     status = rundir.read_status(run_dir)
     if status["state"] == "diverged" or (status["state"] == "done" and status.get("step", 0) >= cfg.train.steps):
         return status["state"]
+    preflight(cfg)
     atomic_write_text(run_dir / "config.yaml", to_yaml(cfg))
     try:
         trainer = Trainer(cfg, run_dir, progress=progress)
@@ -353,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
             print(to_yaml(cfg), end="")
             return 0
         state = train(cfg, args.out)
-    except (ConfigError, DataError) as e:
+    except (ConfigError, DataError, MetricsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"{args.out}: {state}")

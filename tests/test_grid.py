@@ -26,7 +26,10 @@ def grid(**kw):
         "name": "t",
         "base": BASE,
         "axes": {
-            "attention": {"none": {"model.attn_g": [], "model.attn_d": []}, "feat16": {"model.attn_g": [16], "model.attn_d": [16]}},
+            "attention": {
+                "none": {"model.attn_g": [], "model.attn_d": []},
+                "feat16": {"model.attn_g": [16], "model.attn_d": [16]},
+            },
             "sn": {"d_only": {"model.sn_g": False}, "both": {"model.sn_g": True}},
         },
         "seeds": [0, 1],
@@ -46,11 +49,16 @@ def test_product_expands_every_combination_with_seeds(tmp_path):
 
 def test_zip_advances_axes_together(tmp_path):
     g = load_grid(write(tmp_path, grid(mode="zip", seeds=[0])))
-    assert [(c.levels["attention"], c.levels["sn"]) for c in g.cells] == [("none", "d_only"), ("feat16", "both")]
+    assert [(c.levels["attention"], c.levels["sn"]) for c in g.cells] == [
+        ("none", "d_only"),
+        ("feat16", "both"),
+    ]
 
 
 def test_zip_needs_equal_lengths(tmp_path):
-    axes = grid()["axes"] | {"lr": {"a": {"train.lr_d": 1e-4}, "b": {"train.lr_d": 2e-4}, "c": {"train.lr_d": 3e-4}}}
+    axes = grid()["axes"] | {
+        "lr": {"a": {"train.lr_d": 1e-4}, "b": {"train.lr_d": 2e-4}, "c": {"train.lr_d": 3e-4}}
+    }
     with pytest.raises(GridError, match="zip needs axes of equal length"):
         load_grid(write(tmp_path, grid(mode="zip", axes=axes)))
 
@@ -60,16 +68,27 @@ def test_include_and_exclude_filter_cells(tmp_path):
     assert len(g.cells) == 6
     assert not any(c.levels["attention"] == "none" and c.levels["sn"] == "both" for c in g.cells)
     g = load_grid(write(tmp_path, grid(include=[{"attention": "feat16", "seed": 0}])))
-    assert [c.label() for c in g.cells] == ["attention=feat16,sn=d_only,seed=0", "attention=feat16,sn=both,seed=0"]
+    assert [c.label() for c in g.cells] == [
+        "attention=feat16,sn=d_only,seed=0",
+        "attention=feat16,sn=both,seed=0",
+    ]
     g = load_grid(write(tmp_path, grid(include=[{"sn": ["d_only", "both"], "seed": 1}])))
     assert len(g.cells) == 4
 
 
 def test_shorthand_axis_of_values_and_nested_levels(tmp_path):
-    axes = {"train.n_dis": [1, 2], "arch": {"narrow": {"model": {"ch": 8}}, "wide": {"model": {"ch": 16}}}}
+    axes = {
+        "train.n_dis": [1, 2],
+        "arch": {"narrow": {"model": {"ch": 8}}, "wide": {"model": {"ch": 16}}},
+    }
     g = load_grid(write(tmp_path, grid(axes=axes, seeds=[0])))
-    assert [(c.levels["train.n_dis"], c.config.train.n_dis, c.config.model.ch) for c in g.cells] == [
-        ("1", 1, 8), ("1", 1, 16), ("2", 2, 8), ("2", 2, 16),
+    assert [
+        (c.levels["train.n_dis"], c.config.train.n_dis, c.config.model.ch) for c in g.cells
+    ] == [
+        ("1", 1, 8),
+        ("1", 1, 16),
+        ("2", 2, 8),
+        ("2", 2, 16),
     ]
     # Nested sections merge with the base rather than replacing it.
     assert g.cells[0].config.model.z_dim == 32
@@ -85,7 +104,15 @@ def test_base_may_be_a_config_file_relative_to_the_grid(tmp_path):
 
 def test_run_id_is_stable_and_ignores_paths_and_cadence():
     a = build_config(BASE)
-    b = build_config(BASE, {"data.root": "/elsewhere", "train.log_every": 7, "eval.n_samples": 99, "train.device": "cuda"})
+    b = build_config(
+        BASE,
+        {
+            "data.root": "/elsewhere",
+            "train.log_every": 7,
+            "eval.n_samples": 99,
+            "train.device": "cuda",
+        },
+    )
     assert run_id(a) == run_id(b)
     assert len(run_id(a)) == 12 and int(run_id(a), 16) >= 0
     assert run_id(build_config(BASE, {"train.steps": 11})) != run_id(a)
@@ -99,13 +126,17 @@ def test_run_id_does_not_change_between_processes():
     code = "from ablations.grid import run_id; from sagan.config import build_config; import json,sys; print(run_id(build_config(json.loads(sys.argv[1]))))"
     import json
 
-    out = subprocess.run([sys.executable, "-c", code, json.dumps(BASE)], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(BASE)], capture_output=True, text=True, check=True
+    )
     assert out.stdout.strip() == run_id(build_config(BASE))
 
 
 def test_same_cell_in_two_grid_files_is_the_same_run(tmp_path):
     g1 = load_grid(write(tmp_path, grid(), "a.yaml"))
-    g2 = load_grid(write(tmp_path, grid(name="other", axes={"sn": grid()["axes"]["sn"]}, seeds=[1]), "b.yaml"))
+    g2 = load_grid(
+        write(tmp_path, grid(name="other", axes={"sn": grid()["axes"]["sn"]}, seeds=[1]), "b.yaml")
+    )
     ids1 = {c.run_id for c in g1.cells if c.levels["attention"] == "feat16"}
     # The base's default placement at 32x32 is feat16, so g2's cells are g1's feat16 cells.
     assert {c.run_id for c in g2.cells} <= ids1
@@ -118,18 +149,33 @@ def test_same_cell_in_two_grid_files_is_the_same_run(tmp_path):
             {"axes": {"attention": {"feat64": {"model.attn_g": [64]}}}},
             "g.yaml: axes.attention.feat64: model.attn_g: 64 is not a feature-map size at resolution 32",
         ),
-        ({"axes": {"x": {"a": {"model.attn_gg": [8]}}}}, "g.yaml: axes.x.a: model.attn_gg: unknown key"),
-        ({"axes": {"x": {"a": {"train.lr_d": "fast"}}}}, "g.yaml: axes.x.a: train.lr_d: Input should be a valid number"),
+        (
+            {"axes": {"x": {"a": {"model.attn_gg": [8]}}}},
+            "g.yaml: axes.x.a: model.attn_gg: unknown key",
+        ),
+        (
+            {"axes": {"x": {"a": {"train.lr_d": "fast"}}}},
+            "g.yaml: axes.x.a: train.lr_d: Input should be a valid number",
+        ),
         ({"axes": {"x": {}}}, "g.yaml: axes.x: the axis has no levels"),
-        ({"axes": {"x": {"a": {"model.sn_g": True}, "b": {"model.sn_g": True}}}}, "g.yaml: axes.x: levels 'a' and 'b' resolve to the same config"),
+        (
+            {"axes": {"x": {"a": {"model.sn_g": True}, "b": {"model.sn_g": True}}}},
+            "g.yaml: axes.x: levels 'a' and 'b' resolve to the same config",
+        ),
         ({"seeds": [0, 1, 0]}, "g.yaml: seeds: seed 0 is listed twice"),
         ({"seeds": []}, "g.yaml: seeds: needs at least one seed"),
         ({"colour": "red"}, "g.yaml: colour: unknown key"),
         ({"name": "has space"}, "g.yaml: name: String should match pattern"),
-        ({"exclude": [{"attention": "feat99"}]}, "g.yaml: exclude[0].attention: no level named 'feat99'"),
+        (
+            {"exclude": [{"attention": "feat99"}]},
+            "g.yaml: exclude[0].attention: no level named 'feat99'",
+        ),
         ({"include": [{"optimizer": "adam"}]}, "g.yaml: include[0]: no axis named 'optimizer'"),
         ({"base": "missing.yaml"}, "missing.yaml: no such config file"),
-        ({"base": {**BASE, "model": {"ch": "wide"}}}, "g.yaml: base: model.ch: Input should be a valid integer"),
+        (
+            {"base": {**BASE, "model": {"ch": "wide"}}},
+            "g.yaml: base: model.ch: Input should be a valid integer",
+        ),
         ({"axes": {"seed": {"a": {}}}}, "g.yaml: axes.seed: 'seed' is reserved"),
         ({"exclude": [{"seed": [0, 1]}]}, "g.yaml: include/exclude leave no cell to run"),
     ],
@@ -143,7 +189,9 @@ def test_each_validation_error_names_file_and_path(tmp_path, change, message):
 
 def test_two_levels_of_different_axes_colliding_is_reported(tmp_path):
     axes = {"a": {"x": {"model.sn_g": False}, "y": {}}, "b": {"x": {"model.sn_g": False}, "y": {}}}
-    with pytest.raises(GridError, match="cells a=x,b=x,seed=0 and a=x,b=y,seed=0 resolve to the same config"):
+    with pytest.raises(
+        GridError, match="cells a=x,b=x,seed=0 and a=x,b=y,seed=0 resolve to the same config"
+    ):
         load_grid(write(tmp_path, grid(axes=axes, seeds=[0])))
 
 

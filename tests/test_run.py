@@ -20,9 +20,21 @@ REPO = Path(__file__).resolve().parents[1]
 GRID = {
     "name": "mini",
     "base": {
-        "data": {"name": "synthetic", "resolution": 32, "synthetic": {"n_images": 64, "n_classes": 2}},
+        "data": {
+            "name": "synthetic",
+            "resolution": 32,
+            "synthetic": {"n_images": 64, "n_classes": 2},
+        },
         "model": {"ch": 8, "z_dim": 8},
-        "train": {"steps": 6, "batch_size": 4, "log_every": 2, "ckpt_every": 2, "sample_every": 6, "n_samples": 4, "device": "cpu"},
+        "train": {
+            "steps": 6,
+            "batch_size": 4,
+            "log_every": 2,
+            "ckpt_every": 2,
+            "sample_every": 6,
+            "n_samples": 4,
+            "device": "cpu",
+        },
         "eval": {"metrics": []},
     },
     "axes": {"attention": {"none": {"model.attn_g": [], "model.attn_d": []}, "feat16": {}}},
@@ -44,12 +56,16 @@ def test_run_trains_every_cell_then_a_rerun_starts_nothing(grid_file, capsys):
     assert [store.state(c).state for c in g.cells] == ["done", "done"]
     index = json.loads((store.out / "grid-mini.json").read_text())
     assert {c["run_id"] for c in index["cells"]} == {c.run_id for c in g.cells}
-    mtimes = {c.run_id: (store.run_dir(c.run_id) / "status.json").stat().st_mtime_ns for c in g.cells}
+    mtimes = {
+        c.run_id: (store.run_dir(c.run_id) / "status.json").stat().st_mtime_ns for c in g.cells
+    }
     capsys.readouterr()
     assert run_cli.main([str(grid_file)]) == 0
     out = capsys.readouterr().out
     assert "2 selected, 0 to train" in out
-    assert mtimes == {c.run_id: (store.run_dir(c.run_id) / "status.json").stat().st_mtime_ns for c in g.cells}
+    assert mtimes == {
+        c.run_id: (store.run_dir(c.run_id) / "status.json").stat().st_mtime_ns for c in g.cells
+    }
     status_cli.main([str(grid_file)])
     table = capsys.readouterr().out
     assert table.count("done") == 2 and "6/6" in table
@@ -59,7 +75,9 @@ def test_interrupted_cell_resumes_from_its_checkpoint(grid_file):
     store = RunStore(grid_file.parent / "runs")
     cell = load_grid(grid_file).cells[0]
     # Train to step 4 as a shorter run, then mark it as killed mid-way.
-    short = cell.config.model_copy(update={"train": cell.config.train.model_copy(update={"steps": 4})})
+    short = cell.config.model_copy(
+        update={"train": cell.config.train.model_copy(update={"steps": 4})}
+    )
     from sagan.train import train
 
     train(short, store.run_dir(cell.run_id), progress=False)
@@ -70,7 +88,9 @@ def test_interrupted_cell_resumes_from_its_checkpoint(grid_file):
     assert run_cli.main([str(grid_file), "--only", "attention=none"]) == 0
     st = store.state(cell)
     assert st.state == "done" and st.step == 6 and st.attempts == 2
-    assert "resuming from ckpt-000000004.pt" in (store.run_dir(cell.run_id) / "train.log").read_text()
+    assert (
+        "resuming from ckpt-000000004.pt" in (store.run_dir(cell.run_id) / "train.log").read_text()
+    )
 
 
 def test_locked_run_is_not_trained_twice(grid_file, capsys):
@@ -86,7 +106,9 @@ def test_locked_run_is_not_trained_twice(grid_file, capsys):
         # Even a worker launched directly refuses a claimed run.
         proc = subprocess.run(
             [sys.executable, "-m", "ablations.worker", str(store.prepare(cell))],
-            cwd=REPO, capture_output=True, text=True,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
         )
         assert proc.returncode == 3 and "already being trained" in proc.stderr
     finally:
@@ -106,7 +128,12 @@ def test_dry_run_prints_the_plan_and_starts_nothing(grid_file, capsys):
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
 def test_failed_cell_does_not_stop_the_others_and_is_retried_on_request(grid_file, capsys):
-    g = dict(GRID, axes={"attention": {"none": {"model.attn_g": [], "model.attn_d": []}, "feat16": {}},})
+    g = dict(
+        GRID,
+        axes={
+            "attention": {"none": {"model.attn_g": [], "model.attn_d": []}, "feat16": {}},
+        },
+    )
     # A device that is not there fails in the run (a compute node may have one), not at validation.
     g["axes"]["data"] = {"ok": {}, "tiny": {"train.device": "cuda", "data.synthetic.n_images": 32}}
     grid_file.write_text(yaml.safe_dump(g, sort_keys=False))
@@ -136,7 +163,10 @@ def test_bad_grid_is_one_clear_message_and_nothing_starts(grid_file, capsys):
     grid_file.write_text(yaml.safe_dump(g))
     assert run_cli.main([str(grid_file)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and "axes.attention.feat64: model.attn_g: 64 is not a feature-map size" in err
+    assert (
+        err.startswith("error: ")
+        and "axes.attention.feat64: model.attn_g: 64 is not a feature-map size" in err
+    )
     assert len(err.strip().splitlines()) == 1
     assert not (grid_file.parent / "runs").exists()
 
@@ -144,3 +174,22 @@ def test_bad_grid_is_one_clear_message_and_nothing_starts(grid_file, capsys):
 def test_unknown_grid_name_lists_the_bundled_ones(capsys):
     assert run_cli.main(["no-such-grid"]) == 2
     assert "bundled grids: " in capsys.readouterr().err
+
+
+def test_missing_data_or_weights_stop_the_grid_before_anything_starts(grid_file, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))  # no weights there
+    g = dict(GRID)
+    g["base"] = {**GRID["base"], "eval": {"metrics": ["fid"], "n_samples": 10}}
+    g["axes"] = {
+        "data": {
+            "synth": {},
+            "cifar": {"data.name": "cifar10", "data.root": str(tmp_path / "nowhere"), "train.device": "cpu"},
+        }
+    }
+    grid_file.write_text(yaml.safe_dump(g, sort_keys=False))
+    assert run_cli.main([str(grid_file)]) == 2
+    err = capsys.readouterr().err
+    assert "CIFAR-10 not found" in err and "python -m sagan.prefetch --data cifar10" in err
+    assert "python -m sagan.prefetch --weights" in err
+    assert err.rstrip().endswith("nothing was started.")
+    assert not any((grid_file.parent / "runs").glob("*/status.json"))
