@@ -18,7 +18,9 @@ class Display:
         if tty:
             from tqdm import tqdm
 
-            self.overall = tqdm(total=total, desc="grid", unit="run", position=0, dynamic_ncols=True)
+            self.overall = tqdm(
+                total=total, desc="grid", unit="run", position=0, dynamic_ncols=True
+            )
 
     def _say(self, msg: str) -> None:
         if self.overall is not None:
@@ -32,8 +34,12 @@ class Display:
             from tqdm import tqdm
 
             self.bars[task.run_id] = tqdm(
-                total=task.steps, desc=task.label, unit="step", position=len(self.bars) + 1,
-                leave=False, dynamic_ncols=True,
+                total=task.steps,
+                desc=task.label,
+                unit="step",
+                position=len(self.bars) + 1,
+                leave=False,
+                dynamic_ncols=True,
             )
 
     def finished(self, outcome) -> None:
@@ -55,7 +61,9 @@ class Display:
                     bar.update(steps[t.run_id] - bar.n)
         elif running and time.time() - self.last_line > 30:
             self.last_line = time.time()
-            self._say("running: " + ", ".join(f"{t.label} {steps[t.run_id]}/{t.steps}" for t in running))
+            self._say(
+                "running: " + ", ".join(f"{t.label} {steps[t.run_id]}/{t.steps}" for t in running)
+            )
 
     def close(self) -> None:
         for bar in self.bars.values():

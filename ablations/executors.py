@@ -70,7 +70,9 @@ class LocalExecutor(Executor):
         log.flush()
         proc = subprocess.Popen(
             [sys.executable, "-m", "ablations.worker", str(task.run_dir)],
-            stdout=log, stderr=subprocess.STDOUT, env=self._env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=self._env(),
         )
         proc.log = log  # type: ignore[attr-defined]
         return proc
@@ -95,7 +97,11 @@ class LocalExecutor(Executor):
                         continue
                     proc.log.close()  # type: ignore[attr-defined]
                     del running[pid]
-                    state = "busy" if rc == 3 else rundir.read_status(task.run_dir).get("state", "failed")
+                    state = (
+                        "busy"
+                        if rc == 3
+                        else rundir.read_status(task.run_dir).get("state", "failed")
+                    )
                     if rc not in (0, 3) and state in ("running", "pending"):
                         state = "failed"  # died before it could say so
                     outcome = Outcome(task, state, rc)

@@ -4,6 +4,7 @@ A grid file::
 
     name: attention
     base: ../configs/cifar10.yaml     # a sagan.train config file, or an inline mapping
+    overrides: {train.steps: 50000}   # optional, applied to the base
     axes:
       attention:                      # axis -> level -> config overrides
         none:   {model.attn_g: [], model.attn_d: []}
@@ -66,6 +67,7 @@ class GridSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     base: str | dict[str, Any]
+    overrides: dict[str, Any] = {}  # applied to the base, e.g. a base file's training length
     axes: dict[str, dict[str, dict[str, Any] | None] | list[Any]] = {}
     seeds: list[int] = [0]
     mode: Literal["product", "zip"] = "product"
@@ -162,7 +164,9 @@ def load_grid(path: str | Path) -> Grid:
     axes: dict[str, dict[str, dict[str, Any]]] = {}
     for axis, levels in spec.axes.items():
         if axis == SEED_AXIS:
-            errors.append(f"{where}: axes.{axis}: '{SEED_AXIS}' is reserved; list seeds under 'seeds:'")
+            errors.append(
+                f"{where}: axes.{axis}: '{SEED_AXIS}' is reserved; list seeds under 'seeds:'"
+            )
             continue
         norm = _axis_levels(axis, levels)
         if not norm:
@@ -195,26 +199,34 @@ def load_grid(path: str | Path) -> Grid:
                 continue
             for w in want if isinstance(want, list) else [want]:
                 if str(w) not in names:
-                    errors.append(f"{where}: {kind}[{j}].{axis}: no level named '{w}' (levels: {', '.join(names)})")
+                    errors.append(
+                        f"{where}: {kind}[{j}].{axis}: no level named '{w}' (levels: {', '.join(names)})"
+                    )
     if errors:
         raise GridError("\n".join(errors))
 
-    grid = Grid(spec.name, path, spec, {a: list(v) for a, v in axes.items()} | {SEED_AXIS: [str(s) for s in spec.seeds]})
+    grid = Grid(
+        spec.name,
+        path,
+        spec,
+        {a: list(v) for a, v in axes.items()} | {SEED_AXIS: [str(s) for s in spec.seeds]},
+    )
     names = list(axes)
     combos = (
-        list(zip(*(list(axes[a]) for a in names))) if spec.mode == "zip" and names
+        list(zip(*(list(axes[a]) for a in names), strict=True))
+        if spec.mode == "zip" and names
         else list(itertools.product(*(list(axes[a]) for a in names)))
     )
     by_id: dict[str, str] = {}
     for combo in combos:
         for seed in spec.seeds:
-            levels = dict(zip(names, combo)) | {SEED_AXIS: str(seed)}
+            levels = dict(zip(names, combo, strict=True)) | {SEED_AXIS: str(seed)}
             if spec.include and not any(_matches(levels, f) for f in spec.include):
                 continue
             if any(_matches(levels, f) for f in spec.exclude):
                 continue
             overrides: dict[str, Any] = {}
-            for a, lv in zip(names, combo):
+            for a, lv in zip(names, combo, strict=True):
                 overrides.update(axes[a][lv])
             overrides["train.seed"] = seed
             label = ",".join(f"{k}={v}" for k, v in levels.items())
@@ -252,12 +264,16 @@ def _load_base(spec: GridSpec, path: Path) -> dict[str, Any]:
                     set_dotted(base, f"{k}.{kk}", vv)
             else:
                 set_dotted(base, k, v)
+    for k, v in flatten(spec.overrides).items():
+        set_dotted(base, k, v)
     for k, v in flatten(spec.eval).items():
         set_dotted(base, f"eval.{k}", v)
     try:
         build_config(base)
     except ConfigError as e:
-        raise GridError("\n".join(f"{path}: base: {line}" for line in str(e).splitlines())) from None
+        raise GridError(
+            "\n".join(f"{path}: base: {line}" for line in str(e).splitlines())
+        ) from None
     return base
 
 
@@ -280,8 +296,20 @@ def select(grid: Grid, only: dict[str, list[str]]) -> list[Cell]:
             raise GridError(f"--only: no axis named '{axis}' (axes: {', '.join(grid.axes)})")
         for w in wanted:
             if w not in grid.axes[axis]:
-                raise GridError(f"--only: axis '{axis}' has no level '{w}' (levels: {', '.join(grid.axes[axis])})")
+                raise GridError(
+                    f"--only: axis '{axis}' has no level '{w}' (levels: {', '.join(grid.axes[axis])})"
+                )
     return [c for c in grid.cells if all(c.levels[a] in w for a, w in only.items())]
 
 
-__all__ = ["Cell", "Grid", "GridError", "GridSpec", "load_grid", "parse_only", "run_id", "select", "yaml_load"]
+__all__ = [
+    "Cell",
+    "Grid",
+    "GridError",
+    "GridSpec",
+    "load_grid",
+    "parse_only",
+    "run_id",
+    "select",
+    "yaml_load",
+]

@@ -49,8 +49,10 @@ def plan(cell: Cell, store: RunStore, args) -> str:
         "done": "skip (done)",
         "diverged": "skip (diverged: a result)",
     }.get(st.state) or (
-        "retry" if args.retry_failed and st.attempts < args.max_attempts
-        else f"skip (failed {st.attempts}x; --retry-failed)" if st.attempts < args.max_attempts
+        "retry"
+        if args.retry_failed and st.attempts < args.max_attempts
+        else f"skip (failed {st.attempts}x; --retry-failed)"
+        if st.attempts < args.max_attempts
         else f"skip (failed {st.attempts}x, the limit)"
     )
 
@@ -79,12 +81,28 @@ def parse_args(argv):
     p = argparse.ArgumentParser(prog="python -m ablations.run", description=__doc__.splitlines()[0])
     p.add_argument("grid", help="grid YAML file, or the name of a bundled grid (smoke, probe, ...)")
     p.add_argument("--out", type=Path, help="run store (default: runs/ beside the grid file)")
-    p.add_argument("--only", action="append", default=[], metavar="AXIS=LEVEL[,...]", help="run only matching cells")
+    p.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="AXIS=LEVEL[,...]",
+        help="run only matching cells",
+    )
     p.add_argument("--jobs", type=int, help="cells trained at once (local executor)")
-    p.add_argument("--dry-run", action="store_true", help="print the cells and what would run, then exit")
-    p.add_argument("--force", action="store_true", help="move selected runs aside and train them anew")
-    p.add_argument("--retry-failed", action="store_true", help="retry failed runs (up to --max-attempts)")
-    p.add_argument("--max-attempts", type=int, help="attempts per run before it stays failed (default: grid's, 3)")
+    p.add_argument(
+        "--dry-run", action="store_true", help="print the cells and what would run, then exit"
+    )
+    p.add_argument(
+        "--force", action="store_true", help="move selected runs aside and train them anew"
+    )
+    p.add_argument(
+        "--retry-failed", action="store_true", help="retry failed runs (up to --max-attempts)"
+    )
+    p.add_argument(
+        "--max-attempts",
+        type=int,
+        help="attempts per run before it stays failed (default: grid's, 3)",
+    )
     return p.parse_args(argv)
 
 
@@ -101,7 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     store = RunStore(args.out or default_out(path, bundled))
     actions = {c.run_id: plan(c, store, args) for c in cells}
     todo = [c for c in cells if not actions[c.run_id].startswith("skip")]
-    print(f"grid {grid.name}: {len(grid.cells)} cells, {len(cells)} selected, {len(todo)} to train; store {store.out}")
+    print(
+        f"grid {grid.name}: {len(grid.cells)} cells, {len(cells)} selected, {len(todo)} to train; store {store.out}"
+    )
     if args.dry_run:
         print(cell_table(grid, store, cells, actions))
         return 0
@@ -127,7 +147,10 @@ def main(argv: list[str] | None = None) -> int:
     failed = [c for c in cells if store.state(c).state == "failed"]
     for c in failed:
         err = store.state(c).status.get("error", "see train.log")
-        print(f"failed: {c.label()} ({c.run_id}): {err}; log: {store.run_dir(c.run_id) / 'train.log'}", file=sys.stderr)
+        print(
+            f"failed: {c.label()} ({c.run_id}): {err}; log: {store.run_dir(c.run_id) / 'train.log'}",
+            file=sys.stderr,
+        )
     return 1 if failed else 0
 
 

@@ -17,7 +17,9 @@ from ablations.table import cell_table
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m ablations.status", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="python -m ablations.status", description=__doc__.splitlines()[0]
+    )
     p.add_argument("grid")
     p.add_argument("--out", type=Path)
     p.add_argument("--only", action="append", default=[])

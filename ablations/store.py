@@ -98,7 +98,9 @@ class RunStore:
                 state = "interrupted"
         if state == "done" and status.get("step", 0) < steps:
             state = "interrupted"  # done at fewer steps than this config asks for
-        return RunState(state, int(status.get("step", 0)), steps, int(status.get("attempts", 0)), status)
+        return RunState(
+            state, int(status.get("step", 0)), steps, int(status.get("attempts", 0)), status
+        )
 
     def prepare(self, cell: Cell) -> Path:
         """Create the run directory with its resolved config, ready for any executor."""

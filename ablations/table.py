@@ -6,7 +6,12 @@ from ablations.grid import Cell, Grid
 from ablations.store import RunStore
 
 # Metric columns, in the order a paper's table would show them.
-METRIC_COLUMNS = (("fid", "FID"), ("is_mean", "IS"), ("kid_mean", "KID"), ("consistency", "consist."))
+METRIC_COLUMNS = (
+    ("fid", "FID"),
+    ("is_mean", "IS"),
+    ("kid_mean", "KID"),
+    ("consistency", "consist."),
+)
 
 
 def _fmt(v) -> str:
@@ -17,11 +22,13 @@ def _fmt(v) -> str:
 
 def render(rows: list[list[str]], header: list[str]) -> str:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    line = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
+    line = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()  # noqa: E731
     return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
 
 
-def cell_table(grid: Grid, store: RunStore, cells: list[Cell], actions: dict[str, str] | None = None) -> str:
+def cell_table(
+    grid: Grid, store: RunStore, cells: list[Cell], actions: dict[str, str] | None = None
+) -> str:
     """One row per cell: its levels, run id, state, step and latest metrics."""
     axes = list(grid.axes)
     metrics = {c.run_id: store.latest_metrics(c.run_id) for c in cells}

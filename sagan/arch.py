@@ -38,7 +38,7 @@ class Arch:
 
 def _g(mults: list[int], start: int) -> tuple[Block, ...]:
     blocks, size = [], start
-    for a, b in zip(mults[:-1], mults[1:]):
+    for a, b in zip(mults[:-1], mults[1:], strict=True):
         size *= 2
         blocks.append(Block(a, b, True, size))
     return tuple(blocks)

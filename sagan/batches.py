@@ -58,7 +58,9 @@ class Batches:
     ):
         n = len(dataset)
         if n < batch_size:
-            raise ValueError(f"the dataset has {n} images, fewer than train.batch_size={batch_size}")
+            raise ValueError(
+                f"the dataset has {n} images, fewer than train.batch_size={batch_size}"
+            )
         self.consumed = consumed
         self.device = device
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format

@@ -78,7 +78,9 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     return torch.load(path, map_location=map_location, weights_only=True)
 
 
-def load_latest(run_dir: Path, map_location: str | torch.device = "cpu") -> tuple[dict[str, Any], Path] | None:
+def load_latest(
+    run_dir: Path, map_location: str | torch.device = "cpu"
+) -> tuple[dict[str, Any], Path] | None:
     """The newest checkpoint that loads; a corrupt one is reported and skipped.
 
     Returns ``None`` when the run has no checkpoint at all.
@@ -95,10 +97,17 @@ def load_latest(run_dir: Path, map_location: str | torch.device = "cpu") -> tupl
                 raise ValueError("no 'step' entry")
             return state, path
         except Exception as e:  # noqa: BLE001 - any failure to load means "not usable"
-            log.warning("checkpoint %s is unreadable (%s: %s); trying the previous one", path, type(e).__name__, e)
+            log.warning(
+                "checkpoint %s is unreadable (%s: %s); trying the previous one",
+                path,
+                type(e).__name__,
+                e,
+            )
             errors.append(f"{path.name}: {type(e).__name__}: {e}")
     if found:
-        raise RuntimeError(f"no readable checkpoint in {ckpt_dir(run_dir)}:\n  " + "\n  ".join(errors))
+        raise RuntimeError(
+            f"no readable checkpoint in {ckpt_dir(run_dir)}:\n  " + "\n  ".join(errors)
+        )
     return None
 
 
@@ -124,7 +133,15 @@ def rng_state() -> dict[str, Any]:
 def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     n = state["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    np.random.set_state(
+        (
+            "MT19937",
+            n["keys"].numpy().astype(np.uint32),
+            n["pos"],
+            n["has_gauss"],
+            n["cached_gaussian"],
+        )
+    )
     p = state["python"]
     random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
     if "cuda" in state and torch.cuda.is_available():

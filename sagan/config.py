@@ -229,7 +229,9 @@ def describe_errors(err: ValidationError, where: str = "") -> str:
     return "\n".join(lines)
 
 
-def build_config(raw: dict[str, Any], overrides: dict[str, Any] | None = None, where: str = "") -> Config:
+def build_config(
+    raw: dict[str, Any], overrides: dict[str, Any] | None = None, where: str = ""
+) -> Config:
     """Validate a raw dict (plus dotted overrides) into a :class:`Config`.
 
     Raises:
@@ -281,7 +283,8 @@ def resume_conflicts(saved: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return [
         k
         for k in keys
-        if a.get(k) != b.get(k) and not any(k == s or (s.endswith(".") and k.startswith(s)) for s in RESUME_SAFE)
+        if a.get(k) != b.get(k)
+        and not any(k == s or (s.endswith(".") and k.startswith(s)) for s in RESUME_SAFE)
     ]
 
 

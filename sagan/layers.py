@@ -32,7 +32,9 @@ def _finish(module: nn.Module, sn: bool, init: str) -> nn.Module:
     return spectral_norm(module, n_power_iterations=1) if sn else module
 
 
-def conv(in_ch: int, out_ch: int, kernel: int = 3, *, sn: bool, init: str, bias: bool = True) -> nn.Module:
+def conv(
+    in_ch: int, out_ch: int, kernel: int = 3, *, sn: bool, init: str, bias: bool = True
+) -> nn.Module:
     """A 'same'-padded convolution, spectrally normalised when ``sn``."""
     return _finish(nn.Conv2d(in_ch, out_ch, kernel, padding=kernel // 2, bias=bias), sn, init)
 

@@ -49,7 +49,9 @@ class GBlock(nn.Module):
 
 
 class DBlock(nn.Module):
-    def __init__(self, in_ch: int, out_ch: int, downsample: bool, layers: Layers, optimized: bool = False):
+    def __init__(
+        self, in_ch: int, out_ch: int, downsample: bool, layers: Layers, optimized: bool = False
+    ):
         super().__init__()
         self.downsample = downsample
         self.optimized = optimized
@@ -106,7 +108,10 @@ class Generator(nn.Module):
                 c = b.out_mult * ch
                 blocks.append(
                     _extra_block(
-                        cfg.attn_block, c, layers, cfg.attention_variant,
+                        cfg.attn_block,
+                        c,
+                        layers,
+                        cfg.attention_variant,
                         lambda c=c: GBlock(c, c, False, layers, num_classes),
                     )
                 )
@@ -142,7 +147,10 @@ class Discriminator(nn.Module):
                 c = b.out_mult * ch
                 blocks.append(
                     _extra_block(
-                        cfg.attn_block, c, layers, cfg.attention_variant,
+                        cfg.attn_block,
+                        c,
+                        layers,
+                        cfg.attention_variant,
                         lambda c=c: DBlock(c, c, False, layers),
                     )
                 )
@@ -164,9 +172,15 @@ class Discriminator(nn.Module):
 
 def attention_gammas(module: nn.Module) -> dict[str, float]:
     """``{'blocks.3': gamma, ...}`` for every attention block (one host sync each)."""
-    return {name: float(m.gamma.detach()) for name, m in module.named_modules() if isinstance(m, SelfAttention)}
+    return {
+        name: float(m.gamma.detach())
+        for name, m in module.named_modules()
+        if isinstance(m, SelfAttention)
+    }
 
 
-def build_models(cfg: ModelConfig, resolution: int, num_classes: int) -> tuple[Generator, Discriminator]:
+def build_models(
+    cfg: ModelConfig, resolution: int, num_classes: int
+) -> tuple[Generator, Discriminator]:
     """G and D for a model config. ``num_classes == 0`` builds unconditional models."""
     return Generator(cfg, resolution, num_classes), Discriminator(cfg, resolution, num_classes)

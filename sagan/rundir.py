@@ -70,7 +70,14 @@ def truncate_jsonl(path: Path, max_step: int) -> None:
 
 
 # Direction of each metric: True when larger is better.
-HIGHER_IS_BETTER = {"fid": False, "kid_mean": False, "is_mean": True, "precision": True, "recall": True, "consistency": True}
+HIGHER_IS_BETTER = {
+    "fid": False,
+    "kid_mean": False,
+    "is_mean": True,
+    "precision": True,
+    "recall": True,
+    "consistency": True,
+}
 
 
 def update_best(status: dict[str, Any], record: dict[str, Any]) -> None:

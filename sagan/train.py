@@ -22,10 +22,26 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from sagan import rundir
 from sagan.batches import Batches
-from sagan.checkpoint import atomic_write_text, load_latest, rng_state, save_checkpoint, set_rng_state
-from sagan.config import Config, ConfigError, flatten, load_config, resume_conflicts, to_dict, to_yaml, yaml_load
+from sagan.checkpoint import (
+    atomic_write_text,
+    load_latest,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from sagan.config import (
+    Config,
+    ConfigError,
+    flatten,
+    load_config,
+    resume_conflicts,
+    to_dict,
+    to_yaml,
+    yaml_load,
+)
 from sagan.data import DataError, build_dataset
 from sagan.losses import LOSSES
 from sagan.metrics.errors import MetricsError
@@ -113,7 +129,9 @@ class Trainer:
         fmt = torch.channels_last if (self.cuda and t.channels_last) else torch.contiguous_format
         self.G = G.to(self.device, memory_format=fmt)
         self.D = D.to(self.device, memory_format=fmt)
-        self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False) if t.ema is not None else None
+        self.G_ema = (
+            copy.deepcopy(self.G).eval().requires_grad_(False) if t.ema is not None else None
+        )
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=t.lr_g, betas=t.betas)
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=t.lr_d, betas=t.betas)
         self.loss_d, self.loss_g = LOSSES[t.loss]
@@ -165,7 +183,9 @@ class Trainer:
 
     def save(self) -> None:
         if self.main:
-            save_checkpoint(self.run_dir, self.step, self.state_dict(), keep=self.cfg.train.ckpt_keep)
+            save_checkpoint(
+                self.run_dir, self.step, self.state_dict(), keep=self.cfg.train.ckpt_keep
+            )
 
     # -- the loop ----------------------------------------------------------------
     def _autocast(self):
@@ -184,7 +204,7 @@ class Trainer:
         with torch.no_grad():
             ema_p = list(self.G_ema.parameters())
             torch._foreach_lerp_(ema_p, list(self.G.parameters()), 1.0 - decay)
-            for be, b in zip(self.G_ema.buffers(), self.G.buffers()):
+            for be, b in zip(self.G_ema.buffers(), self.G.buffers(), strict=True):
                 be.copy_(b)
 
     def train_step(self, batches: Batches, first_bad: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -218,7 +238,12 @@ class Trainer:
         # Record the first non-finite step on the device: no host sync here.
         bad = ~(torch.isfinite(loss_d) & torch.isfinite(loss_g))
         first_bad.copy_(torch.where(bad & (first_bad < 0), self.step, first_bad))
-        return {"loss_d": loss_d.detach(), "loss_g": loss_g.detach(), "d_real": d_real.mean().detach(), "d_fake": d_fake.mean().detach()}
+        return {
+            "loss_d": loss_d.detach(),
+            "loss_g": loss_g.detach(),
+            "d_real": d_real.mean().detach(),
+            "d_fake": d_fake.mean().detach(),
+        }
 
     def sample(self) -> None:
         from torchvision.utils import save_image
@@ -245,17 +270,24 @@ class Trainer:
 
         use_ema = self.cfg.eval.use_ema and self.G_ema is not None
         G = self.G_ema if use_ema else self.G
-        record = evaluate_generator(G, self.cfg, step=self.step, device=self.device, ema=use_ema, run_dir=self.run_dir)
+        record = evaluate_generator(
+            G, self.cfg, step=self.step, device=self.device, ema=use_ema, run_dir=self.run_dir
+        )
         record["origin"] = "train"
         rundir.append_jsonl(self.run_dir / "eval.jsonl", record)
-        self.progress.write(f"eval step {self.step}: " + ", ".join(f"{k}={v:.4g}" for k, v in record["metrics"].items()))
+        self.progress.write(
+            f"eval step {self.step}: "
+            + ", ".join(f"{k}={v:.4g}" for k, v in record["metrics"].items())
+        )
         rundir.update_best(status, record)
 
     def run(self) -> str:
         cfg, t = self.cfg, self.cfg.train
         status = rundir.read_status(self.run_dir)
         self.restore()
-        status.update(state="running", step=self.step, steps=t.steps, attempts=status.get("attempts", 0) + 1)
+        status.update(
+            state="running", step=self.step, steps=t.steps, attempts=status.get("attempts", 0) + 1
+        )
         status.pop("error", None)
         if self.restored_from is not None:
             self.progress.write(f"resuming from {self.restored_from.name} (G step {self.step})")
@@ -263,8 +295,13 @@ class Trainer:
         writer = None
         try:
             batches = Batches(
-                self.dataset, t.batch_size, t.seed, self.device, consumed=self.consumed,
-                num_workers=cfg.data.num_workers, channels_last=self.cuda and t.channels_last,
+                self.dataset,
+                t.batch_size,
+                t.seed,
+                self.device,
+                consumed=self.consumed,
+                num_workers=cfg.data.num_workers,
+                channels_last=self.cuda and t.channels_last,
             )
             writer = self._tensorboard()
             first_bad = torch.full((), -1, dtype=torch.long, device=self.device)
@@ -323,7 +360,7 @@ class Trainer:
     def _log_record(self, vals: dict[str, torch.Tensor], it_per_s: float) -> dict[str, Any]:
         keys = list(vals)
         numbers = torch.stack([vals[k].float() for k in keys]).tolist()
-        rec: dict[str, Any] = {"step": self.step, **dict(zip(keys, numbers))}
+        rec: dict[str, Any] = {"step": self.step, **dict(zip(keys, numbers, strict=True))}
         rec["gamma_g"] = attention_gammas(self.G)
         rec["gamma_d"] = attention_gammas(self.D)
         rec["it_per_s"] = it_per_s
@@ -351,7 +388,9 @@ def train(cfg: Config, run_dir: str | Path, progress: bool | None = None) -> str
     run_dir.mkdir(parents=True, exist_ok=True)
     check_resume(run_dir, cfg)
     status = rundir.read_status(run_dir)
-    if status["state"] == "diverged" or (status["state"] == "done" and status.get("step", 0) >= cfg.train.steps):
+    if status["state"] == "diverged" or (
+        status["state"] == "done" and status.get("step", 0) >= cfg.train.steps
+    ):
         return status["state"]
     preflight(cfg)
     atomic_write_text(run_dir / "config.yaml", to_yaml(cfg))
@@ -359,7 +398,9 @@ def train(cfg: Config, run_dir: str | Path, progress: bool | None = None) -> str
         trainer = Trainer(cfg, run_dir, progress=progress)
     except BaseException as e:
         # Failed before its loop (data, device, a broken checkpoint): say so on disk.
-        status.update(state="failed", attempts=status.get("attempts", 0) + 1, error=f"{type(e).__name__}: {e}")
+        status.update(
+            state="failed", attempts=status.get("attempts", 0) + 1, error=f"{type(e).__name__}: {e}"
+        )
         rundir.write_status(run_dir, status)
         raise
     return trainer.run()

@@ -45,10 +45,19 @@ def test_missing_dataset_name_is_reported():
 @pytest.mark.parametrize(
     "overrides,message",
     [
-        ({"model.attn_g": [64]}, r"model\.attn_g: 64 is not a feature-map size at resolution 32 \(G can hold attention at 8, 16, 32\)"),
-        ({"model.attn_d": [32]}, r"model\.attn_d: 32 is not a feature-map size at resolution 32 \(D can hold attention at 8, 16\)"),
+        (
+            {"model.attn_g": [64]},
+            r"model\.attn_g: 64 is not a feature-map size at resolution 32 \(G can hold attention at 8, 16, 32\)",
+        ),
+        (
+            {"model.attn_d": [32]},
+            r"model\.attn_d: 32 is not a feature-map size at resolution 32 \(D can hold attention at 8, 16\)",
+        ),
         ({"model.attn_g": [16, 16]}, r"model\.attn_g: .* lists a size twice"),
-        ({"data.name": "cifar10", "data.resolution": 64, "model.attn_g": [], "model.attn_d": []}, r"cifar10 images are 32x32"),
+        (
+            {"data.name": "cifar10", "data.resolution": 64, "model.attn_g": [], "model.attn_d": []},
+            r"cifar10 images are 32x32",
+        ),
     ],
 )
 def test_impossible_placements_are_rejected_at_config_time(overrides, message):
@@ -57,7 +66,12 @@ def test_impossible_placements_are_rejected_at_config_time(overrides, message):
 
 
 def test_feat64_is_allowed_at_128():
-    cfg = build_config({"data": {"name": "synthetic", "resolution": 128}, "model": {"attn_g": [64], "attn_d": [64]}})
+    cfg = build_config(
+        {
+            "data": {"name": "synthetic", "resolution": 128},
+            "model": {"attn_g": [64], "attn_d": [64]},
+        }
+    )
     assert cfg.model.attn_g == [64]
 
 
@@ -73,7 +87,11 @@ def test_overrides_parse_yaml_values():
 
 def test_resume_conflicts_ignore_cadence_and_steps():
     a = to_dict(build_config(BASE))
-    b = to_dict(build_config(BASE, {"train.steps": 10, "train.log_every": 3, "eval.every": 5, "data.root": "/x"}))
+    b = to_dict(
+        build_config(
+            BASE, {"train.steps": 10, "train.log_every": 3, "eval.every": 5, "data.root": "/x"}
+        )
+    )
     assert resume_conflicts(a, b) == []
     c = to_dict(build_config(BASE, {"train.lr_d": 1e-4, "model.sn_g": False}))
     assert resume_conflicts(a, c) == ["model.sn_g", "train.lr_d"]

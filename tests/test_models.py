@@ -51,13 +51,17 @@ def test_attention_widths_follow_variant():
     assert official.query.out_channels == official.key.out_channels == 8
     assert official.value.out_channels == 32 and official.out.in_channels == 32
     assert paper.value.out_channels == 8 and paper.out.in_channels == 8
-    assert all(conv.bias is None for conv in (official.query, official.key, official.value, official.out))
+    assert all(
+        conv.bias is None for conv in (official.query, official.key, official.value, official.out)
+    )
 
 
 def _placements(res):
     for net in ("g", "d"):
         sizes = attention_sizes(res, net)
-        yield from ((net, list(c)) for n in range(len(sizes) + 1) for c in itertools.combinations(sizes, n))
+        yield from (
+            (net, list(c)) for n in range(len(sizes) + 1) for c in itertools.combinations(sizes, n)
+        )
 
 
 @pytest.mark.parametrize("res", [32, 64, 128])
@@ -67,7 +71,13 @@ def test_output_shapes_for_every_placement(res):
     y = torch.tensor([0, 2])
     for net, sizes in _placements(res):
         for block in ("attention", "residual"):
-            cfg = ModelConfig(ch=8, z_dim=16, attn_g=sizes if net == "g" else [], attn_d=sizes if net == "d" else [], attn_block=block)
+            cfg = ModelConfig(
+                ch=8,
+                z_dim=16,
+                attn_g=sizes if net == "g" else [],
+                attn_d=sizes if net == "d" else [],
+                attn_block=block,
+            )
             if net == "g":
                 G = Generator(cfg, res, num_classes=3)
                 out = G(z, y)

@@ -1,6 +1,7 @@
 """The grid runner: idempotence, resume, locks, dry runs, and the smoke grid end to end."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -176,14 +177,20 @@ def test_unknown_grid_name_lists_the_bundled_ones(capsys):
     assert "bundled grids: " in capsys.readouterr().err
 
 
-def test_missing_data_or_weights_stop_the_grid_before_anything_starts(grid_file, tmp_path, capsys, monkeypatch):
+def test_missing_data_or_weights_stop_the_grid_before_anything_starts(
+    grid_file, tmp_path, capsys, monkeypatch
+):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))  # no weights there
     g = dict(GRID)
     g["base"] = {**GRID["base"], "eval": {"metrics": ["fid"], "n_samples": 10}}
     g["axes"] = {
         "data": {
             "synth": {},
-            "cifar": {"data.name": "cifar10", "data.root": str(tmp_path / "nowhere"), "train.device": "cpu"},
+            "cifar": {
+                "data.name": "cifar10",
+                "data.root": str(tmp_path / "nowhere"),
+                "train.device": "cpu",
+            },
         }
     }
     grid_file.write_text(yaml.safe_dump(g, sort_keys=False))
@@ -193,3 +200,26 @@ def test_missing_data_or_weights_stop_the_grid_before_anything_starts(grid_file,
     assert "python -m sagan.prefetch --weights" in err
     assert err.rstrip().endswith("nothing was started.")
     assert not any((grid_file.parent / "runs").glob("*/status.json"))
+
+
+@pytest.mark.slow
+def test_smoke_grid_end_to_end(tmp_path):
+    """The README's main job: the bundled smoke grid, as a user runs it."""
+    out = tmp_path / "runs"
+    cmd = [sys.executable, "-m", "ablations.run", "smoke", "--out", str(out), "--jobs", "2"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}  # also without `pip install -e .`
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    g = load_grid(REPO / "ablations" / "grids" / "smoke.yaml")
+    store = RunStore(out)
+    assert len(g.cells) == 8
+    for c in g.cells:
+        st = store.state(c)
+        assert st.state == "done" and st.step == 30, c.label()
+        record = rundir.read_jsonl(store.run_dir(c.run_id) / "eval.jsonl")[-1]
+        assert record["step"] == 30 and 0.0 <= record["metrics"]["consistency"] <= 1.0
+        assert record["protocol"]["n_generated"] == 256
+    table = proc.stdout.split("\n\n")[-1]
+    assert table.count("done") == 8 and "consist." in table
+    rerun = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0 and "8 selected, 0 to train" in rerun.stdout

@@ -44,7 +44,7 @@ def _assert_same_weights(a, b):
         for k in a[net]:
             assert torch.equal(a[net][k], b[net][k]), f"{net}.{k} differs"
     for opt in ("opt_g", "opt_d"):
-        for sa, sb in zip(a[opt]["state"].values(), b[opt]["state"].values()):
+        for sa, sb in zip(a[opt]["state"].values(), b[opt]["state"].values(), strict=True):
             assert all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
@@ -62,9 +62,14 @@ def test_tiny_run_writes_its_files(reference_run):
     assert status["state"] == "done" and status["step"] == 40 and status["attempts"] == 1
     recs = rundir.read_jsonl(d / "metrics.jsonl")
     assert [r["step"] for r in recs] == [10, 20, 30, 40]
-    assert {"loss_d", "loss_g", "d_real", "d_fake", "gamma_g", "gamma_d", "img_per_s"} <= set(recs[0])
+    assert {"loss_d", "loss_g", "d_real", "d_fake", "gamma_g", "gamma_d", "img_per_s"} <= set(
+        recs[0]
+    )
     assert list(recs[0]["gamma_g"]) and list(recs[0]["gamma_d"])
-    assert sorted(p.name for p in (d / "samples").iterdir()) == ["step-000000020.png", "step-000000040.png"]
+    assert sorted(p.name for p in (d / "samples").iterdir()) == [
+        "step-000000020.png",
+        "step-000000040.png",
+    ]
     assert [s for s, _ in list_checkpoints(d)] == [40, 20]
     assert load_config(d / "config.yaml") == tiny()
 
@@ -101,8 +106,21 @@ def test_resume_after_stop_equals_uninterrupted_run(reference_run, tmp_path):
 def _start(out, *extra):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     return subprocess.Popen(
-        [sys.executable, "-m", "sagan.train", str(TINY), "eval.metrics=[]", *extra, "--out", str(out)],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "sagan.train",
+            str(TINY),
+            "eval.metrics=[]",
+            *extra,
+            "--out",
+            str(out),
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
 
 
@@ -160,7 +178,9 @@ def test_resume_with_changed_config_is_refused(reference_run, tmp_path):
 
     shutil.copytree(reference_run, tmp_path / "run")
     with pytest.raises(ConfigError) as e:
-        train(tiny(**{"train.lr_d": 1e-4, "model.sn_g": False, "train.steps": 50}), tmp_path / "run")
+        train(
+            tiny(**{"train.lr_d": 1e-4, "model.sn_g": False, "train.steps": 50}), tmp_path / "run"
+        )
     msg = str(e.value)
     assert "train.lr_d: 0.0004 -> 0.0001" in msg and "model.sn_g: True -> False" in msg
     assert "train.steps" not in msg.split("\n", 1)[1].split("Use a new")[0]
@@ -182,6 +202,10 @@ def test_non_finite_loss_is_recorded_as_diverged(tmp_path):
     assert status["state"] == "diverged" and 1 <= status["diverged_step"] <= 40
     # No checkpoint holds non-finite weights.
     for _, p in list_checkpoints(tmp_path):
-        assert all(torch.isfinite(v).all() for v in load_checkpoint(p)["G"].values() if v.is_floating_point())
+        assert all(
+            torch.isfinite(v).all()
+            for v in load_checkpoint(p)["G"].values()
+            if v.is_floating_point()
+        )
     # Re-running keeps the result.
     assert train(cfg, tmp_path, progress=False) == "diverged"

@@ -1,0 +1,1 @@
+"""Timing benchmarks: ``python -m sagan.benchmarks.<name>``; each prints the machine and its numbers."""

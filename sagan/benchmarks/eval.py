@@ -1,0 +1,215 @@
+"""Time one FID + IS evaluation, with a cold reference cache and then a warm one.
+
+    python -m sagan.benchmarks.eval [--n 1000] [--device cpu] [--weights PATH]
+
+Scores N generated samples (the real SAGAN generator at its default width when
+``sagan.models`` is importable, else a small random stand-in) against N images of the
+synthetic reference set, twice: first with an empty reference cache (the reference
+images are pushed through Inception), then with the cache filled. Prints the machine
+(CPU, cores, torch, GPU) and where the time goes.
+
+Without real Inception weights (``--weights``, or torch.hub's cache) it writes a
+random-valued weights file of the right architecture and says so: the timing is the
+same, the metric values are meaningless.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from sagan.config import build_config
+from sagan.metrics import (
+    MetricsError,
+    evaluate_generator,
+    inception_weights_path,
+    make_random_weights,
+)
+from sagan.metrics.weights import WEIGHTS_FILE
+
+
+class StandInG(nn.Module):
+    """A small random conditional generator with the interface of ``sagan.models.Generator``."""
+
+    def __init__(self, z_dim: int, num_classes: int, resolution: int, ch: int = 32):
+        super().__init__()
+        self.z_dim, self.num_classes, self.resolution = z_dim, num_classes, resolution
+        self.embed = nn.Embedding(max(num_classes, 1), z_dim)
+        self.fc = nn.Linear(z_dim, ch * 4 * 4)
+        ups = []
+        for _ in range(resolution.bit_length() - 3):  # 4 -> resolution
+            ups += [
+                nn.Upsample(scale_factor=2),
+                nn.Conv2d(ch, ch, 3, padding=1),
+                nn.BatchNorm2d(ch),
+                nn.ReLU(),
+            ]
+        self.body = nn.Sequential(*ups, nn.Conv2d(ch, 3, 3, padding=1), nn.Tanh())
+        self.ch = ch
+
+    def forward(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        h = self.fc(z + self.embed(y) if self.num_classes else z)
+        return self.body(h.view(-1, self.ch, 4, 4))
+
+
+def machine(device: torch.device) -> dict[str, Any]:
+    """CPU model, core counts, torch version and GPU, for the printout."""
+    cpu = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    out = {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "device": str(device),
+    }
+    if device.type == "cuda":
+        out["gpu"] = torch.cuda.get_device_name(device)
+    return out
+
+
+def _generator(cfg, num_classes: int, device: torch.device) -> tuple[nn.Module, str]:
+    torch.manual_seed(0)  # the same random G in every run, so values repeat across runs
+    try:
+        from sagan.models import build_models
+
+        G = build_models(cfg.model, cfg.data.resolution, num_classes)[0]
+        what = f"sagan.models.Generator (ch {cfg.model.ch}, z {cfg.model.z_dim}, random init)"
+    except ImportError:
+        G = StandInG(cfg.model.z_dim, num_classes, cfg.data.resolution)
+        what = "stand-in generator (sagan.models not importable)"
+    return G.to(device), what
+
+
+def _reference(cfg) -> tuple[tuple | None, str]:
+    try:
+        import sagan.data  # noqa: F401
+
+        return None, "sagan.data synthetic"
+    except ImportError:
+        g = torch.Generator().manual_seed(0)
+        n, r = cfg.data.synthetic.n_images, cfg.data.resolution
+        images = torch.randint(0, 256, (n, 3, r, r), generator=g, dtype=torch.uint8)
+        dataset = [(img, 0) for img in images]
+        return (dataset, f"random-uint8-{n}-{r}"), "random images (sagan.data not importable)"
+
+
+def _weights(arg: str | None, tmp: Path) -> tuple[Path, bool]:
+    if arg:
+        return inception_weights_path(arg), False
+    try:
+        return inception_weights_path(None), False
+    except MetricsError:
+        return make_random_weights(tmp / WEIGHTS_FILE, seed=0), True
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line entry point; returns the exit status."""
+    p = argparse.ArgumentParser(
+        prog="python -m sagan.benchmarks.eval", description=__doc__.split("\n")[0]
+    )
+    p.add_argument(
+        "--n", type=int, default=1000, help="generated samples, and reference images (default 1000)"
+    )
+    p.add_argument("--ref-n", type=int, default=None, help="reference images (default: --n)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
+    p.add_argument(
+        "--weights", default=None, help="Inception weights file (default: torch.hub's cache)"
+    )
+    p.add_argument("--batch-size", type=int, default=100, help="eval.batch_size (default 100)")
+    p.add_argument("--resolution", type=int, default=32, choices=(32, 64, 128))
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--json", action="store_true", help="also print the two records as JSON lines")
+    args = p.parse_args(argv)
+    device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    ref_n = args.ref_n or args.n
+
+    with tempfile.TemporaryDirectory(prefix="sagan-bench-eval-") as tmp_name:
+        tmp = Path(tmp_name)
+        try:
+            weights, fake = _weights(args.weights, tmp)
+        except MetricsError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        cfg = build_config(
+            {
+                "data": {
+                    "name": "synthetic",
+                    "resolution": args.resolution,
+                    "synthetic": {"n_images": max(ref_n, 16)},
+                },
+                "train": {"batch_size": 16},
+                "eval": {
+                    "n_samples": args.n,
+                    "metrics": ["fid", "is"],
+                    "batch_size": args.batch_size,
+                    "reference": {"split": "train", "n": ref_n},
+                    "inception_weights": str(weights),
+                    "cache_dir": str(tmp / "reference-cache"),
+                },
+            }
+        )
+        G, g_what = _generator(cfg, cfg.data.synthetic.n_classes, device)
+        reference, ref_what = _reference(cfg)
+
+        info = machine(device)
+        print("machine: " + ", ".join(f"{k} {v}" for k, v in info.items()))
+        print(f"generator: {g_what}; reference: {ref_what}, {ref_n} images; generated: {args.n}")
+        print(f"weights: {weights}")
+        if fake:
+            bar = "!" * 78
+            print(
+                f"{bar}\n!! NO INCEPTION WEIGHTS: using a RANDOM-VALUED file of the right architecture.\n"
+                f"!! Timings are representative; the FID/IS VALUES ARE MEANINGLESS.\n"
+                f"!! For real values: python -m sagan.prefetch --weights, or --weights PATH.\n{bar}"
+            )
+
+        print(
+            f"\n{'cache':6} {'wall_s':>8} {'reference_s':>12} {'gen+extract_s':>14} "
+            f"{'metrics_s':>10}  metrics",
+            flush=True,
+        )
+        records = {}
+        for phase in ("cold", "warm"):
+            r = evaluate_generator(G, cfg, step=0, device=device, ema=False, reference=reference)
+            records[phase] = r
+            t = r["timing"]
+            m = ", ".join(f"{k} {v:.4g}" for k, v in r["metrics"].items())
+            print(
+                f"{phase:6} {r['wall_s']:8.2f} {t['reference_s']:12.2f} "
+                f"{t['generate_extract_s']:14.2f} {t['metrics_s']:10.2f}  "
+                f"{m}{' (meaningless: random weights)' if fake else ''}",
+                flush=True,
+            )
+
+    cold, warm = records["cold"], records["warm"]
+    print(
+        f"reference extraction: {ref_n / max(cold['timing']['reference_s'], 1e-9):.1f} images/s cold "
+        f"(incl. loading the extractor); warm cache saves {cold['wall_s'] - warm['wall_s']:.1f} s"
+    )
+    if args.json:
+        for phase, r in records.items():
+            print(json.dumps({"phase": phase, "machine": info, "random_weights": fake, **r}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

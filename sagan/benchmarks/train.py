@@ -1,0 +1,95 @@
+"""Training throughput: ``python -m sagan.benchmarks.train CONFIG.yaml [key=value ...]``.
+
+Times G steps of the real training step (``Trainer.train_step``: n_dis D steps and
+one G step, EMA included) after a warm-up, and prints G steps/s and real images/s
+with the machine it ran on. Nothing is written to disk besides a temporary run
+directory that is removed afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import tempfile
+import time
+
+import torch
+
+from sagan.batches import Batches
+from sagan.config import load_config
+from sagan.train import Trainer
+
+
+def machine() -> str:
+    if torch.cuda.is_available():
+        return (
+            f"{torch.cuda.get_device_name()} (torch {torch.__version__}, CUDA {torch.version.cuda})"
+        )
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {torch.get_num_threads()} threads (torch {torch.__version__})"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m sagan.benchmarks.train", description=__doc__.splitlines()[0]
+    )
+    p.add_argument("config")
+    p.add_argument("overrides", nargs="*")
+    p.add_argument("--steps", type=int, default=20, help="timed G steps")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--json", action="store_true", help="print one JSON line")
+    args = p.parse_args(argv)
+    cfg = load_config(args.config, args.overrides)
+    with tempfile.TemporaryDirectory() as d:
+        t = Trainer(cfg, d, progress=False)
+        tc = cfg.train
+        batches = Batches(
+            t.dataset,
+            tc.batch_size,
+            tc.seed,
+            t.device,
+            num_workers=cfg.data.num_workers,
+            channels_last=t.cuda and tc.channels_last,
+        )
+        first_bad = torch.full((), -1, dtype=torch.long, device=t.device)
+        for _ in range(args.warmup):
+            t.train_step(batches, first_bad)
+        if t.cuda:
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(args.steps):
+            t.train_step(batches, first_bad)
+        if t.cuda:
+            torch.cuda.synchronize()
+        dt = time.perf_counter() - t0
+    result = {
+        "machine": machine(),
+        "resolution": cfg.data.resolution,
+        "ch": cfg.model.ch,
+        "attn_g": cfg.model.attn_g,
+        "attn_d": cfg.model.attn_d,
+        "batch_size": tc.batch_size,
+        "n_dis": tc.n_dis,
+        "amp": tc.amp and t.cuda,
+        "g_steps_per_s": args.steps / dt,
+        "img_per_s": args.steps * tc.batch_size * tc.n_dis / dt,
+        "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if t.cuda else None,
+    }
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for k, v in result.items():
+            print(f"{k:>15}: {v:.3f}" if isinstance(v, float) else f"{k:>15}: {v}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

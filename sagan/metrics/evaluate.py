@@ -1,0 +1,246 @@
+"""Score a generator: sample it reproducibly, extract features, compute metrics, record the protocol.
+
+Sampling uses its own ``torch.Generator`` seeded with ``eval.seed`` (on the CPU, so the
+same seed gives the same z on any device), runs under ``torch.no_grad`` with G in
+``eval.g_mode``, and puts back afterwards everything it could have changed: G's
+train/eval flags, G's buffers (batch-norm running stats and spectral-norm vectors
+advance in train mode) and torch's global RNG. Training is therefore bit-identical
+whether or not it evaluates.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+from sagan.metrics.errors import MetricsError
+from sagan.metrics.fidelity import FeatureAccumulator, compute_metrics, feature_extractor, to_uint8
+from sagan.metrics.protocol import INCEPTION_METRICS, ISC_SPLITS, PRC_NEIGHBORHOOD, build_protocol
+from sagan.metrics.reference import ReferenceStats, reference_statistics
+from sagan.metrics.weights import resolve_weights
+
+log = logging.getLogger(__name__)
+
+# Metrics compared against the reference set (IS looks at generated images only).
+_NEED_REFERENCE = ("fid", "kid", "prc")
+
+
+@contextlib.contextmanager
+def sampling_mode(G: torch.nn.Module, g_mode: str) -> Iterator[None]:
+    """Put G in ``g_mode`` ("eval" or "train"); on exit restore every module's flag and every buffer."""
+    flags = [(m, m.training) for m in G.modules()]
+    buffers = [(b, b.detach().clone()) for b in G.buffers()]
+    G.train(g_mode == "train")
+    try:
+        yield
+    finally:
+        for m, training in flags:
+            m.training = training
+        with torch.no_grad():
+            for b, saved in buffers:
+                b.copy_(saved)
+
+
+def sample_batches(
+    G: torch.nn.Module, n: int, *, batch_size: int, seed: int, device: torch.device | str
+) -> Iterator[torch.Tensor]:
+    """``n`` generated images in batches, float ``[B, 3, R, R]`` in [-1, 1], reproducible in ``seed``.
+
+    z is standard normal ``[B, G.z_dim]``; y is uniform over ``G.num_classes`` (all
+    zeros, and ignored by G, when it is 0). Both come from a CPU ``torch.Generator``
+    seeded with ``seed``; the global RNG is not used. Call under ``torch.no_grad``.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    num_classes = int(getattr(G, "num_classes", 0))
+    for start in range(0, n, batch_size):
+        b = min(batch_size, n - start)
+        z = torch.randn(b, G.z_dim, generator=gen)
+        y = torch.randint(0, max(num_classes, 1), (b,), generator=gen)
+        yield G(z.to(device), y.to(device))
+
+
+def _reference_source(
+    cfg: Any, reference: tuple[Dataset, str] | None
+) -> tuple[Dataset, dict[str, Any]]:
+    split = cfg.eval.reference.split
+    if reference is None:
+        from sagan.data import build_dataset, dataset_fingerprint
+
+        dataset, fingerprint = build_dataset(cfg.data, split), dataset_fingerprint(cfg.data, split)
+    else:
+        dataset, fingerprint = reference
+    n = cfg.eval.reference.n if cfg.eval.reference.n is not None else len(dataset)
+    key_parts = {
+        "dataset": cfg.data.name,
+        "split": split,
+        "resolution": cfg.data.resolution,
+        "n": n,
+        "fingerprint": fingerprint,
+    }
+    return dataset, key_parts
+
+
+def _check_counts(metrics: list[str], n_generated: int, n_reference: int | None) -> None:
+    if "is" in metrics and n_generated < ISC_SPLITS:
+        raise MetricsError(
+            f"eval.n_samples = {n_generated}: the Inception Score splits the samples into "
+            f"{ISC_SPLITS} parts; use at least {ISC_SPLITS} samples (50000 to compare with papers)."
+        )
+    if "prc" in metrics and min(n_generated, n_reference or n_generated) <= PRC_NEIGHBORHOOD:
+        raise MetricsError(
+            f"eval.n_samples / eval.reference.n: precision/recall uses each sample's "
+            f"{PRC_NEIGHBORHOOD}-th nearest neighbour; use more than {PRC_NEIGHBORHOOD} images on each side."
+        )
+
+
+def _check_shape(images: torch.Tensor, resolution: int) -> None:
+    if images.dim() != 4 or tuple(images.shape[1:]) != (3, resolution, resolution):
+        raise MetricsError(
+            f"G returned images of shape {tuple(images.shape)}; evaluation expects "
+            f"[B, 3, {resolution}, {resolution}] for data.resolution {resolution}."
+        )
+
+
+def _cuda_devices(device: torch.device) -> list[int]:
+    if device.type != "cuda":
+        return []
+    return [device.index if device.index is not None else torch.cuda.current_device()]
+
+
+def evaluate_generator(
+    G: torch.nn.Module,
+    cfg: Any,
+    *,
+    step: int,
+    device: torch.device | str,
+    ema: bool,
+    run_dir: Path | None = None,
+    reference: tuple[Dataset, str] | None = None,
+) -> dict[str, Any]:
+    """Score ``G`` with ``cfg.eval`` and return one JSON-serialisable record.
+
+    Samples ``eval.n_samples`` images (seed ``eval.seed``, G in ``eval.g_mode``),
+    computes ``eval.metrics`` against the reference set (``cfg.data``,
+    ``eval.reference.split``, ``eval.reference.n``) with torch-fidelity's
+    ``inception-v3-compat`` (FID as in Heusel et al. 2017 / the TTUR code, IS as in
+    Salimans et al. 2016, KID as in Binkowski et al. 2018, precision/recall as in
+    Kynkaanniemi et al. 2019 but on Inception features), and ``consistency``
+    (:func:`sagan.synthetic.consistency`, synthetic data only).
+
+    Args:
+        G: ``G(z, y) -> [B, 3, R, R]`` in [-1, 1], with ``z_dim`` and ``num_classes``; on ``device``.
+        cfg: the run's :class:`~sagan.config.Config`.
+        step: G steps done; recorded.
+        device: where G lives and the extractor runs.
+        ema: whether ``G`` is the EMA copy; recorded.
+        run_dir: the run's folder. Not written to: the caller appends the record to
+            ``run_dir/eval.jsonl``.
+        reference: ``(dataset, fingerprint)`` to use instead of
+            ``sagan.data.build_dataset(cfg.data, split)`` and its fingerprint.
+
+    Returns:
+        ``{"kind": "eval", "step", "time", "wall_s", "metrics": {...}, "protocol": {...},
+        "timing": {...}}``, plus ``"skipped"`` naming metrics asked for but not defined
+        for this data.
+
+    Raises:
+        MetricsError: no weights file, or sample counts too small for a metric.
+    """
+    del run_dir
+    t_start = time.perf_counter()
+    started = datetime.now(timezone.utc)
+    device = torch.device(device)
+    ev = cfg.eval
+    wanted = list(dict.fromkeys(ev.metrics))
+    inception = [m for m in wanted if m in INCEPTION_METRICS]
+    skipped: dict[str, str] = {}
+    want_consistency = "consistency" in wanted
+    if want_consistency and cfg.data.name != "synthetic":
+        skipped["consistency"] = "defined only for data.name: synthetic"
+        want_consistency = False
+    if want_consistency:
+        from sagan.synthetic import consistency
+    _check_counts(inception, ev.n_samples, ev.reference.n)
+    weights = resolve_weights(ev.inception_weights) if inception else None  # fail before any work
+    # Nothing to compute (consistency asked for on non-synthetic data): do not sample either.
+    n_sample = ev.n_samples if inception or want_consistency else 0
+
+    timing: dict[str, Any] = {}
+    ref: ReferenceStats | None = None
+    metrics: dict[str, float] = {}
+    # torch-fidelity's metric code uses its own NumPy RandomStates, and so does ours
+    # torch.Generators; this is the guarantee for anything else (G's own noise, loaders).
+    with torch.random.fork_rng(devices=_cuda_devices(device)):
+        if any(m in _NEED_REFERENCE for m in inception):
+            t = time.perf_counter()
+            dataset, key_parts = _reference_source(cfg, reference)
+            _check_counts(inception, ev.n_samples, key_parts["n"])
+            ref = reference_statistics(
+                dataset, key_parts=key_parts, cfg=cfg, device=device, weights=weights
+            )
+            timing["reference_s"] = round(time.perf_counter() - t, 3)
+            timing["reference_cache"] = "hit" if ref.hit else "miss"
+
+        t = time.perf_counter()
+        acc = FeatureAccumulator(feature_extractor(weights, device), device) if inception else None
+        consistent = 0
+        with sampling_mode(G, ev.g_mode), torch.no_grad():
+            for images in sample_batches(
+                G, n_sample, batch_size=ev.batch_size, seed=ev.seed, device=device
+            ):
+                _check_shape(images, cfg.data.resolution)
+                images = to_uint8(images)
+                if acc is not None:
+                    acc.add(images)
+                if want_consistency:
+                    consistent += int(consistency(images.cpu()).sum())
+        timing["generate_extract_s"] = round(time.perf_counter() - t, 3)
+
+        t = time.perf_counter()
+        if acc is not None:
+            need_features = "kid" in inception or "prc" in inception
+            metrics.update(
+                compute_metrics(
+                    inception,
+                    acc.result(),
+                    ref.fid_statistics() if ref is not None and "fid" in inception else None,
+                    ref.features() if ref is not None and need_features else None,
+                )
+            )
+        if want_consistency:
+            metrics["consistency"] = consistent / n_sample
+        timing["metrics_s"] = round(time.perf_counter() - t, 3)
+
+    record: dict[str, Any] = {
+        "kind": "eval",
+        "step": int(step),
+        "time": started.isoformat(timespec="seconds"),
+        "wall_s": round(time.perf_counter() - t_start, 3),
+        "metrics": metrics,
+        "protocol": build_protocol(
+            weights=weights,
+            reference=ref.protocol() if ref is not None else None,
+            n_generated=n_sample,
+            ema=ema,
+            g_mode=ev.g_mode,
+            eval_seed=ev.seed,
+            batch_size=ev.batch_size,
+            device=str(device),
+        ),
+        "timing": timing,
+    }
+    if skipped:
+        record["skipped"] = skipped
+    log.info("eval step %d: %s", step, metrics)
+    return record
+
+
+__all__ = ["evaluate_generator", "sample_batches", "sampling_mode"]

@@ -1,0 +1,119 @@
+"""The evaluation protocol: the fixed settings, and the record every number carries.
+
+The settings are torch-fidelity's own defaults (``torch_fidelity.defaults``), read
+from it rather than copied, so that "FID" here means what it means in torch-fidelity:
+2048-d pool features of the TF-ported Inception for FID/KID, unbiased logits for IS
+with 10 splits, KID with a cubic polynomial kernel over 100 subsets of 1000. Where a
+small evaluation cannot honour a setting (KID subsets larger than the sample) the
+value actually used is what the record says.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch_fidelity
+from torch_fidelity.defaults import DEFAULTS
+
+from sagan.metrics.weights import EXTRACTOR, WeightsInfo
+
+INCEPTION_METRICS = ("fid", "is", "kid", "prc")
+ISC_SPLITS: int = DEFAULTS["isc_splits"]
+KID_SUBSETS: int = DEFAULTS["kid_subsets"]
+KID_SUBSET_SIZE: int = DEFAULTS["kid_subset_size"]
+PRC_NEIGHBORHOOD: int = DEFAULTS["prc_neighborhood"]
+# torch-fidelity's seed for the IS split shuffle and the KID subsets.
+METRIC_RNG_SEED: int = DEFAULTS["rng_seed"]
+# torch-fidelity's feature of each metric for this extractor
+# (FeatureExtractorInceptionV3.get_default_feature_layer_for_metric). For precision/recall
+# torch-fidelity would switch to VGG16 (a second download); we keep the Inception pool
+# features, which the record states.
+FEATURE_LAYERS = {"fid": "2048", "is": "logits_unbiased", "kid": "2048", "prc": "2048"}
+RESIZE = "tf-compat bilinear (torch-fidelity)"
+# generated float in [-1, 1] -> uint8, as in stylegan2-ada's metric code: round half up.
+QUANTIZE = "uint8(clamp(127.5 * x + 128, 0, 255)), i.e. round-half-up of 127.5 * (x + 1)"
+# Reference images are the whole split, or this seeded random subset of it.
+REFERENCE_SUBSET_SEED = 0
+
+
+def kid_subset_size(n_generated: int, n_reference: int) -> int:
+    """torch-fidelity's KID subset size, capped by the smaller of the two samples."""
+    return min(KID_SUBSET_SIZE, n_generated, n_reference)
+
+
+def fidelity_kwargs(n_generated: int, n_reference: int) -> dict[str, Any]:
+    """Keyword arguments for torch-fidelity's ``*_features_to_metric`` functions."""
+    return {
+        "isc_splits": ISC_SPLITS,
+        "samples_shuffle": True,
+        "rng_seed": METRIC_RNG_SEED,
+        "kid_subsets": KID_SUBSETS,
+        "kid_subset_size": kid_subset_size(n_generated, n_reference),
+        "prc_neighborhood": PRC_NEIGHBORHOOD,
+        "save_cpu_ram": False,
+        "verbose": False,
+    }
+
+
+def build_protocol(
+    *,
+    weights: WeightsInfo | None,
+    reference: dict[str, Any] | None,
+    n_generated: int,
+    ema: bool,
+    g_mode: str,
+    eval_seed: int,
+    batch_size: int,
+    device: str,
+) -> dict[str, Any]:
+    """The protocol record of one evaluation (the "protocol" field of its record).
+
+    Everything the reference notes say a number must carry (shared/reference/sagan.md,
+    "Evaluation protocol"): extractor and weights hash, resize, reference set, sample
+    counts, EMA or raw G, G's mode, step unit, plus the settings of each metric.
+    ``weights``/``reference`` are ``None`` when only non-Inception metrics ran.
+    """
+    n_ref = reference["n"] if reference else None
+    return {
+        "extractor": EXTRACTOR if weights else None,
+        "weights_file": weights.path.name if weights else None,
+        "weights_sha256": weights.sha256 if weights else None,
+        "weights_canonical": weights.canonical if weights else None,
+        "resize": RESIZE if weights else None,
+        "feature_layers": dict(FEATURE_LAYERS) if weights else None,
+        "quantize": QUANTIZE,
+        "reference": reference,
+        "n_generated": n_generated,
+        "g": "ema" if ema else "raw",
+        "g_mode": g_mode,
+        "step_unit": "G steps",
+        "eval_seed": eval_seed,
+        # z and y are drawn batch by batch from one generator: the batch size is part of the sample.
+        "batch_size": batch_size,
+        "labels": "uniform over classes, from the eval seed",
+        "torch_fidelity": torch_fidelity.__version__,
+        "isc_splits": ISC_SPLITS,
+        "kid_subsets": KID_SUBSETS,
+        "kid_subset_size": kid_subset_size(n_generated, n_ref) if n_ref else KID_SUBSET_SIZE,
+        "prc_neighborhood": PRC_NEIGHBORHOOD,
+        "metric_rng_seed": METRIC_RNG_SEED,
+        "tf32": False,
+        "device": device,
+    }
+
+
+__all__ = [
+    "FEATURE_LAYERS",
+    "INCEPTION_METRICS",
+    "ISC_SPLITS",
+    "KID_SUBSETS",
+    "KID_SUBSET_SIZE",
+    "METRIC_RNG_SEED",
+    "PRC_NEIGHBORHOOD",
+    "QUANTIZE",
+    "REFERENCE_SUBSET_SEED",
+    "RESIZE",
+    "build_protocol",
+    "fidelity_kwargs",
+    "kid_subset_size",
+]

@@ -1,0 +1,159 @@
+"""Fetch what evaluation and training read from disk, on a machine with internet.
+
+Run on a login node before submitting jobs to nodes without internet::
+
+    python -m sagan.prefetch                            # both, data under ./data
+    python -m sagan.prefetch --weights                  # Inception weights only
+    python -m sagan.prefetch --data cifar10 --root /scratch/data
+
+``--weights`` downloads torch-fidelity's ``inception-v3-compat`` weights to where
+evaluation looks by default (torch.hub's cache, honouring ``TORCH_HOME``) and checks
+the sha256 prefix in the file name. ``--data cifar10`` runs torchvision's CIFAR-10
+download (which checks md5s) into ``ROOT/cifar-10-batches-py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from torch.hub import download_url_to_file
+
+from sagan.metrics.weights import (
+    WEIGHTS_FILE,
+    WEIGHTS_SHA256_PREFIX,
+    WEIGHTS_URL,
+    default_weights_path,
+    sha256_file,
+)
+
+DATASETS = ("cifar10",)
+
+
+class PrefetchError(Exception):
+    """A download that failed or gave the wrong file, phrased for a person."""
+
+
+def fetch_weights(
+    dest: str | os.PathLike | None = None,
+    *,
+    url: str | None = None,
+    hash_prefix: str | None = None,
+) -> Path:
+    """Download the Inception weights to ``dest`` (default: :func:`default_weights_path`) and verify them.
+
+    ``url`` and ``hash_prefix`` default to torch-fidelity's URL and the sha256 prefix in
+    its file name.
+
+    A file already there with the right hash is kept and nothing is downloaded. The
+    download goes to a temporary file beside ``dest`` and is renamed into place only
+    once its sha256 starts with ``hash_prefix``.
+
+    Returns:
+        The path of the verified file.
+
+    Raises:
+        PrefetchError: the download failed, or the file (downloaded or already there)
+            has the wrong hash.
+    """
+    url = url or WEIGHTS_URL
+    hash_prefix = hash_prefix or WEIGHTS_SHA256_PREFIX
+    dest = Path(dest) if dest is not None else default_weights_path()
+    if dest.is_file():
+        sha = sha256_file(dest)
+        if sha.startswith(hash_prefix):
+            print(f"weights: {dest} is already there (sha256 {sha[:16]}...)")
+            return dest
+        raise PrefetchError(
+            f"{dest} exists but its sha256 is {sha}, not {hash_prefix}...: it is not torch-fidelity's "
+            f"{WEIGHTS_FILE}. Delete it and run this again."
+        )
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".partial", dir=dest.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        print(f"weights: downloading {url}\n      -> {dest}")
+        try:
+            download_url_to_file(url, str(tmp), hash_prefix=None, progress=sys.stderr.isatty())
+        except Exception as e:  # urllib raises URLError, HTTPError, OSError, ...
+            raise PrefetchError(
+                f"could not download {url} ({type(e).__name__}: {e}). Run this on a machine with internet "
+                f"(a login node), or fetch the file by other means and put it at {dest}."
+            ) from None
+        sha = sha256_file(tmp)
+        if not sha.startswith(hash_prefix):
+            raise PrefetchError(
+                f"the file downloaded from {url} has sha256 {sha}, expected one starting {hash_prefix}; "
+                f"not saved. Retry (a proxy may have altered it), or fetch it by other means."
+            )
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+    print(f"weights: ok, sha256 {sha[:16]}...")
+    return dest
+
+
+def fetch_cifar10(root: str | os.PathLike) -> Path:
+    """Download CIFAR-10 with torchvision into ``root`` (both splits; md5s are checked).
+
+    Returns:
+        ``root/cifar-10-batches-py``, the folder ``sagan.data`` reads.
+
+    Raises:
+        PrefetchError: the download or the md5 check failed.
+    """
+    import torchvision
+
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    print(f"cifar10: fetching into {root}")
+    try:
+        for train in (True, False):
+            torchvision.datasets.CIFAR10(str(root), train=train, download=True)
+    except Exception as e:  # URLError, OSError, or RuntimeError from the md5 check
+        raise PrefetchError(
+            f"could not fetch CIFAR-10 into {root} ({type(e).__name__}: {e}). Run this on a machine with "
+            f"internet; if a partial download is left in {root}, delete it and retry."
+        ) from None
+    folder = root / torchvision.datasets.CIFAR10.base_folder
+    print(f"cifar10: ok, {folder}")
+    return folder
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line entry point; returns the exit status (0 ok, 1 failed)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m sagan.prefetch",
+        description="Download the Inception weights and datasets, for machines without internet. "
+        "With no arguments: both, data under ./data.",
+    )
+    parser.add_argument(
+        "--weights",
+        action="store_true",
+        help=f"download {WEIGHTS_FILE} to {default_weights_path()}",
+    )
+    parser.add_argument("--data", choices=DATASETS, help="download a dataset")
+    parser.add_argument(
+        "--root", default="data", help="where datasets go (data.root); default: data"
+    )
+    args = parser.parse_args(argv)
+    everything = not args.weights and args.data is None
+    do_weights = args.weights or everything
+    data = args.data or ("cifar10" if everything else None)
+    try:
+        if do_weights:
+            fetch_weights()
+        if data == "cifar10":
+            fetch_cifar10(args.root)
+    except PrefetchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
