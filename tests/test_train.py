@@ -209,3 +209,45 @@ def test_non_finite_loss_is_recorded_as_diverged(tmp_path):
         )
     # Re-running keeps the result.
     assert train(cfg, tmp_path, progress=False) == "diverged"
+
+
+def test_unconditional_run_trains_without_labels(tmp_path):
+    cfg = tiny(**{"data.conditional": False, "train.steps": 10})
+    assert train(cfg, tmp_path, progress=False) == "done"
+    state = load_checkpoint(list_checkpoints(tmp_path)[0][1])
+    assert state["num_classes"] == 0
+    assert not any("embed" in k or "gain" in k for k in state["G"]) and "embed" not in str(
+        state["D"].keys()
+    )
+
+
+def test_tensorboard_event_files_are_written_on_request(tmp_path):
+    pytest.importorskip("tensorboard")
+    assert (
+        train(tiny(**{"train.tensorboard": True, "train.steps": 10}), tmp_path, progress=False)
+        == "done"
+    )
+    assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
+
+
+def test_cli_reports_config_errors_without_traceback(tmp_path):
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sagan.train",
+            str(TINY),
+            "model.attn_g=[64]",
+            "--out",
+            str(tmp_path / "r"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2
+    assert (
+        proc.stderr.startswith("error: ")
+        and "model.attn_g: 64 is not a feature-map size" in proc.stderr
+    )
+    assert "Traceback" not in proc.stderr and not (tmp_path / "r").exists()
