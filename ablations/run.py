@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from ablations.executors import Task, make_executor
-from ablations.grid import Cell, GridError, load_grid, parse_only, select
+from ablations.grid import Cell, Grid, GridError, load_grid, parse_only, select
 from ablations.store import RunStore
 from ablations.table import cell_table
 
@@ -106,17 +106,25 @@ def parse_args(argv):
     return p.parse_args(argv)
 
 
+def open_grid(arg: str, only: list[str], out: Path | None) -> tuple[Grid, list[Cell], RunStore]:
+    """The grid named on the command line, its selected cells, and its run store.
+
+    Raises:
+        GridError: a bad grid file or filter.
+    """
+    path, bundled = resolve_grid_path(arg)
+    grid = load_grid(path)
+    return grid, select(grid, parse_only(only)), RunStore(out or default_out(path, bundled))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        path, bundled = resolve_grid_path(args.grid)
-        grid = load_grid(path)
-        cells = select(grid, parse_only(args.only))
+        grid, cells, store = open_grid(args.grid, args.only, args.out)
     except GridError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     args.max_attempts = args.max_attempts or grid.spec.max_attempts
-    store = RunStore(args.out or default_out(path, bundled))
     actions = {c.run_id: plan(c, store, args) for c in cells}
     todo = [c for c in cells if not actions[c.run_id].startswith("skip")]
     print(

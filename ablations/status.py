@@ -10,9 +10,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from ablations.grid import GridError, load_grid, parse_only, select
-from ablations.run import default_out, resolve_grid_path
-from ablations.store import RunStore
+from ablations.grid import GridError
+from ablations.run import open_grid
 from ablations.table import cell_table
 
 
@@ -25,13 +24,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", action="append", default=[])
     args = p.parse_args(argv)
     try:
-        path, bundled = resolve_grid_path(args.grid)
-        grid = load_grid(path)
-        cells = select(grid, parse_only(args.only))
+        grid, cells, store = open_grid(args.grid, args.only, args.out)
     except GridError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(cell_table(grid, RunStore(args.out or default_out(path, bundled)), cells))
+    print(cell_table(grid, store, cells))
     return 0
 
 

@@ -74,10 +74,24 @@ class DBlock(nn.Module):
         return x + h
 
 
-def _extra_block(kind: str, ch: int, layers: Layers, variant: str, make_residual) -> nn.Module:
-    if kind == "attention":
-        return SelfAttention(ch, layers, variant)
-    return make_residual()
+def _stack(
+    arch_blocks, sizes, cfg: ModelConfig, layers: Layers, make_block, make_residual
+) -> nn.ModuleList:
+    """The network's blocks, with an attention block (or, for the paper's control arm,
+    a shape-keeping residual block) after the first block that outputs each size in
+    ``sizes``."""
+    blocks: list[nn.Module] = []
+    placed: set[int] = set()
+    for i, b in enumerate(arch_blocks):
+        blocks.append(make_block(i, b))
+        if b.size in sizes and b.size not in placed:
+            placed.add(b.size)
+            c = b.out_mult * cfg.ch
+            if cfg.attn_block == "attention":
+                blocks.append(SelfAttention(c, layers, cfg.attention_variant))
+            else:
+                blocks.append(make_residual(c))
+    return nn.ModuleList(blocks)
 
 
 class Generator(nn.Module):
@@ -99,23 +113,14 @@ class Generator(nn.Module):
         first = arch.g_blocks[0].in_mult * ch
         self.first_ch = first
         self.linear = layers.linear(cfg.z_dim, arch.base * arch.base * first)
-        blocks: list[nn.Module] = []
-        placed: set[int] = set()
-        for b in arch.g_blocks:
-            blocks.append(GBlock(b.in_mult * ch, b.out_mult * ch, b.resample, layers, num_classes))
-            if b.size in cfg.attn_g and b.size not in placed:
-                placed.add(b.size)
-                c = b.out_mult * ch
-                blocks.append(
-                    _extra_block(
-                        cfg.attn_block,
-                        c,
-                        layers,
-                        cfg.attention_variant,
-                        lambda c=c: GBlock(c, c, False, layers, num_classes),
-                    )
-                )
-        self.blocks = nn.ModuleList(blocks)
+        self.blocks = _stack(
+            arch.g_blocks,
+            cfg.attn_g,
+            cfg,
+            layers,
+            lambda i, b: GBlock(b.in_mult * ch, b.out_mult * ch, b.resample, layers, num_classes),
+            lambda c: GBlock(c, c, False, layers, num_classes),
+        )
         last = arch.g_blocks[-1].out_mult * ch
         self.bn = nn.BatchNorm2d(last)
         self.conv_out = layers.conv(last, 3, 3)
@@ -137,24 +142,21 @@ class Discriminator(nn.Module):
         ch = cfg.ch
         self.num_classes = num_classes
         layers = Layers(cfg.sn_d, cfg.init)
-        blocks: list[nn.Module] = []
-        placed: set[int] = set()
-        for i, b in enumerate(arch.d_blocks):
-            in_ch = 3 if b.in_mult == 0 else b.in_mult * ch
-            blocks.append(DBlock(in_ch, b.out_mult * ch, b.resample, layers, optimized=i == 0))
-            if b.size in cfg.attn_d and b.size not in placed:
-                placed.add(b.size)
-                c = b.out_mult * ch
-                blocks.append(
-                    _extra_block(
-                        cfg.attn_block,
-                        c,
-                        layers,
-                        cfg.attention_variant,
-                        lambda c=c: DBlock(c, c, False, layers),
-                    )
-                )
-        self.blocks = nn.ModuleList(blocks)
+        self.blocks = _stack(
+            arch.d_blocks,
+            cfg.attn_d,
+            cfg,
+            layers,
+            # The first D block is the optimized one and reads the RGB image.
+            lambda i, b: DBlock(
+                3 if i == 0 else b.in_mult * ch,
+                b.out_mult * ch,
+                b.resample,
+                layers,
+                optimized=i == 0,
+            ),
+            lambda c: DBlock(c, c, False, layers),
+        )
         last = arch.d_blocks[-1].out_mult * ch
         self.linear = layers.linear(last, 1)
         self.embed = layers.embedding(num_classes, last) if num_classes > 0 else None
