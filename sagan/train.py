@@ -260,6 +260,12 @@ class Trainer:
         save_image(imgs.add(1).div(2).clamp(0, 1), tmp, nrow=int(len(imgs) ** 0.5))
         os.replace(tmp, out / f"step-{self.step:09d}.png")
 
+    def _eval_due(self, step: int) -> bool:
+        ev = self.cfg.eval
+        return (ev.every is not None and step % ev.every == 0) or (
+            step == self.cfg.train.steps and ev.at_end
+        )
+
     def evaluate(self, status: dict[str, Any]) -> None:
         """Score the current G with ``cfg.eval`` and record it, once per step."""
         records = rundir.read_jsonl(self.run_dir / "eval.jsonl")
@@ -305,13 +311,16 @@ class Trainer:
             )
             writer = self._tensorboard()
             first_bad = torch.full((), -1, dtype=torch.long, device=self.device)
-            eval_every = cfg.eval.every
             self.progress.start(self.step)
+            if self.main and self.step > 0 and self._eval_due(self.step):
+                # Killed while evaluating a checkpointed step: that evaluation is still owed.
+                self.evaluate(status)
+                rundir.write_status(self.run_dir, status)
             t0, s0 = time.perf_counter(), self.step
             while self.step < t.steps:
                 vals = self.train_step(batches, first_bad)
                 s = self.step
-                is_eval = eval_every is not None and s % eval_every == 0
+                is_eval = self._eval_due(s)
                 is_ckpt = s % t.ckpt_every == 0 or is_eval or s == t.steps
                 if s % t.log_every == 0 or is_ckpt or s % t.sample_every == 0:
                     if int(first_bad) >= 0:  # the only host sync, at these steps
@@ -333,11 +342,9 @@ class Trainer:
                     self.sample()
                 if is_ckpt:
                     self.save()
-                if self.main and (is_eval or (s == t.steps and cfg.eval.at_end)):
+                if self.main and is_eval:
                     self.evaluate(status)
                     rundir.write_status(self.run_dir, status)
-            if self.main and cfg.eval.at_end and self.step == t.steps:
-                self.evaluate(status)  # a no-op unless the run was already at its end
             status.update(state="done", step=self.step)
         except Diverged as e:
             status.update(state="diverged", diverged_step=e.step, step=self.step)

@@ -93,3 +93,19 @@ def test_rescore_refuses_training_keys_and_missing_weights(
     assert "python -m sagan.prefetch --weights" in err and "Traceback" not in err
     assert evaluate_cli.main([str(tmp_path / "nothing")]) == 2
     assert "not a run directory" in capsys.readouterr().err
+
+
+def test_evaluation_killed_midway_is_redone_on_resume(evaluated_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(evaluated_run, run)
+    # As if killed during the evaluation of step 20: its checkpoint exists, its record not.
+    records = rundir.read_jsonl(run / "eval.jsonl")
+    (run / "eval.jsonl").write_text(json.dumps(records[0]) + "\n")
+    rundir.write_status(run, {**rundir.read_status(run), "state": "running"})
+    cfg = tiny(**{"eval.every": 10, "eval.metrics": ["consistency"], "eval.n_samples": 64})
+    assert train(cfg, run, progress=False) == "done"
+    redone = rundir.read_jsonl(run / "eval.jsonl")
+    assert [r["step"] for r in redone] == [10, 20]
+    assert redone[1]["metrics"] == records[1]["metrics"]
