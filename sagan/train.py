@@ -27,6 +27,7 @@ from sagan import rundir
 from sagan.batches import Batches
 from sagan.checkpoint import (
     atomic_write_text,
+    list_checkpoints,
     load_latest,
     rng_state,
     save_checkpoint,
@@ -96,8 +97,8 @@ def preflight(cfg: Config) -> None:
 def check_resume(run_dir: Path, cfg: Config) -> None:
     """Refuse to continue a run whose computation-relevant settings changed."""
     saved_path = run_dir / "config.yaml"
-    if not saved_path.is_file():
-        return
+    if not saved_path.is_file() or not list_checkpoints(run_dir):
+        return  # nothing computed yet that a new config could contradict
     saved = yaml_load(saved_path.read_text())
     new = to_dict(cfg)
     diff = resume_conflicts(saved, new)
