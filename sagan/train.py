@@ -227,11 +227,13 @@ class Trainer:
             self.opt_d.step()
         z = torch.randn(B, z_dim, device=self.device)
         y_fake = self._labels(B)
+        self.D.requires_grad_(False)  # the G step needs no gradient for D's weights
         with self._autocast():
             loss_g = self.loss_g(self.D(self.G(z, y_fake), y_fake).float())
         self.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         self.opt_g.step()
+        self.D.requires_grad_(True)
         self.step += 1
         self.consumed = batches.consumed
         if self.G_ema is not None:
