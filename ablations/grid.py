@@ -175,10 +175,8 @@ def load_grid(path: str | Path) -> Grid:
         axes[axis] = norm
         seen: dict[str, str] = {}
         for level, ov in norm.items():
-            try:
-                cfg = build_config(base, ov)
-            except ConfigError as e:
-                errors += [f"{where}: axes.{axis}.{level}: {line}" for line in str(e).splitlines()]
+            cfg = _build(base, ov, f"{where}: axes.{axis}.{level}", errors)
+            if cfg is None:
                 continue
             key = run_id(cfg)
             if key in seen and len(norm) > 1:
@@ -230,10 +228,8 @@ def load_grid(path: str | Path) -> Grid:
                 overrides.update(axes[a][lv])
             overrides["train.seed"] = seed
             label = ",".join(f"{k}={v}" for k, v in levels.items())
-            try:
-                cfg = build_config(base, overrides)
-            except ConfigError as e:
-                errors += [f"{where}: cell {label}: {line}" for line in str(e).splitlines()]
+            cfg = _build(base, overrides, f"{where}: cell {label}", errors)
+            if cfg is None:
                 continue
             rid = run_id(cfg)
             if rid in by_id:
@@ -246,6 +242,17 @@ def load_grid(path: str | Path) -> Grid:
     if not grid.cells:
         raise GridError(f"{where}: include/exclude leave no cell to run")
     return grid
+
+
+def _build(
+    base: dict[str, Any], overrides: dict[str, Any], where: str, errors: list[str]
+) -> Config | None:
+    """The config of ``base`` plus ``overrides``; on failure, its problems go to ``errors``."""
+    try:
+        return build_config(base, overrides)
+    except ConfigError as e:
+        errors += [f"{where}: {line}" for line in str(e).splitlines()]
+        return None
 
 
 def _load_base(spec: GridSpec, path: Path) -> dict[str, Any]:
