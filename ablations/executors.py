@@ -17,6 +17,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 
+from ablations.store import EXIT_BUSY
 from sagan import rundir
 
 
@@ -99,10 +100,10 @@ class LocalExecutor(Executor):
                     del running[pid]
                     state = (
                         "busy"
-                        if rc == 3
+                        if rc == EXIT_BUSY
                         else rundir.read_status(task.run_dir).get("state", "failed")
                     )
-                    if rc not in (0, 3) and state in ("running", "pending"):
+                    if rc not in (0, EXIT_BUSY) and state in ("running", "pending"):
                         state = "failed"  # died before it could say so
                     outcome = Outcome(task, state, rc)
                     outcomes.append(outcome)

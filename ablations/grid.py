@@ -37,6 +37,7 @@ from sagan.config import (
     build_config,
     describe_errors,
     flatten,
+    key_matches,
     load_yaml,
     set_dotted,
     to_dict,
@@ -111,11 +112,7 @@ class Grid:
 
 def run_id(cfg: Config) -> str:
     """A short hash of what a run computes: same cell in two grid files, same run."""
-    flat = {
-        k: v
-        for k, v in flatten(to_dict(cfg)).items()
-        if not any(k == s or (s.endswith(".") and k.startswith(s)) for s in _NOT_IDENTITY)
-    }
+    flat = {k: v for k, v in flatten(to_dict(cfg)).items() if not key_matches(k, _NOT_IDENTITY)}
     blob = json.dumps(flat, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 

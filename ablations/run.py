@@ -152,9 +152,10 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     print()
     print(cell_table(grid, store, cells))
-    failed = [c for c in cells if store.state(c).state == "failed"]
+    states = {c.run_id: store.state(c) for c in cells}
+    failed = [c for c in cells if states[c.run_id].state == "failed"]
     for c in failed:
-        err = store.state(c).status.get("error", "see train.log")
+        err = states[c.run_id].status.get("error", "see train.log")
         print(
             f"failed: {c.label()} ({c.run_id}): {err}; log: {store.run_dir(c.run_id) / 'train.log'}",
             file=sys.stderr,

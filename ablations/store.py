@@ -23,6 +23,9 @@ from sagan import rundir
 from sagan.checkpoint import atomic_write_text, list_checkpoints
 from sagan.config import to_yaml
 
+# Exit status of a worker whose run is claimed by another process.
+EXIT_BUSY = 3
+
 
 @dataclass
 class RunState:
@@ -58,14 +61,6 @@ class RunLock:
             fcntl.flock(self.fd, fcntl.LOCK_UN)
             os.close(self.fd)
             self.fd = None
-
-    def __enter__(self) -> RunLock:
-        if not self.acquire():
-            raise BlockingIOError(f"{self.path.parent} is being trained by another process")
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.release()
 
 
 def is_locked(run_dir: Path) -> bool:

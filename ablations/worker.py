@@ -12,14 +12,12 @@ import logging
 import sys
 from pathlib import Path
 
-from ablations.store import RunLock
+from ablations.store import EXIT_BUSY, RunLock
 from sagan.config import ConfigError, load_config
 from sagan.data import DataError
 from sagan.metrics.errors import MetricsError
 from sagan.rundir import FINAL_STATES
 from sagan.train import train
-
-EXIT_BUSY = 3
 
 
 def run(run_dir: Path) -> int:

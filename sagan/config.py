@@ -173,6 +173,11 @@ RESUME_SAFE = (
 )
 
 
+def key_matches(key: str, patterns: tuple[str, ...]) -> bool:
+    """Whether a dotted key is one of ``patterns`` (a pattern ending in '.' is a section)."""
+    return any(key == p or (p.endswith(".") and key.startswith(p)) for p in patterns)
+
+
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """``{'a': {'b': 1}} -> {'a.b': 1}``; lists stay values."""
     out: dict[str, Any] = {}
@@ -280,12 +285,7 @@ def resume_conflicts(saved: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """Dotted keys that differ between two config dicts and matter for resuming."""
     a, b = flatten(saved), flatten(new)
     keys = sorted(set(a) | set(b))
-    return [
-        k
-        for k in keys
-        if a.get(k) != b.get(k)
-        and not any(k == s or (s.endswith(".") and k.startswith(s)) for s in RESUME_SAFE)
-    ]
+    return [k for k in keys if a.get(k) != b.get(k) and not key_matches(k, RESUME_SAFE)]
 
 
 def _deepcopy(d: Any) -> Any:

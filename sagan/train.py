@@ -82,7 +82,7 @@ def preflight(cfg: Config) -> None:
         DataError, MetricsError: the one clear message of the first problem found.
     """
     from sagan.data import check_available
-    from sagan.metrics.protocol import INCEPTION_METRICS
+    from sagan.metrics.protocol import INCEPTION_METRICS, REFERENCE_METRICS
     from sagan.metrics.weights import inception_weights_path
 
     check_available(cfg.data, "train")
@@ -90,7 +90,7 @@ def preflight(cfg: Config) -> None:
     will_eval = ev.metrics and (ev.every is not None or ev.at_end)
     if will_eval and any(m in INCEPTION_METRICS for m in ev.metrics):
         inception_weights_path(ev.inception_weights)
-        if any(m in ("fid", "kid", "prc") for m in ev.metrics):
+        if any(m in REFERENCE_METRICS for m in ev.metrics):
             check_available(cfg.data, ev.reference.split)
 
 

@@ -23,14 +23,17 @@ from torch.utils.data import Dataset
 
 from sagan.metrics.errors import MetricsError
 from sagan.metrics.fidelity import FeatureAccumulator, compute_metrics, feature_extractor, to_uint8
-from sagan.metrics.protocol import INCEPTION_METRICS, ISC_SPLITS, PRC_NEIGHBORHOOD, build_protocol
+from sagan.metrics.protocol import (
+    INCEPTION_METRICS,
+    ISC_SPLITS,
+    PRC_NEIGHBORHOOD,
+    REFERENCE_METRICS,
+    build_protocol,
+)
 from sagan.metrics.reference import ReferenceStats, reference_statistics
 from sagan.metrics.weights import resolve_weights
 
 log = logging.getLogger(__name__)
-
-# Metrics compared against the reference set (IS looks at generated images only).
-_NEED_REFERENCE = ("fid", "kid", "prc")
 
 
 @contextlib.contextmanager
@@ -179,7 +182,7 @@ def evaluate_generator(
     # torch-fidelity's metric code uses its own NumPy RandomStates, and so does ours
     # torch.Generators; this is the guarantee for anything else (G's own noise, loaders).
     with torch.random.fork_rng(devices=_cuda_devices(device)):
-        if any(m in _NEED_REFERENCE for m in inception):
+        if any(m in REFERENCE_METRICS for m in inception):
             t = time.perf_counter()
             dataset, key_parts = _reference_source(cfg, reference)
             _check_counts(inception, ev.n_samples, key_parts["n"])

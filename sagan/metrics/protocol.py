@@ -18,6 +18,8 @@ from torch_fidelity.defaults import DEFAULTS
 from sagan.metrics.weights import EXTRACTOR, WeightsInfo
 
 INCEPTION_METRICS = ("fid", "is", "kid", "prc")
+# Metrics compared against the reference set (IS looks at generated images only).
+REFERENCE_METRICS = ("fid", "kid", "prc")
 ISC_SPLITS: int = DEFAULTS["isc_splits"]
 KID_SUBSETS: int = DEFAULTS["kid_subsets"]
 KID_SUBSET_SIZE: int = DEFAULTS["kid_subset_size"]
