@@ -13,7 +13,6 @@ file is a :class:`MetricsError` that says how to fetch it (``python -m sagan.pre
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import re
@@ -27,6 +26,7 @@ from torch_fidelity.feature_extractor_inceptionv3 import (
     FeatureExtractorInceptionV3,
 )
 
+from sagan.hashing import file_digest
 from sagan.metrics.errors import MetricsError
 
 EXTRACTOR = "inception-v3-compat"
@@ -93,11 +93,7 @@ def sha256_file(path: str | os.PathLike) -> str:
     st = path.stat()
     memo_key = (str(path), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
     if memo_key not in _sha_memo:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        _sha_memo[memo_key] = h.hexdigest()
+        _sha_memo[memo_key] = file_digest(path, "sha256")
     return _sha_memo[memo_key]
 
 
