@@ -2,8 +2,9 @@
 
 Spectral norm is PyTorch's own parametrization (one power iteration per training
 forward, ``u`` persisting across steps), applied once here so that no model code
-branches on it. Weights are initialised *before* spectral norm is attached, so its
-first ``u`` estimate is computed from the initialised weights.
+branches on it, and always computed in fp32 (:class:`SpectralNormFP32`). Weights are
+initialised *before* spectral norm is attached, so its first ``u`` estimate is
+computed from the initialised weights.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from functools import partial
 
 import torch
 import torch.nn as nn
-from torch.nn.utils.parametrizations import spectral_norm
+from torch.nn.utils import parametrize
+from torch.nn.utils.parametrizations import _SpectralNorm
 
 
 def init_weight(weight: torch.Tensor, scheme: str) -> None:
@@ -25,11 +27,52 @@ def init_weight(weight: torch.Tensor, scheme: str) -> None:
         raise ValueError(f"unknown init scheme {scheme!r}")
 
 
+class SpectralNormFP32(_SpectralNorm):
+    """PyTorch's spectral-norm parametrization, with autocast off inside it.
+
+    CUDA autocast runs ``torch.mv`` in bf16/fp16, so under mixed precision the power
+    iteration and sigma would be computed from a rounded weight and rounded vectors:
+    ``u`` drifts and ``W / sigma`` is no longer normalised to fp32 accuracy. Here the
+    whole parametrization (power iteration, sigma, ``W / sigma``) runs with autocast
+    disabled for the weight's device, on the fp32 master weight; the layer that uses
+    the normalised weight still runs under autocast. (CPU autocast leaves ``mv`` in
+    fp32 today; turning it off here covers both devices and any future op list.)
+
+    Without autocast this is torch's ``_SpectralNorm`` exactly: same numerics, same
+    buffers, so state dicts keep their keys (``parametrizations.weight.original``,
+    ``parametrizations.weight.0._u``, ``parametrizations.weight.0._v``).
+    """
+
+    def __init__(self, weight: torch.Tensor, n_power_iterations: int = 1, dim: int = 0):
+        # The 15 warm-up iterations torch runs here, too, even if a model is built under autocast.
+        with torch.autocast(weight.device.type, enabled=False):
+            super().__init__(weight, n_power_iterations, dim)
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(weight.device.type, enabled=False):
+            return super().forward(weight)
+
+
+def spectral_norm(module: nn.Module, name: str = "weight") -> nn.Module:
+    """Attach :class:`SpectralNormFP32` to ``module.<name>``: one power iteration per
+    training forward (Miyato et al. 2018; ``n_power_iterations=1`` as in the official
+    SAGAN code), ``eps`` and ``dim=0`` as ``torch.nn.utils.parametrizations.spectral_norm``.
+
+    Returns:
+        ``module``, parametrized in place.
+    """
+    weight = getattr(module, name)
+    parametrize.register_parametrization(
+        module, name, SpectralNormFP32(weight, n_power_iterations=1, dim=0)
+    )
+    return module
+
+
 def _finish(module: nn.Module, sn: bool, init: str) -> nn.Module:
     init_weight(module.weight, init)
     if getattr(module, "bias", None) is not None:
         nn.init.zeros_(module.bias)
-    return spectral_norm(module, n_power_iterations=1) if sn else module
+    return spectral_norm(module) if sn else module
 
 
 def conv(
@@ -83,11 +126,9 @@ class CondBatchNorm2d(nn.Module):
 
 def count_spectral_norm(module: nn.Module) -> int:
     """Number of sub-modules whose weight is spectrally normalised."""
-    from torch.nn.utils import parametrize
-
     return sum(
         1
         for m in module.modules()
         if parametrize.is_parametrized(m, "weight")
-        and any(type(p).__name__ == "_SpectralNorm" for p in m.parametrizations.weight)
+        and any(isinstance(p, _SpectralNorm) for p in m.parametrizations.weight)
     )

@@ -1,8 +1,12 @@
+import copy
 import itertools
 
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.nn.utils import parametrize
+from torch.nn.utils.parametrizations import _SpectralNorm
+from torch.overrides import TorchFunctionMode
 
 from sagan.arch import ARCHS, attention_sizes
 from sagan.attention import SelfAttention
@@ -89,22 +93,23 @@ def test_output_shapes_for_every_placement(res):
 
 
 def test_attention_sits_on_the_named_feature_map():
-    seen = {}
+    # G and D get different sizes, so swapping attn_g and attn_d would fail.
+    seen: dict[str, list[int]] = {"G": [], "D": []}
 
-    def hook(name):
+    def hook(net):
         def record(module, inputs, output):
-            seen[name] = inputs[0].shape[-1]
+            seen[net].append(inputs[0].shape[-1])
 
         return record
 
     cfg = ModelConfig(ch=8, z_dim=16, attn_g=[16, 64], attn_d=[32])
     G, D = build_models(cfg, 128, 0)
     for net, model in (("G", G), ("D", D)):
-        for name, m in model.named_modules():
+        for m in model.modules():
             if isinstance(m, SelfAttention):
-                m.register_forward_hook(hook(net + name))
+                m.register_forward_hook(hook(net))
     D(G(torch.randn(2, 16)))
-    assert sorted(seen.values()) == [16, 32, 64]
+    assert seen == {"G": [16, 64], "D": [32]}
 
 
 def test_residual_arm_has_no_attention_but_same_placement():
@@ -137,15 +142,98 @@ def test_conditional_batchnorm_is_not_spectrally_normalised():
     assert torch.equal(G.blocks[0].bn1.gain.weight, torch.ones(10, 32))
 
 
+def _spectral_norms(model: torch.nn.Module) -> list[tuple[torch.nn.Module, _SpectralNorm]]:
+    return [
+        (m, p)
+        for m in model.modules()
+        if parametrize.is_parametrized(m, "weight")
+        for p in m.parametrizations.weight
+        if isinstance(p, _SpectralNorm)
+    ]
+
+
+def _one_power_iteration(weight: torch.Tensor, v: torch.Tensor, eps: float = 1e-12):
+    """One step of torch's ``_SpectralNorm._power_method`` written out, all in fp32.
+
+    W is the weight as a (out, -1) matrix; u' = W v / |W v|, then v' = W^T u' / |W^T u'|,
+    each norm clamped below at ``eps`` (``F.normalize``). Returns (u', v').
+    """
+    w = weight.detach().float().flatten(1)
+    u = torch.mv(w, v)
+    u = u / u.norm(2, 0, keepdim=True).clamp_min(eps)
+    v = torch.mv(w.t(), u)
+    return u, v / v.norm(2, 0, keepdim=True).clamp_min(eps)
+
+
 def test_one_power_iteration_per_training_forward():
-    cfg = ModelConfig(ch=8, attn_g=[], attn_d=[])
-    _, D = build_models(cfg, 32, 0)
-    u = D.blocks[1].conv1.parametrizations.weight[0]._u
-    before = u.clone()
-    D.eval()(torch.randn(2, 3, 32, 32))
-    assert torch.equal(u, before), "eval forward must not advance the power iteration"
-    D.train()(torch.randn(2, 3, 32, 32))
-    assert not torch.equal(u, before)
+    cfg = ModelConfig(ch=8, attn_g=[], attn_d=[16])
+    _, D = build_models(cfg, 32, 10)
+    y = torch.tensor([1, 7])
+    norms = _spectral_norms(D)
+    assert len(norms) == count_spectral_norm(D) > 0
+
+    before = [(p._u.clone(), p._v.clone()) for _, p in norms]
+    D.eval()(torch.randn(2, 3, 32, 32), y)
+    for (_, p), (u, v) in zip(norms, before, strict=True):
+        assert torch.equal(p._u, u) and torch.equal(p._v, v), "eval forward moved u or v"
+
+    # Exactly one iteration from the stored v (the same ops, so the same bits). Two
+    # would land elsewhere: after torch's 15 warm-up steps a 3x3 conv's u still moves
+    # by ~1e-2 per step.
+    expected = [_one_power_iteration(m.parametrizations.weight.original, p._v) for m, p in norms]
+    D.train()(torch.randn(2, 3, 32, 32), y)
+    for (m, p), (u, v) in zip(norms, expected, strict=True):
+        torch.testing.assert_close(p._u, u, rtol=0, atol=0, msg=f"u of {type(m).__name__}")
+        torch.testing.assert_close(p._v, v, rtol=0, atol=0, msg=f"v of {type(m).__name__}")
+
+
+def test_spectral_norm_runs_in_fp32_under_bf16_autocast():
+    # CPU autocast leaves torch.mv in fp32, so on CPU the numbers alone cannot show
+    # bf16 leaking in (CUDA autocast does cast mv). The test therefore also records
+    # whether autocast was on while spectral norm's mv/vdot ran: it must be off.
+    torch.manual_seed(0)
+    layer = Layers(sn=True, init="xavier").conv(4, 8)
+    reference = copy.deepcopy(layer)
+    sn, sn_ref = layer.parametrizations.weight[0], reference.parametrizations.weight[0]
+    expected_u, expected_v = _one_power_iteration(layer.parametrizations.weight.original, sn._v)
+    x = torch.randn(2, 4, 8, 8)
+
+    class RecordLinearAlgebra(TorchFunctionMode):
+        def __init__(self):
+            super().__init__()
+            self.calls: list[tuple[str, bool, torch.dtype]] = []
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if func in (torch.mv, torch.vdot):
+                self.calls.append((func.__name__, torch.is_autocast_enabled("cpu"), out.dtype))
+            return out
+
+    with torch.autocast("cpu", dtype=torch.bfloat16), RecordLinearAlgebra() as mode:
+        out = layer(x)
+    reference(x)
+
+    assert out.dtype == torch.bfloat16, "the convolution itself must still run under autocast"
+    assert mode.calls, "spectral norm ran no mv/vdot"
+    assert all(not on and dtype == torch.float32 for _, on, dtype in mode.calls), mode.calls
+    assert sn._u.dtype == sn._v.dtype == torch.float32
+    assert torch.equal(sn._u, sn_ref._u) and torch.equal(sn._v, sn_ref._v)
+    torch.testing.assert_close(sn._u, expected_u, rtol=0, atol=0)
+    torch.testing.assert_close(sn._v, expected_v, rtol=0, atol=0)
+    assert torch.equal(layer.weight, reference.weight)
+
+
+def test_spectral_norm_state_dict_keys_are_torchs():
+    layer = Layers(sn=True, init="xavier").linear(4, 3)
+    assert sorted(layer.state_dict()) == [
+        "bias",
+        "parametrizations.weight.0._u",
+        "parametrizations.weight.0._v",
+        "parametrizations.weight.original",
+    ]
+    plain = torch.nn.utils.parametrizations.spectral_norm(torch.nn.Linear(4, 3))
+    plain.load_state_dict(layer.state_dict())
+    torch.testing.assert_close(plain.weight, layer.weight, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("init", ["xavier", "ortho"])
