@@ -67,13 +67,20 @@ class Images(Dataset):
 
 
 class ReplayG(nn.Module):
-    """A 'generator' that returns the given images in order: FID against them must be 0."""
+    """A 'generator' that returns the given images in order: FID against them must be 0.
+
+    Like a G with StyleGAN-style noise inputs, it draws per-pixel noise from the global
+    RNG on every call (in eval mode too), scaled by a strength that starts at 0, so the
+    images are unchanged but evaluation moves the global RNG unless it isolates it.
+    """
 
     def __init__(self, images: torch.Tensor):
         super().__init__()
         self.z_dim, self.num_classes, self.resolution = 4, 3, images.shape[-1]
         self.images = images
         self.pos = 0
+        self.noise_draws = 0
+        self.noise_strength = nn.Parameter(torch.zeros(()))
         # Submodules whose train/eval flags must come back.
         self.head = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.5))
 
@@ -81,7 +88,9 @@ class ReplayG(nn.Module):
         assert y.dtype == torch.int64 and y.shape == (len(z),) and int(y.max()) < self.num_classes
         out = self.images[self.pos : self.pos + len(z)].float() / 127.5 - 1
         self.pos += len(z)
-        return out
+        noise = torch.randn(out.shape)  # the global RNG
+        self.noise_draws += 1
+        return out + self.noise_strength * noise
 
 
 class TinyG(nn.Module):
@@ -218,6 +227,7 @@ def test_fid_of_a_set_against_itself_is_zero(evaluated):
 
 
 def test_evaluation_leaves_global_rng_alone(evaluated):
+    assert evaluated["G"].noise_draws > 0  # G did draw from the global RNG
     assert torch.equal(evaluated["rng_before"], evaluated["rng_after"])
 
 
