@@ -17,16 +17,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn as nn
 
+from sagan.benchmarks.machine import describe, machine
 from sagan.config import build_config
 from sagan.metrics import (
     MetricsError,
@@ -59,29 +57,6 @@ class StandInG(nn.Module):
     def forward(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         h = self.fc(z + self.embed(y) if self.num_classes else z)
         return self.body(h.view(-1, self.ch, 4, 4))
-
-
-def machine(device: torch.device) -> dict[str, Any]:
-    """CPU model, core counts, torch version and GPU, for the printout."""
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    out = {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "device": str(device),
-    }
-    if device.type == "cuda":
-        out["gpu"] = torch.cuda.get_device_name(device)
-    return out
 
 
 def _generator(cfg, num_classes: int, device: torch.device) -> tuple[nn.Module, str]:
@@ -171,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         reference, ref_what = _reference(cfg)
 
         info = machine(device)
-        print("machine: " + ", ".join(f"{k} {v}" for k, v in info.items()))
+        print(f"machine: {describe(info)}")
         print(f"generator: {g_what}; reference: {ref_what}, {ref_n} images; generated: {args.n}")
         print(f"weights: {weights}")
         if fake:
@@ -191,11 +166,11 @@ def main(argv: list[str] | None = None) -> int:
         for phase in ("cold", "warm"):
             r = evaluate_generator(G, cfg, step=0, device=device, ema=False, reference=reference)
             records[phase] = r
-            t = r["timing"]
+            timing = r["timing"]
             m = ", ".join(f"{k} {v:.4g}" for k, v in r["metrics"].items())
             print(
-                f"{phase:6} {r['wall_s']:8.2f} {t['reference_s']:12.2f} "
-                f"{t['generate_extract_s']:14.2f} {t['metrics_s']:10.2f}  "
+                f"{phase:6} {r['wall_s']:8.2f} {timing['reference_s']:12.2f} "
+                f"{timing['generate_extract_s']:14.2f} {timing['metrics_s']:10.2f}  "
                 f"{m}{' (meaningless: random weights)' if fake else ''}",
                 flush=True,
             )

@@ -10,31 +10,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import tempfile
 import time
 
 import torch
 
 from sagan.batches import Batches
+from sagan.benchmarks.machine import describe, machine
 from sagan.config import load_config
 from sagan.train import Trainer
-
-
-def machine() -> str:
-    if torch.cuda.is_available():
-        return (
-            f"{torch.cuda.get_device_name()} (torch {torch.__version__}, CUDA {torch.version.cuda})"
-        )
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {torch.get_num_threads()} threads (torch {torch.__version__})"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,45 +33,47 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     cfg = load_config(args.config, args.overrides)
     with tempfile.TemporaryDirectory() as d:
-        t = Trainer(cfg, d, progress=False)
-        tc = cfg.train
+        trainer = Trainer(cfg, d, progress=False)
+        train_cfg = cfg.train
         batches = Batches(
-            t.dataset,
-            tc.batch_size,
-            tc.seed,
-            t.device,
+            trainer.dataset,
+            train_cfg.batch_size,
+            train_cfg.seed,
+            trainer.device,
             num_workers=cfg.data.num_workers,
-            channels_last=t.cuda and tc.channels_last,
+            channels_last=trainer.cuda and train_cfg.channels_last,
         )
-        first_bad = torch.full((), -1, dtype=torch.long, device=t.device)
+        first_bad = torch.full((), -1, dtype=torch.long, device=trainer.device)
         for _ in range(args.warmup):
-            t.train_step(batches, first_bad)
-        if t.cuda:
+            trainer.train_step(batches, first_bad)
+        if trainer.cuda:
             torch.cuda.synchronize()
         t0 = time.perf_counter()
         for _ in range(args.steps):
-            t.train_step(batches, first_bad)
-        if t.cuda:
+            trainer.train_step(batches, first_bad)
+        if trainer.cuda:
             torch.cuda.synchronize()
         dt = time.perf_counter() - t0
     result = {
-        "machine": machine(),
+        "machine": machine(trainer.device),
         "resolution": cfg.data.resolution,
         "ch": cfg.model.ch,
         "attn_g": cfg.model.attn_g,
         "attn_d": cfg.model.attn_d,
-        "batch_size": tc.batch_size,
-        "n_dis": tc.n_dis,
-        "amp": tc.amp and t.cuda,
+        "batch_size": train_cfg.batch_size,
+        "n_dis": train_cfg.n_dis,
+        "amp": train_cfg.amp and trainer.cuda,
         "g_steps_per_s": args.steps / dt,
-        "img_per_s": args.steps * tc.batch_size * tc.n_dis / dt,
-        "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if t.cuda else None,
+        "img_per_s": args.steps * train_cfg.batch_size * train_cfg.n_dis / dt,
+        "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if trainer.cuda else None,
     }
     if args.json:
         print(json.dumps(result))
     else:
+        print(f"{'machine':>15}: {describe(result['machine'])}")
         for k, v in result.items():
-            print(f"{k:>15}: {v:.3f}" if isinstance(v, float) else f"{k:>15}: {v}")
+            if k != "machine":
+                print(f"{k:>15}: {v:.3f}" if isinstance(v, float) else f"{k:>15}: {v}")
     return 0
 
 
