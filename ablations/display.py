@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 from sagan import rundir
+from sagan.progress import make_bar, say
 
 
 class Display:
@@ -16,53 +17,44 @@ class Display:
         self.overall = None
         self.last_line = 0.0
         if tty:
-            from tqdm import tqdm
-
-            self.overall = tqdm(
-                total=total, desc="grid", unit="run", position=0, dynamic_ncols=True
-            )
+            self.overall = make_bar(total=total, desc="grid", unit="run", position=0)
 
     def _say(self, msg: str) -> None:
-        if self.overall is not None:
-            self.overall.write(msg)
-        else:
-            print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+        say(msg, self.overall)
 
     def started(self, task) -> None:
         self._say(f"start  {task.run_id}  {task.label}")
         if self.tty:
-            from tqdm import tqdm
-
-            self.bars[task.run_id] = tqdm(
+            self.bars[task.run_id] = make_bar(
                 total=task.steps,
                 desc=task.label,
                 unit="step",
                 position=len(self.bars) + 1,
                 leave=False,
-                dynamic_ncols=True,
             )
 
     def finished(self, outcome) -> None:
         self.done += 1
-        t = outcome.task
-        bar = self.bars.pop(t.run_id, None)
+        task = outcome.task
+        bar = self.bars.pop(task.run_id, None)
         if bar is not None:
             bar.close()
         if self.overall is not None:
             self.overall.update(1)
-        self._say(f"{outcome.state:<7} {t.run_id}  {t.label}  ({self.done}/{self.total})")
+        self._say(f"{outcome.state:<7} {task.run_id}  {task.label}  ({self.done}/{self.total})")
 
     def tick(self, running) -> None:
-        steps = {t.run_id: rundir.read_status(t.run_dir).get("step", 0) for t in running}
+        steps = {task.run_id: rundir.read_status(task.run_dir).get("step", 0) for task in running}
         if self.tty:
-            for t in running:
-                bar = self.bars.get(t.run_id)
+            for task in running:
+                bar = self.bars.get(task.run_id)
                 if bar is not None:
-                    bar.update(steps[t.run_id] - bar.n)
+                    bar.update(steps[task.run_id] - bar.n)
         elif running and time.time() - self.last_line > 30:
             self.last_line = time.time()
             self._say(
-                "running: " + ", ".join(f"{t.label} {steps[t.run_id]}/{t.steps}" for t in running)
+                "running: "
+                + ", ".join(f"{task.label} {steps[task.run_id]}/{task.steps}" for task in running)
             )
 
     def close(self) -> None:

@@ -1,7 +1,8 @@
 """Progress display: a tqdm bar on a terminal, plain log lines in a log file.
 
 SLURM writes stdout to a file, where a redrawn bar is noise; there each logged step
-becomes one line that a person can ``tail -f``.
+becomes one line that a person can ``tail -f``. :func:`say` and :func:`make_bar` are
+the one line printer and bar factory; ``ablations.display`` shows a grid with them.
 """
 
 from __future__ import annotations
@@ -9,6 +10,28 @@ from __future__ import annotations
 import sys
 import time
 from typing import Any
+
+
+def say(msg: str, bar: Any = None) -> None:
+    """Print one progress line.
+
+    Args:
+        msg: the line.
+        bar: a tqdm bar being shown, if any: the line goes through ``bar.write`` so the
+            bar is redrawn below it. Without one the line is ``[HH:MM:SS] msg`` on
+            stdout, flushed at once so that ``tail -f`` on a log file sees it.
+    """
+    if bar is not None:
+        bar.write(msg)
+    else:
+        print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def make_bar(**kwargs: Any) -> Any:
+    """A tqdm bar that follows the terminal's width; ``kwargs`` go to ``tqdm``."""
+    from tqdm import tqdm
+
+    return tqdm(dynamic_ncols=True, **kwargs)
 
 
 def _fmt(rec: dict[str, Any]) -> str:
@@ -30,9 +53,7 @@ class Progress:
         if not self.enabled:
             return
         if self.tty:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=self.total, initial=step, unit="step", dynamic_ncols=True)
+            self.bar = make_bar(total=self.total, initial=step, unit="step")
         else:
             self.write(f"training from G step {step} to {self.total}")
 
@@ -46,12 +67,8 @@ class Progress:
             self.write(f"step {step}/{self.total} {_fmt(rec)}")
 
     def write(self, msg: str) -> None:
-        if not self.enabled:
-            return
-        if self.bar is not None:
-            self.bar.write(msg)
-        else:
-            print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+        if self.enabled:
+            say(msg, self.bar)
 
     def close(self) -> None:
         if self.bar is not None:
