@@ -5,6 +5,13 @@ The data order is a function of (seed, number of batches consumed) alone: epoch
 ``(seed, e)``, dropping the last partial batch. Resuming therefore needs one integer,
 and a resumed run sees exactly the batches an uninterrupted one would have seen,
 however many loader workers prefetch ahead.
+
+Nothing here draws from the global RNG: the epoch orders come from their own
+generators, and the DataLoader gets one too (seeded from ``(seed, consumed)``),
+because starting a DataLoader iterator without one draws its workers' base seed
+from the global RNG, which shifted every later draw of a resumed run. The workers'
+seeds only matter to per-item randomness, and loading is deterministic (resize and
+center crop, no augmentation, as in the official code).
 """
 
 from __future__ import annotations
@@ -17,9 +24,12 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from sagan.data import InMemoryImages
 
 
+def _generator(seed: int, k: int) -> torch.Generator:
+    return torch.Generator().manual_seed((seed * 1_000_003 + k) % (2**63))
+
+
 def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed((seed * 1_000_003 + epoch) % (2**63))
-    return torch.randperm(n, generator=g)
+    return torch.randperm(n, generator=_generator(seed, epoch))
 
 
 class _IndexBatches(Sampler[list[int]]):
@@ -75,6 +85,7 @@ class Batches:
                 num_workers=num_workers,
                 pin_memory=device.type == "cuda",
                 persistent_workers=num_workers > 0,
+                generator=_generator(seed + 1, consumed),
             )
             self._it = iter(loader)
 

@@ -74,45 +74,65 @@ def save_checkpoint(run_dir: Path, step: int, state: dict[str, Any], keep: int =
     return path
 
 
-def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    return torch.load(path, map_location=map_location, weights_only=True)
+class CheckpointError(RuntimeError):
+    """A checkpoint file that is missing or cannot be read, phrased for a person."""
 
 
-def load_latest(
-    run_dir: Path, map_location: str | torch.device = "cpu"
-) -> tuple[dict[str, Any], Path] | None:
-    """The newest checkpoint that loads; a corrupt one is reported and skipped.
+def load_checkpoint(path: Path, mmap: bool = False) -> dict[str, Any]:
+    """Load a checkpoint onto the CPU (``weights_only``); the caller moves tensors to a device.
+
+    Loading to the CPU keeps RNG states loadable (``torch.set_rng_state`` takes only a
+    CPU byte tensor) whatever device wrote or reads the file. ``mmap=True`` maps the
+    file instead of reading it, for a cheap look at its plain entries (config, step).
+
+    Raises:
+        CheckpointError: the file is missing, truncated or not a checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except Exception as e:  # noqa: BLE001 - any failure to load means "not a usable checkpoint"
+        raise CheckpointError(
+            f"{path}: not a readable checkpoint ({type(e).__name__}: {e})"
+        ) from None
+    if not isinstance(state, dict) or "step" not in state:
+        raise CheckpointError(f"{path}: not a sagan-bench checkpoint (no 'step' entry)")
+    return state
+
+
+def load_latest(run_dir: Path, mmap: bool = False) -> tuple[dict[str, Any], Path] | None:
+    """The newest checkpoint that loads (onto the CPU); a corrupt one is reported and skipped.
 
     Returns ``None`` when the run has no checkpoint at all.
 
     Raises:
-        RuntimeError: when checkpoints exist but none of them loads.
+        CheckpointError: when checkpoints exist but none of them loads.
     """
     found = list_checkpoints(run_dir)
     errors = []
     for _, path in found:
         try:
-            state = load_checkpoint(path, map_location)
-            if "step" not in state:
-                raise ValueError("no 'step' entry")
+            state = load_checkpoint(path, mmap=mmap)
             return state, path
-        except Exception as e:  # noqa: BLE001 - any failure to load means "not usable"
-            log.warning(
-                "checkpoint %s is unreadable (%s: %s); trying the previous one",
-                path,
-                type(e).__name__,
-                e,
-            )
-            errors.append(f"{path.name}: {type(e).__name__}: {e}")
+        except CheckpointError as e:
+            log.warning("checkpoint %s is unreadable (%s); trying the previous one", path.name, e)
+            errors.append(str(e))
     if found:
-        raise RuntimeError(
+        raise CheckpointError(
             f"no readable checkpoint in {ckpt_dir(run_dir)}:\n  " + "\n  ".join(errors)
         )
     return None
 
 
-def rng_state() -> dict[str, Any]:
-    """Every RNG this process draws from, in a form ``weights_only`` loading accepts."""
+def rng_state(device: torch.device | None = None) -> dict[str, Any]:
+    """The process-wide RNGs, in a form ``weights_only`` loading accepts.
+
+    The training loop draws its noise from a generator of its own; these are saved
+    too, for anything else that draws from them. On CUDA only ``device``'s state is
+    saved, so a run can resume on a node with a different number of GPUs.
+    """
     np_state = np.random.get_state()
     py_state = random.getstate()
     state: dict[str, Any] = {
@@ -125,13 +145,14 @@ def rng_state() -> dict[str, Any]:
         },
         "python": {"version": py_state[0], "state": list(py_state[1]), "gauss": py_state[2]},
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device is not None and device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
+def set_rng_state(state: dict[str, Any], device: torch.device | None = None) -> None:
+    """Restore what :func:`rng_state` saved (states loaded onto the CPU)."""
+    torch.set_rng_state(state["torch"].cpu())
     n = state["numpy"]
     np.random.set_state(
         (
@@ -144,5 +165,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
     )
     p = state["python"]
     random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state.get("cuda")
+    if isinstance(cuda, torch.Tensor) and device is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(cuda.cpu(), device)

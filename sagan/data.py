@@ -15,7 +15,6 @@ the path or config key at fault and what to do about it.
 from __future__ import annotations
 
 import hashlib
-import os
 import pickle
 from pathlib import Path
 
@@ -26,6 +25,8 @@ from torchvision import datasets, transforms
 
 from sagan import synthetic
 from sagan.config import DataConfig
+from sagan.data_identity import list_image_files
+from sagan.hashing import file_digest
 
 SPLITS = ("train", "test")
 PREFETCH = "python -m sagan.prefetch --data cifar10 --root {root}"
@@ -248,31 +249,14 @@ def dataset_fingerprint(cfg: DataConfig, split: str) -> str:
                 raise DataError(
                     f"{path}: missing CIFAR-10 batch file. Fetch it with: {PREFETCH.format(root=cfg.root)}"
                 )
-            h.update(f"{name}:{_md5(path)}|".encode())
+            h.update(f"{name}:{file_digest(path, 'md5')}|".encode())
     else:
         folder = imagefolder_dir(cfg, split)
-        for rel, size in _image_files(folder):
+        # A fresh walk, not the cached one of sagan.data_identity: a stale key here
+        # would reuse another dataset's reference statistics.
+        for rel, size in list_image_files(folder):
             h.update(f"{rel}:{size}|".encode())
     return f"{cfg.name}-{h.hexdigest()[:16]}"
-
-
-def _image_files(folder: Path) -> list[tuple[str, int]]:
-    """(relative path, size) of every file ImageFolder would read, sorted."""
-    out = []
-    for dirpath, _, names in os.walk(folder, followlinks=True):
-        for name in names:
-            if name.lower().endswith(datasets.folder.IMG_EXTENSIONS) and Path(dirpath) != folder:
-                path = Path(dirpath) / name
-                out.append((path.relative_to(folder).as_posix(), path.stat().st_size))
-    return sorted(out)
-
-
-def _md5(path: Path) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 __all__ = [

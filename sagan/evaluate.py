@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from sagan import rundir
-from sagan.checkpoint import list_checkpoints, load_checkpoint
+from sagan.checkpoint import CheckpointError, list_checkpoints, load_checkpoint
 from sagan.config import ConfigError, load_config, parse_overrides
 from sagan.data import DataError
 from sagan.models import Generator
@@ -28,10 +28,11 @@ def score_checkpoint(cfg, path: Path, device: torch.device) -> dict:
     """One evaluation record for the checkpoint at ``path`` under ``cfg.eval``."""
     from sagan.metrics import evaluate_generator
 
-    state = load_checkpoint(path, map_location=device)
-    G = Generator(cfg.model, cfg.data.resolution, state["num_classes"]).to(device)
+    state = load_checkpoint(path)
+    G = Generator(cfg.model, cfg.data.resolution, state["num_classes"])
     use_ema = cfg.eval.use_ema and state.get("G_ema") is not None
     G.load_state_dict(state["G_ema"] if use_ema else state["G"])
+    G.to(device)
     record = evaluate_generator(G, cfg, step=state["step"], device=device, ema=use_ema)
     record["origin"] = "rescore"
     record["checkpoint"] = path.name
@@ -79,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 json.dumps({"checkpoint": path.name, "step": record["step"], **record["metrics"]})
             )
-    except (ConfigError, DataError, MetricsError) as e:
+    except (ConfigError, CheckpointError, DataError, MetricsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -1,7 +1,8 @@
 """The files of one run directory and how they are written.
 
-``RUN_DIR/`` holds ``config.yaml`` (the resolved config), ``status.json`` (state,
-step, attempts, best and final metrics), ``metrics.jsonl`` (one line per logged
+``RUN_DIR/`` holds ``config.yaml`` (the resolved config), ``data.json`` (the
+identity of the training data), ``status.json`` (state, step, attempts, failures,
+best and final metrics), ``metrics.jsonl`` (one line per logged
 step), ``eval.jsonl`` (one record per evaluation, with its protocol), ``samples/``
 and ``checkpoints/``. This is the contract the ablation store and the reports read.
 """
@@ -9,6 +10,7 @@ and ``checkpoints/``. This is the contract the ablation store and the reports re
 from __future__ import annotations
 
 import json
+import math
 import socket
 import time
 from pathlib import Path
@@ -81,13 +83,21 @@ HIGHER_IS_BETTER = {
 
 
 def update_best(status: dict[str, Any], record: dict[str, Any]) -> None:
-    """Track, in ``status``, the best value of each metric over training and the latest."""
+    """Track, in ``status``, the best value of each metric over training and the latest.
+
+    A non-finite value (a NaN FID of a collapsed G) is never best, and a best that is
+    not finite (written by an older version) gives way to any finite value.
+    """
     best = status.setdefault("best", {})
     for name, value in record["metrics"].items():
-        if name not in HIGHER_IS_BETTER or value is None:
+        if name not in HIGHER_IS_BETTER or value is None or not math.isfinite(value):
             continue
         old = best.get(name)
         higher = HIGHER_IS_BETTER[name]
-        if old is None or (value > old["value"] if higher else value < old["value"]):
+        if (
+            old is None
+            or not math.isfinite(old["value"])
+            or (value > old["value"] if higher else value < old["value"])
+        ):
             best[name] = {"value": value, "step": record["step"]}
     status["latest"] = {"step": record["step"], "metrics": record["metrics"]}

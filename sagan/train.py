@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import logging
 import os
 import random
@@ -26,8 +27,8 @@ import torch
 from sagan import rundir
 from sagan.batches import Batches
 from sagan.checkpoint import (
+    CheckpointError,
     atomic_write_text,
-    list_checkpoints,
     load_latest,
     rng_state,
     save_checkpoint,
@@ -41,9 +42,9 @@ from sagan.config import (
     resume_conflicts,
     to_dict,
     to_yaml,
-    yaml_load,
 )
 from sagan.data import DataError, build_dataset
+from sagan.data_identity import data_identity, describe
 from sagan.losses import LOSSES
 from sagan.metrics.errors import MetricsError
 from sagan.models import attention_gammas, build_models
@@ -94,21 +95,45 @@ def preflight(cfg: Config) -> None:
             check_available(cfg.data, ev.reference.split)
 
 
-def check_resume(run_dir: Path, cfg: Config) -> None:
-    """Refuse to continue a run whose computation-relevant settings changed."""
-    saved_path = run_dir / "config.yaml"
-    if not saved_path.is_file() or not list_checkpoints(run_dir):
-        return  # nothing computed yet that a new config could contradict
-    saved = yaml_load(saved_path.read_text())
-    new = to_dict(cfg)
+def check_resume(run_dir: Path, cfg: Config, data_id: dict[str, Any]) -> None:
+    """Refuse to continue a run whose computation-relevant settings or data changed.
+
+    Compares with what the newest readable checkpoint was computed from (its config
+    and data identity), not with ``config.yaml``, which the caller may have just
+    rewritten. A run without a readable checkpoint has computed nothing to contradict;
+    one whose checkpoints are all unreadable fails in :meth:`Trainer.restore`, where
+    the failure is recorded.
+
+    Raises:
+        ConfigError: naming every differing key, or both data identities.
+    """
+    try:
+        found = load_latest(run_dir, mmap=True)
+    except CheckpointError:
+        return
+    if found is None:
+        return
+    state, path = found
+    saved, new = state["config"], to_dict(cfg)
     diff = resume_conflicts(saved, new)
     if diff:
         a, b = flatten(saved), flatten(new)
         lines = "\n".join(f"  {k}: {a.get(k)!r} -> {b.get(k)!r}" for k in diff)
         raise ConfigError(
-            f"{run_dir} holds a run with a different config; refusing to resume it.\n{lines}\n"
-            "Use a new --out directory, or change only keys that do not alter what was computed "
-            "(train.steps, logging, sampling, checkpoint and evaluation cadence)."
+            f"{run_dir} holds a run with a different config (in {path.name}); refusing to "
+            f"resume it.\n{lines}\nUse a new --out directory, or change only keys that do not "
+            "alter what was computed (train.steps, logging, sampling, checkpoint and evaluation "
+            "cadence)."
+        )
+    saved_id = state.get("data")
+    if saved_id is None:
+        log.warning("%s has no data identity; cannot check that the data is unchanged", path)
+    elif saved_id["digest"] != data_id["digest"]:
+        raise ConfigError(
+            f"{run_dir} was trained on other data; refusing to resume it.\n"
+            f"  {path.name} was computed on: {describe(saved_id)}\n"
+            f"  data.root {cfg.data.root} holds: {describe(data_id)}\n"
+            "Point data.root at the data the run started on, or use a new --out directory."
         )
 
 
@@ -119,33 +144,39 @@ class Trainer:
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.rank = int(os.environ.get("RANK", "0"))
-        self.main = self.rank == 0
+        self.is_main = self.rank == 0
         self.device = pick_device(cfg.train.device)
         self.cuda = self.device.type == "cuda"
-        t = cfg.train
-        seed_everything(t.seed)
+        tc = cfg.train
+        seed_everything(tc.seed)
+        self.data_id = data_identity(cfg.data)
         self.dataset = build_dataset(cfg.data, "train")
         self.num_classes = self.dataset.num_classes if cfg.data.conditional else 0
         G, D = build_models(cfg.model, cfg.data.resolution, self.num_classes)
-        fmt = torch.channels_last if (self.cuda and t.channels_last) else torch.contiguous_format
+        fmt = torch.channels_last if (self.cuda and tc.channels_last) else torch.contiguous_format
         self.G = G.to(self.device, memory_format=fmt)
         self.D = D.to(self.device, memory_format=fmt)
         self.G_ema = (
-            copy.deepcopy(self.G).eval().requires_grad_(False) if t.ema is not None else None
+            copy.deepcopy(self.G).eval().requires_grad_(False) if tc.ema is not None else None
         )
-        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=t.lr_g, betas=t.betas)
-        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=t.lr_d, betas=t.betas)
-        self.loss_d, self.loss_g = LOSSES[t.loss]
+        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=tc.lr_g, betas=tc.betas)
+        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=tc.lr_d, betas=tc.betas)
+        self.loss_d, self.loss_g = LOSSES[tc.loss]
         self.step = 0
         self.consumed = 0
         self.restored_from: Path | None = None
-        # Fixed sample inputs come from their own generator: sampling never moves the
-        # training RNG, so changing sample_every cannot change the result.
-        g = torch.Generator().manual_seed(t.seed + 7919)
-        self.sample_z = torch.randn(t.n_samples, cfg.model.z_dim, generator=g).to(self.device)
+        # The training noise (z and fake labels) comes from a generator of its own,
+        # saved in every checkpoint: nothing else that draws random numbers (a data
+        # loader, an evaluation, a library) can shift it, so a resumed run draws
+        # exactly what an uninterrupted one does.
+        self.noise = torch.Generator(self.device).manual_seed(tc.seed + 104729)
+        # Fixed sample inputs come from another: sampling never moves the training
+        # noise, so changing sample_every cannot change the result.
+        g = torch.Generator().manual_seed(tc.seed + 7919)
+        self.sample_z = torch.randn(tc.n_samples, cfg.model.z_dim, generator=g).to(self.device)
         nc = max(self.num_classes, 1)
-        self.sample_y = (torch.arange(t.n_samples) % nc).to(self.device)
-        self.progress = Progress(t.steps, enabled=self.main, tty=progress)
+        self.sample_y = (torch.arange(tc.n_samples) % nc).to(self.device)
+        self.progress = Progress(tc.steps, enabled=self.is_main, tty=progress)
 
     # -- state ---------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -157,13 +188,22 @@ class Trainer:
             "G_ema": self.G_ema.state_dict() if self.G_ema is not None else None,
             "opt_g": self.opt_g.state_dict(),
             "opt_d": self.opt_d.state_dict(),
-            "rng": rng_state(),
+            "rng": {"noise": self.noise.get_state(), "process": rng_state(self.device)},
             "num_classes": self.num_classes,
             "config": to_dict(self.cfg),
+            "data": self.data_id,
         }
 
     def restore(self) -> None:
-        found = load_latest(self.run_dir, map_location=self.device)
+        """Load the newest readable checkpoint, if any, into the models, optimizers and RNGs.
+
+        Loaded onto the CPU, then copied to the device by ``load_state_dict``.
+
+        Raises:
+            CheckpointError: checkpoints exist but none loads, or one predates the
+                saved noise generator (it cannot be resumed exactly).
+        """
+        found = load_latest(self.run_dir)
         if found is None:
             # Killed before its first checkpoint: whatever it logged is recomputed.
             rundir.truncate_jsonl(self.run_dir / "metrics.jsonl", 0)
@@ -175,7 +215,14 @@ class Trainer:
             self.G_ema.load_state_dict(state["G_ema"])
         self.opt_g.load_state_dict(state["opt_g"])
         self.opt_d.load_state_dict(state["opt_d"])
-        set_rng_state(state["rng"])
+        rng = state["rng"]
+        if "noise" not in rng:
+            raise CheckpointError(
+                f"{path}: written by an older sagan-bench without the training noise generator; "
+                "it cannot be resumed exactly. Start the run anew in a new directory."
+            )
+        self.noise.set_state(rng["noise"])
+        set_rng_state(rng["process"], self.device)
         self.step = state["step"]
         self.consumed = state["consumed_batches"]
         self.restored_from = path
@@ -183,7 +230,7 @@ class Trainer:
         rundir.truncate_jsonl(self.run_dir / "metrics.jsonl", self.step)
 
     def save(self) -> None:
-        if self.main:
+        if self.is_main:
             save_checkpoint(
                 self.run_dir, self.step, self.state_dict(), keep=self.cfg.train.ckpt_keep
             )
@@ -196,12 +243,14 @@ class Trainer:
 
     def _labels(self, n: int) -> torch.Tensor:
         if self.num_classes > 0:
-            return torch.randint(0, self.num_classes, (n,), device=self.device)
+            return torch.randint(
+                0, self.num_classes, (n,), device=self.device, generator=self.noise
+            )
         return torch.zeros(n, dtype=torch.long, device=self.device)
 
     def _ema_update(self) -> None:
-        t = self.cfg.train
-        decay = t.ema if self.step > t.ema_start else 0.0
+        tc = self.cfg.train
+        decay = tc.ema if self.step > tc.ema_start else 0.0
         with torch.no_grad():
             ema_p = list(self.G_ema.parameters())
             torch._foreach_lerp_(ema_p, list(self.G.parameters()), 1.0 - decay)
@@ -209,11 +258,11 @@ class Trainer:
                 be.copy_(b)
 
     def train_step(self, batches: Batches, first_bad: torch.Tensor) -> dict[str, torch.Tensor]:
-        t = self.cfg.train
-        B, z_dim = t.batch_size, self.cfg.model.z_dim
-        for _ in range(t.n_dis):
+        tc = self.cfg.train
+        B, z_dim = tc.batch_size, self.cfg.model.z_dim
+        for _ in range(tc.n_dis):
             x, y = next(batches)
-            z = torch.randn(B, z_dim, device=self.device)
+            z = torch.randn(B, z_dim, device=self.device, generator=self.noise)
             y_fake = self._labels(B)
             with self._autocast():
                 with torch.no_grad():
@@ -225,15 +274,17 @@ class Trainer:
             self.opt_d.zero_grad(set_to_none=True)
             loss_d.backward()
             self.opt_d.step()
-        z = torch.randn(B, z_dim, device=self.device)
+        z = torch.randn(B, z_dim, device=self.device, generator=self.noise)
         y_fake = self._labels(B)
         self.D.requires_grad_(False)  # the G step needs no gradient for D's weights
-        with self._autocast():
-            loss_g = self.loss_g(self.D(self.G(z, y_fake), y_fake).float())
-        self.opt_g.zero_grad(set_to_none=True)
-        loss_g.backward()
-        self.opt_g.step()
-        self.D.requires_grad_(True)
+        try:
+            with self._autocast():
+                loss_g = self.loss_g(self.D(self.G(z, y_fake), y_fake).float())
+            self.opt_g.zero_grad(set_to_none=True)
+            loss_g.backward()
+            self.opt_g.step()
+        finally:
+            self.D.requires_grad_(True)
         self.step += 1
         self.consumed = batches.consumed
         if self.G_ema is not None:
@@ -291,63 +342,33 @@ class Trainer:
         rundir.update_best(status, record)
 
     def run(self) -> str:
-        cfg, t = self.cfg, self.cfg.train
+        """Restore, train to ``train.steps``, and record the outcome in ``status.json``.
+
+        Every start is an attempt; only a failure (any exception, in restoring as in
+        training) counts in ``failures``. A stop by KeyboardInterrupt is ``interrupted``.
+        """
+        tc = self.cfg.train
         status = rundir.read_status(self.run_dir)
-        self.restore()
-        status.update(
-            state="running", step=self.step, steps=t.steps, attempts=status.get("attempts", 0) + 1
-        )
+        status.update(state="running", steps=tc.steps, attempts=status.get("attempts", 0) + 1)
         status.pop("error", None)
-        if self.restored_from is not None:
-            self.progress.write(f"resuming from {self.restored_from.name} (G step {self.step})")
         rundir.write_status(self.run_dir, status)
         writer = None
         try:
+            self.restore()
+            status.update(step=self.step)
+            if self.restored_from is not None:
+                self.progress.write(f"resuming from {self.restored_from.name} (G step {self.step})")
             batches = Batches(
                 self.dataset,
-                t.batch_size,
-                t.seed,
+                tc.batch_size,
+                tc.seed,
                 self.device,
                 consumed=self.consumed,
-                num_workers=cfg.data.num_workers,
-                channels_last=self.cuda and t.channels_last,
+                num_workers=self.cfg.data.num_workers,
+                channels_last=self.cuda and tc.channels_last,
             )
             writer = self._tensorboard()
-            first_bad = torch.full((), -1, dtype=torch.long, device=self.device)
-            self.progress.start(self.step)
-            if self.main and self.step > 0 and self._eval_due(self.step):
-                # Killed while evaluating a checkpointed step: that evaluation is still owed.
-                self.evaluate(status)
-                rundir.write_status(self.run_dir, status)
-            t0, s0 = time.perf_counter(), self.step
-            while self.step < t.steps:
-                vals = self.train_step(batches, first_bad)
-                s = self.step
-                is_eval = self._eval_due(s)
-                is_ckpt = s % t.ckpt_every == 0 or is_eval or s == t.steps
-                if s % t.log_every == 0 or is_ckpt or s % t.sample_every == 0:
-                    if int(first_bad) >= 0:  # the only host sync, at these steps
-                        raise Diverged(int(first_bad))
-                if s % t.log_every == 0 or s == t.steps:
-                    dt = time.perf_counter() - t0
-                    rec = self._log_record(vals, (s - s0) / max(dt, 1e-9))
-                    t0, s0 = time.perf_counter(), s
-                    if self.main:
-                        rundir.append_jsonl(self.run_dir / "metrics.jsonl", rec)
-                        if writer is not None:
-                            for k, v in rec.items():
-                                if isinstance(v, (int, float)) and k != "step":
-                                    writer.add_scalar(k, v, s)
-                        status.update(step=s)
-                        rundir.write_status(self.run_dir, status)
-                    self.progress.update(s, rec)
-                if self.main and (s % t.sample_every == 0 or s == t.steps):
-                    self.sample()
-                if is_ckpt:
-                    self.save()
-                if self.main and is_eval:
-                    self.evaluate(status)
-                    rundir.write_status(self.run_dir, status)
+            self._loop(batches, status, writer)
             status.update(state="done", step=self.step)
         except Diverged as e:
             status.update(state="diverged", diverged_step=e.step, step=self.step)
@@ -357,7 +378,7 @@ class Trainer:
             rundir.write_status(self.run_dir, status)
             raise
         except BaseException as e:
-            status.update(state="failed", step=self.step, error=f"{type(e).__name__}: {e}")
+            record_failure(status, e, step=self.step)
             rundir.write_status(self.run_dir, status)
             raise
         finally:
@@ -366,6 +387,44 @@ class Trainer:
                 writer.close()
         rundir.write_status(self.run_dir, status)
         return status["state"]
+
+    def _loop(self, batches: Batches, status: dict[str, Any], writer) -> None:
+        tc = self.cfg.train
+        first_bad = torch.full((), -1, dtype=torch.long, device=self.device)
+        self.progress.start(self.step)
+        if self.is_main and self.step > 0 and self._eval_due(self.step):
+            # Killed while evaluating a checkpointed step: that evaluation is still owed.
+            self.evaluate(status)
+            rundir.write_status(self.run_dir, status)
+        t0, s0 = time.perf_counter(), self.step
+        while self.step < tc.steps:
+            vals = self.train_step(batches, first_bad)
+            s = self.step
+            is_eval = self._eval_due(s)
+            is_ckpt = s % tc.ckpt_every == 0 or is_eval or s == tc.steps
+            if s % tc.log_every == 0 or is_ckpt or s % tc.sample_every == 0:
+                if int(first_bad) >= 0:  # the only host sync, at these steps
+                    raise Diverged(int(first_bad))
+            if s % tc.log_every == 0 or s == tc.steps:
+                dt = time.perf_counter() - t0
+                rec = self._log_record(vals, (s - s0) / max(dt, 1e-9))
+                t0, s0 = time.perf_counter(), s
+                if self.is_main:
+                    rundir.append_jsonl(self.run_dir / "metrics.jsonl", rec)
+                    if writer is not None:
+                        for k, v in rec.items():
+                            if isinstance(v, (int, float)) and k != "step":
+                                writer.add_scalar(k, v, s)
+                    status.update(step=s)
+                    rundir.write_status(self.run_dir, status)
+                self.progress.update(s, rec)
+            if self.is_main and (s % tc.sample_every == 0 or s == tc.steps):
+                self.sample()
+            if is_ckpt:
+                self.save()
+            if self.is_main and is_eval:
+                self.evaluate(status)
+                rundir.write_status(self.run_dir, status)
 
     def _log_record(self, vals: dict[str, torch.Tensor], it_per_s: float) -> dict[str, Any]:
         keys = list(vals)
@@ -378,7 +437,7 @@ class Trainer:
         return rec
 
     def _tensorboard(self):
-        if not (self.cfg.train.tensorboard and self.main):
+        if not (self.cfg.train.tensorboard and self.is_main):
             return None
         try:
             from torch.utils.tensorboard import SummaryWriter
@@ -389,28 +448,45 @@ class Trainer:
         return SummaryWriter(str(self.run_dir / "tb"))
 
 
+def record_failure(status: dict[str, Any], error: BaseException, **fields: Any) -> None:
+    """Mark ``status`` failed by ``error``: one more failure, the error in one line."""
+    status.update(
+        state="failed",
+        failures=status.get("failures", 0) + 1,
+        error=f"{type(error).__name__}: {error}",
+        **fields,
+    )
+
+
 def train(cfg: Config, run_dir: str | Path, progress: bool | None = None) -> str:
     """Train (or resume) the run in ``run_dir``; returns its final state.
 
-    A run already ``done`` at ``train.steps``, or ``diverged``, is left as it is.
+    A run already ``done`` at ``train.steps``, or ``diverged``, is left as it is. The
+    caller owns ``run_dir`` for the duration (the ablation worker holds its lock).
+
+    Raises:
+        ConfigError: the run's checkpoint was computed from another config or other
+            data (nothing is written then); DataError, MetricsError: missing data or
+            weights (before anything starts).
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    check_resume(run_dir, cfg)
     status = rundir.read_status(run_dir)
     if status["state"] == "diverged" or (
         status["state"] == "done" and status.get("step", 0) >= cfg.train.steps
     ):
         return status["state"]
     preflight(cfg)
+    data_id = data_identity(cfg.data)
+    check_resume(run_dir, cfg, data_id)
     atomic_write_text(run_dir / "config.yaml", to_yaml(cfg))
+    atomic_write_text(run_dir / "data.json", json.dumps(data_id, indent=2) + "\n")
     try:
         trainer = Trainer(cfg, run_dir, progress=progress)
     except BaseException as e:
-        # Failed before its loop (data, device, a broken checkpoint): say so on disk.
-        status.update(
-            state="failed", attempts=status.get("attempts", 0) + 1, error=f"{type(e).__name__}: {e}"
-        )
+        # Failed before its loop (data, device, models): say so on disk.
+        status["attempts"] = status.get("attempts", 0) + 1
+        record_failure(status, e)
         rundir.write_status(run_dir, status)
         raise
     return trainer.run()

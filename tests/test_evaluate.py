@@ -109,3 +109,19 @@ def test_evaluation_killed_midway_is_redone_on_resume(evaluated_run, tmp_path):
     redone = rundir.read_jsonl(run / "eval.jsonl")
     assert [r["step"] for r in redone] == [10, 20]
     assert redone[1]["metrics"] == records[1]["metrics"]
+
+
+@pytest.mark.parametrize("broken", ["missing", "truncated", "not-a-checkpoint"])
+def test_rescore_of_a_missing_or_corrupt_checkpoint_is_one_line(
+    evaluated_run, tmp_path, broken, capsys
+):
+    path = tmp_path / "ckpt.pt"
+    if broken == "truncated":
+        path.write_bytes(list_checkpoints(evaluated_run)[0][1].read_bytes()[:1000])
+    elif broken == "not-a-checkpoint":
+        torch.save({"G": {}}, path)
+    argv = [str(evaluated_run), "eval.metrics=[consistency]", "--checkpoint", str(path)]
+    assert evaluate_cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {path}: ") and len(err.strip().splitlines()) == 1
+    assert "Traceback" not in err
