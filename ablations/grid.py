@@ -21,28 +21,26 @@ problem is one line naming the file and the path inside it.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from ablations.runid import run_id
 from sagan.config import (
-    RESUME_SAFE,
     Config,
     ConfigError,
     build_config,
     describe_errors,
     flatten,
-    key_matches,
     load_yaml,
     set_dotted,
-    to_dict,
     yaml_load,
 )
+from sagan.data import DataError
+from sagan.data_identity import data_identity
 
 
 class GridError(ValueError):
@@ -50,10 +48,6 @@ class GridError(ValueError):
 
 
 SEED_AXIS = "seed"
-
-# Keys left out of a run's identity: where it runs and how often it reports do not
-# change what it computes. train.steps stays in: a longer run is a different result.
-_NOT_IDENTITY = tuple(k for k in RESUME_SAFE if k != "train.steps")
 
 
 class LocalExecutorSpec(BaseModel):
@@ -98,7 +92,12 @@ class Cell:
     run_id: str
 
     def label(self) -> str:
-        return ",".join(f"{k}={v}" for k, v in self.levels.items())
+        return label(self.levels)
+
+
+def label(levels: dict[str, str]) -> str:
+    """``attention=feat16,seed=0``: how a cell is named to people and in ``--only``."""
+    return ",".join(f"{k}={v}" for k, v in levels.items())
 
 
 @dataclass
@@ -110,33 +109,53 @@ class Grid:
     cells: list[Cell] = field(default_factory=list)
 
 
-def run_id(cfg: Config) -> str:
-    """A short hash of what a run computes: same cell in two grid files, same run."""
-    flat = {k: v for k, v in flatten(to_dict(cfg)).items() if not key_matches(k, _NOT_IDENTITY)}
-    blob = json.dumps(flat, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+class _RunIds:
+    """Run ids of one grid's configs, identifying each distinct dataset once."""
+
+    def __init__(self):
+        self.digests: dict[str, str | DataError] = {}
+
+    def __call__(self, cfg: Config) -> str:
+        key = cfg.data.model_dump_json(exclude={"num_workers"})
+        if key not in self.digests:
+            try:
+                self.digests[key] = data_identity(cfg.data)["digest"]
+            except DataError as e:
+                self.digests[key] = e
+        found = self.digests[key]
+        if isinstance(found, DataError):
+            raise found
+        return run_id(cfg, found)
 
 
 def _axis_levels(name: str, axis: dict | list) -> dict[str, dict[str, Any]]:
     """Normalise an axis to ``{level name: {dotted key: value}}``."""
     if isinstance(axis, list):  # shorthand: `train.n_dis: [1, 5]`
-        return {_level_name(v): {name: v} for v in axis}
+        return {level_name(v): {name: v} for v in axis}
     # Nested sections (`model: {attn_g: [8]}`) and dotted keys mean the same thing.
     return {level: flatten(ov or {}) for level, ov in axis.items()}
 
 
-def _level_name(v: Any) -> str:
+def level_name(v: Any) -> str:
+    """The name of a level given as a value: ``true``, ``none``, ``8-16``, ``0.0001``.
+
+    The one normalisation for level names and for the values that filters
+    (``include``, ``exclude``, ``--only``) compare with them.
+    """
     if isinstance(v, list):
-        return "-".join(map(str, v)) or "none"
-    return "none" if v is None else str(v).lower() if isinstance(v, bool) else str(v)
+        return "-".join(map(level_name, v)) or "none"
+    if isinstance(v, bool):
+        return str(v).lower()
+    return "none" if v is None else str(v)
+
+
+def _wanted(want: Any) -> list[str]:
+    """A filter's value as level names; a list means any of its items."""
+    return [level_name(w) for w in want] if isinstance(want, list) else [level_name(want)]
 
 
 def _matches(levels: dict[str, str], flt: dict[str, Any]) -> bool:
-    for axis, want in flt.items():
-        wanted = {str(w) for w in want} if isinstance(want, list) else {str(want)}
-        if levels.get(axis) not in wanted:
-            return False
-    return True
+    return all(levels.get(axis) in _wanted(want) for axis, want in flt.items())
 
 
 def load_grid(path: str | Path) -> Grid:
@@ -157,6 +176,7 @@ def load_grid(path: str | Path) -> Grid:
         raise GridError(describe_errors(e, f"{where}: ")) from None
 
     base = _load_base(spec, path)
+    ids = _RunIds()
     errors: list[str] = []
     axes: dict[str, dict[str, dict[str, Any]]] = {}
     for axis, levels in spec.axes.items():
@@ -175,7 +195,10 @@ def load_grid(path: str | Path) -> Grid:
             cfg = _build(base, ov, f"{where}: axes.{axis}.{level}", errors)
             if cfg is None:
                 continue
-            key = run_id(cfg)
+            try:
+                key = ids(cfg)
+            except DataError:
+                continue  # reported once per cell below
             if key in seen and len(norm) > 1:
                 errors.append(
                     f"{where}: axes.{axis}: levels '{seen[key]}' and '{level}' resolve to the same config"
@@ -192,8 +215,8 @@ def load_grid(path: str | Path) -> Grid:
             if axis != SEED_AXIS and axis not in axes:
                 errors.append(f"{where}: {kind}[{j}]: no axis named '{axis}'")
                 continue
-            for w in want if isinstance(want, list) else [want]:
-                if str(w) not in names:
+            for w in _wanted(want):
+                if w not in names:
                     errors.append(
                         f"{where}: {kind}[{j}].{axis}: no level named '{w}' (levels: {', '.join(names)})"
                     )
@@ -224,15 +247,20 @@ def load_grid(path: str | Path) -> Grid:
             for a, lv in zip(names, combo, strict=True):
                 overrides.update(axes[a][lv])
             overrides["train.seed"] = seed
-            label = ",".join(f"{k}={v}" for k, v in levels.items())
-            cfg = _build(base, overrides, f"{where}: cell {label}", errors)
+            name = label(levels)
+            cfg = _build(base, overrides, f"{where}: cell {name}", errors)
             if cfg is None:
                 continue
-            rid = run_id(cfg)
-            if rid in by_id:
-                errors.append(f"{where}: cells {by_id[rid]} and {label} resolve to the same config")
+            try:
+                rid = ids(cfg)
+            except DataError as e:
+                if f"{where}: {e}" not in errors:
+                    errors.append(f"{where}: {e}")
                 continue
-            by_id[rid] = label
+            if rid in by_id:
+                errors.append(f"{where}: cells {by_id[rid]} and {name} resolve to the same config")
+                continue
+            by_id[rid] = name
             grid.cells.append(Cell(levels, cfg, rid))
     if errors:
         raise GridError("\n".join(errors))
@@ -293,17 +321,31 @@ def parse_only(items: list[str]) -> dict[str, list[str]]:
     return out
 
 
+def _only_level(levels: list[str], value: str) -> str | None:
+    """The level ``--only`` means by ``value``: as typed, or as YAML (``True`` -> ``true``)."""
+    if value in levels:
+        return value
+    try:
+        parsed = level_name(yaml_load(value))
+    except Exception:  # noqa: BLE001 - not YAML: no other spelling to try
+        return None
+    return parsed if parsed in levels else None
+
+
 def select(grid: Grid, only: dict[str, list[str]]) -> list[Cell]:
     """The cells that match every ``--only`` filter (levels of one axis are alternatives)."""
+    chosen: dict[str, set[str]] = {}
     for axis, wanted in only.items():
         if axis not in grid.axes:
             raise GridError(f"--only: no axis named '{axis}' (axes: {', '.join(grid.axes)})")
         for w in wanted:
-            if w not in grid.axes[axis]:
+            level = _only_level(grid.axes[axis], w)
+            if level is None:
                 raise GridError(
                     f"--only: axis '{axis}' has no level '{w}' (levels: {', '.join(grid.axes[axis])})"
                 )
-    return [c for c in grid.cells if all(c.levels[a] in w for a, w in only.items())]
+            chosen.setdefault(axis, set()).add(level)
+    return [c for c in grid.cells if all(c.levels[a] in w for a, w in chosen.items())]
 
 
 __all__ = [

@@ -3,19 +3,23 @@
 Expands the grid into cells, validates every one before anything starts, and trains
 what is not done yet: done runs are skipped, interrupted ones resume from their
 checkpoint, diverged ones are kept as results, failed ones are retried with
-``--retry-failed``. Ends with a summary table; exits non-zero if any cell failed.
+``--retry-failed``. Ends with a summary table; exits non-zero unless every selected
+cell ended done or diverged, and says which did not and why.
 """
 
 from __future__ import annotations
 
 import argparse
+import enum
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
-from ablations.executors import Task, make_executor
+from ablations.executors import Outcome, Task, make_executor
 from ablations.grid import Cell, Grid, GridError, load_grid, parse_only, select
-from ablations.store import RunStore
+from ablations.store import RunBusy, RunStore, holder, is_locked
 from ablations.table import cell_table
+from sagan.rundir import FINAL_STATES
 
 BUNDLED = Path(__file__).resolve().parent / "grids"
 
@@ -37,24 +41,50 @@ def default_out(grid_path: Path, bundled: bool) -> Path:
     return Path("runs") if bundled else grid_path.parent / "runs"
 
 
-def plan(cell: Cell, store: RunStore, args) -> str:
+class Action(enum.Enum):
+    RUN = "run"
+    RESUME = "resume"
+    RETRY = "retry"
+    FORCE = "run (forced)"
+    SKIP = "skip"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What this invocation does with one cell, and why when it skips it."""
+
+    action: Action
+    why: str = ""
+
+    @property
+    def trains(self) -> bool:
+        return self.action is not Action.SKIP
+
+    def __str__(self) -> str:
+        return f"skip ({self.why})" if self.action is Action.SKIP else self.action.value
+
+
+def plan(cell: Cell, store: RunStore, args) -> Plan:
     """What this invocation does with a cell: run, resume, retry, or skip (why)."""
     st = store.state(cell)
     if args.force:
-        return "run (forced)"
-    return {
-        "pending": "run",
-        "interrupted": "resume",
-        "running": "skip (running elsewhere)",
-        "done": "skip (done)",
-        "diverged": "skip (diverged: a result)",
-    }.get(st.state) or (
-        "retry"
-        if args.retry_failed and st.attempts < args.max_attempts
-        else f"skip (failed {st.attempts}x; --retry-failed)"
-        if st.attempts < args.max_attempts
-        else f"skip (failed {st.attempts}x, the limit)"
-    )
+        return Plan(Action.FORCE)
+    if st.state == "pending":
+        return Plan(Action.RUN)
+    if st.state == "interrupted":
+        return Plan(Action.RESUME)
+    if st.state == "running":
+        return Plan(Action.SKIP, "running elsewhere")
+    if st.state == "done":
+        return Plan(Action.SKIP, "done")
+    if st.state == "diverged":
+        return Plan(Action.SKIP, "diverged: a result")
+    # failed: only failures count against the limit, not preemptions or requeues
+    if st.failures >= args.max_attempts:
+        return Plan(Action.SKIP, f"failed {st.failures}x, the limit")
+    if args.retry_failed:
+        return Plan(Action.RETRY)
+    return Plan(Action.SKIP, f"failed {st.failures}x; --retry-failed")
 
 
 def check_cells(cells: list[Cell]) -> list[str]:
@@ -77,6 +107,16 @@ def check_cells(cells: list[Cell]) -> list[str]:
     return list(problems)
 
 
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
+
+
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="python -m ablations.run", description=__doc__.splitlines()[0])
     p.add_argument("grid", help="grid YAML file, or the name of a bundled grid (smoke, probe, ...)")
@@ -88,7 +128,7 @@ def parse_args(argv):
         metavar="AXIS=LEVEL[,...]",
         help="run only matching cells",
     )
-    p.add_argument("--jobs", type=int, help="cells trained at once (local executor)")
+    p.add_argument("--jobs", type=positive_int, help="cells trained at once (local executor)")
     p.add_argument(
         "--dry-run", action="store_true", help="print the cells and what would run, then exit"
     )
@@ -100,8 +140,9 @@ def parse_args(argv):
     )
     p.add_argument(
         "--max-attempts",
-        type=int,
-        help="attempts per run before it stays failed (default: grid's, 3)",
+        type=positive_int,
+        help="failed attempts per run before it stays failed (default: the grid's, 3); "
+        "preemptions and requeues do not count",
     )
     return p.parse_args(argv)
 
@@ -125,13 +166,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     args.max_attempts = args.max_attempts or grid.spec.max_attempts
-    actions = {c.run_id: plan(c, store, args) for c in cells}
-    todo = [c for c in cells if not actions[c.run_id].startswith("skip")]
+    plans = {c.run_id: plan(c, store, args) for c in cells}
+    todo = [c for c in cells if plans[c.run_id].trains]
     print(
         f"grid {grid.name}: {len(grid.cells)} cells, {len(cells)} selected, {len(todo)} to train; store {store.out}"
     )
     if args.dry_run:
-        print(cell_table(grid, store, cells, actions))
+        print(cell_table(grid, store, cells, {k: str(v) for k, v in plans.items()}))
         return 0
     problems = check_cells(todo)
     if problems:
@@ -139,28 +180,77 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     store.write_index(grid)
     if args.force:
-        for c in todo:
-            if (moved := store.discard(c.run_id)) is not None:
+        busy = [c for c in todo if is_locked(store.run_dir(c.run_id))]
+        if busy:
+            for c in busy:
+                print(
+                    f"error: --force: {c.label()} ({c.run_id}) is being trained by "
+                    f"{holder(store.run_dir(c.run_id))}; not moved. Stop it first, or leave it out "
+                    "with --only.",
+                    file=sys.stderr,
+                )
+            print("nothing was moved or started.", file=sys.stderr)
+            return 2
+    tasks, refused = [], {}
+    for c in todo:
+        try:
+            if args.force and (moved := store.discard(c.run_id)) is not None:
                 print(f"moved {c.run_id} aside to {moved}")
-    tasks = [Task(c.run_id, store.prepare(c), c.label(), c.config.train.steps) for c in todo]
+            tasks.append(Task(c.run_id, store.prepare(c), c.label(), c.config.train.steps))
+        except RunBusy as e:  # claimed since it was planned
+            refused[c.run_id] = str(e)
     spec = grid.spec.executor
     executor = make_executor(spec.name, jobs=args.jobs or spec.jobs)
     try:
-        executor.run(tasks)
+        outcomes = executor.run(tasks)
     except KeyboardInterrupt:
         print("interrupted: re-run the same command to resume", file=sys.stderr)
         return 130
     print()
     print(cell_table(grid, store, cells))
-    states = {c.run_id: store.state(c) for c in cells}
-    failed = [c for c in cells if states[c.run_id].state == "failed"]
-    for c in failed:
-        err = states[c.run_id].status.get("error", "see train.log")
-        print(
-            f"failed: {c.label()} ({c.run_id}): {err}; log: {store.run_dir(c.run_id) / 'train.log'}",
-            file=sys.stderr,
-        )
-    return 1 if failed else 0
+    unfinished = summarize(cells, store, {o.task.run_id: o for o in outcomes}, refused)
+    for line in unfinished:
+        print(line, file=sys.stderr)
+    return 1 if unfinished else 0
+
+
+def summarize(
+    cells: list[Cell], store: RunStore, outcomes: dict[str, Outcome], refused: dict[str, str]
+) -> list[str]:
+    """One line per selected cell that did not end done or diverged, saying why."""
+    lines = []
+    for c in cells:
+        st = store.state(c)
+        if st.state in FINAL_STATES:
+            continue
+        d = store.run_dir(c.run_id)
+        name = f"{c.label()} ({c.run_id})"
+        out = outcomes.get(c.run_id)
+        if (
+            c.run_id in refused
+            or (out is not None and out.state == "busy")
+            or st.state == "running"
+        ):
+            lines.append(f"busy: {name} is being trained by {holder(d)}; not trained here")
+        elif st.state == "failed":
+            err = st.status.get("error", "see the log")
+            lines.append(f"failed: {name}: {err}; log: {d / 'train.log'}")
+        else:
+            why = (
+                f"the worker exited {out.returncode}: {_last_line(d / 'train.log')}"
+                if out
+                else "not trained"
+            )
+            lines.append(f"untrained: {name} is {st.state}: {why}; log: {d / 'train.log'}")
+    return lines
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+    except OSError:
+        return "no log"
+    return lines[-1] if lines else "empty log"
 
 
 if __name__ == "__main__":

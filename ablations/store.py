@@ -1,10 +1,17 @@
 """The run store: ``OUT/<run_id>/`` per run, ``OUT/grid-<name>.json`` per grid.
 
 A run directory is exactly what ``sagan.train`` writes. A run is *claimed* by
-holding an exclusive ``flock`` on ``OUT/<run_id>/.lock`` for as long as it trains, so
-two invocations on the same OUT never train the same run twice, and a crashed
-holder releases its claim with its process. (flock works on local disks and on
-Lustre/GPFS mounted with flock support; on plain NFS, mount with ``local_lock=none``.)
+holding an exclusive lock on ``OUT/<run_id>/.lock`` for as long as it trains, so two
+invocations on the same OUT never train the same run twice, and a crashed holder
+releases its claim with its process. The lock file holds ``HOST PID`` of the holder,
+for messages.
+
+The lock is an open-file-description lock (``F_OFD_SETLK``, Linux 3.15+) rather than
+``flock``: it can be *probed* (``F_OFD_GETLK``) without being taken, so planning a
+grid never makes a worker that starts at that moment find its run busy, and on NFS
+it is a real byte-range lock on the server. Lustre and GPFS need their usual
+``flock`` mount option for any lock. Elsewhere (macOS) it falls back to ``flock``,
+probed by taking it for an instant.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ import fcntl
 import json
 import os
 import shutil
+import struct
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,14 +34,45 @@ from sagan.config import to_yaml
 # Exit status of a worker whose run is claimed by another process.
 EXIT_BUSY = 3
 
+_OFD = hasattr(fcntl, "F_OFD_SETLK")
+
+
+class RunBusy(Exception):
+    """The run is claimed by another process; the message names it and the holder."""
+
 
 @dataclass
 class RunState:
     state: str  # pending, running, interrupted, done, failed, diverged
     step: int
     steps: int
-    attempts: int
+    attempts: int  # every start, preemptions and requeues included
+    failures: int  # starts that ended failed: what --max-attempts limits
     status: dict[str, Any]
+
+
+def _flock_struct(kind: int) -> bytes:
+    # struct flock {short l_type; short l_whence; off_t l_start; off_t l_len; pid_t l_pid;}
+    # over the whole file (l_len 0), padded as the C struct is.
+    return struct.pack("@hhqqi4x", kind, os.SEEK_SET, 0, 0, 0)
+
+
+def _try_lock(fd: int) -> bool:
+    try:
+        if _OFD:
+            fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _flock_struct(fcntl.F_WRLCK))
+        else:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except (BlockingIOError, PermissionError):
+        return False
+    return True
+
+
+def _unlock(fd: int) -> None:
+    if _OFD:
+        fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _flock_struct(fcntl.F_UNLCK))
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
 
 
 class RunLock:
@@ -46,31 +85,57 @@ class RunLock:
     def acquire(self) -> bool:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not _try_lock(fd):
             os.close(fd)
             return False
         os.ftruncate(fd, 0)
-        os.write(fd, f"{os.uname().nodename} {os.getpid()}\n".encode())
+        os.pwrite(fd, f"{os.uname().nodename} {os.getpid()}\n".encode(), 0)
         self.fd = fd
         return True
 
     def release(self) -> None:
         if self.fd is not None:
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            _unlock(self.fd)
             os.close(self.fd)
             self.fd = None
 
+    def __enter__(self) -> RunLock:
+        if not self.acquire():
+            raise RunBusy(f"{self.path.parent} is being trained by {holder(self.path.parent)}")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
 
 def is_locked(run_dir: Path) -> bool:
-    lock = RunLock(run_dir)
-    if not (Path(run_dir) / ".lock").exists():
+    """Whether another process holds the run's claim; never takes it (with OFD locks)."""
+    path = Path(run_dir) / ".lock"
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
         return False
-    if lock.acquire():
-        lock.release()
+    try:
+        if _OFD:
+            got = fcntl.fcntl(fd, fcntl.F_OFD_GETLK, _flock_struct(fcntl.F_WRLCK))
+            return struct.unpack("@hhqqi4x", got)[0] != fcntl.F_UNLCK
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(fd, fcntl.LOCK_UN)
         return False
-    return True
+    finally:
+        os.close(fd)
+
+
+def holder(run_dir: Path) -> str:
+    """``host HOST, pid PID``: who holds (or last held) the run's claim."""
+    try:
+        host, pid = (Path(run_dir) / ".lock").read_text().split()
+    except (OSError, ValueError):
+        return "another process"
+    return f"host {host}, pid {pid}"
 
 
 class RunStore:
@@ -81,39 +146,58 @@ class RunStore:
         return self.out / run_id
 
     def state(self, cell: Cell) -> RunState:
-        """The run's state; a ``running`` run whose claim is not held was interrupted."""
+        """The run's state as this store sees it now.
+
+        A run whose claim is held is ``running``, whatever its status says (a done run
+        being extended, a failed one being retried elsewhere); a ``running`` run whose
+        claim is not held was interrupted.
+        """
         d = self.run_dir(cell.run_id)
         status = rundir.read_status(d)
         state = status.get("state", "pending")
         steps = cell.config.train.steps
-        if state in ("running", "interrupted", "pending"):
-            if is_locked(d):
-                state = "running"
-            elif state == "running" or (state == "pending" and list_checkpoints(d)):
-                state = "interrupted"
-        if state == "done" and status.get("step", 0) < steps:
+        if is_locked(d):
+            state = "running"
+        elif state == "running" or (state == "pending" and list_checkpoints(d)):
+            state = "interrupted"
+        elif state == "done" and status.get("step", 0) < steps:
             state = "interrupted"  # done at fewer steps than this config asks for
-        return RunState(
-            state, int(status.get("step", 0)), steps, int(status.get("attempts", 0)), status
-        )
+        attempts = int(status.get("attempts", 0))
+        # Statuses written before the two counters were split counted every start.
+        failed = status.get("state") == "failed"
+        failures = int(status.get("failures", attempts if failed else 0))
+        return RunState(state, int(status.get("step", 0)), steps, attempts, failures, status)
 
     def prepare(self, cell: Cell) -> Path:
-        """Create the run directory with its resolved config, ready for any executor."""
+        """Create the run directory with its resolved config, ready for any executor.
+
+        ``config.yaml`` is written under the run's lock, so a run being trained
+        never has its config rewritten under it. Same run id, same computation: only
+        cadence and evaluation keys can differ, and this invocation's choice wins.
+
+        Raises:
+            RunBusy: another process is training the run.
+        """
         d = self.run_dir(cell.run_id)
-        d.mkdir(parents=True, exist_ok=True)
-        # Same run id = same computation; only cadence and evaluation keys can differ,
-        # and this invocation's choice of those wins.
-        atomic_write_text(d / "config.yaml", to_yaml(cell.config))
+        with RunLock(d):
+            atomic_write_text(d / "config.yaml", to_yaml(cell.config))
         return d
 
     def discard(self, run_id: str) -> Path | None:
-        """Move a run aside (``--force``): nothing is deleted."""
+        """Move a run aside (``--force``): nothing is deleted.
+
+        Raises:
+            RunBusy: the run is being trained; it is left where it is.
+        """
         d = self.run_dir(run_id)
         if not d.exists():
             return None
         trash = self.out / ".trash" / f"{run_id}-{time.strftime('%Y%m%d-%H%M%S')}"
         trash.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(str(d), str(trash))
+        # Held while moving: a worker starting now finds the run busy, or starts after
+        # the move on a fresh directory.
+        with RunLock(d):
+            shutil.move(str(d), str(trash))
         return trash
 
     def write_index(self, grid: Grid) -> Path:

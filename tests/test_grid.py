@@ -212,9 +212,52 @@ def test_only_filter_selects_and_validates(tmp_path):
         select(g, parse_only(["lr=ttur"]))
 
 
-def test_bundled_grids_are_valid():
+def test_bundled_grids_are_valid(tmp_path, monkeypatch):
+    # The paper grids read ImageNet as an image folder at data/imagenet/train.
+    from tests.datafiles import write_tiny_imagefolder
+
+    monkeypatch.chdir(tmp_path)
+    write_tiny_imagefolder("data/imagenet/train", n_classes=2, n_per_class=1, size=(40, 40))
     grids = Path(__file__).resolve().parents[1] / "ablations" / "grids"
     found = sorted(grids.glob("*.yaml"))
     assert {p.stem for p in found} >= {"smoke"}
     for p in found:
         assert load_grid(p).cells
+
+
+def test_missing_image_folder_is_one_line_naming_the_grid(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    grids = Path(__file__).resolve().parents[1] / "ablations" / "grids"
+    with pytest.raises(GridError) as e:
+        load_grid(grids / "paper_attention.yaml")
+    assert str(e.value).count("\n") == 0
+    assert "paper_attention.yaml: data.root: data/imagenet/train does not exist" in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "flt",
+    [
+        {"model.sn_g": True, "model.sn_d": False},
+        {"model.sn_g": [True], "model.sn_d": "false"},
+        {"model.sn_g": "true", "model.sn_d": [False]},
+    ],
+)
+def test_boolean_levels_can_be_filtered(tmp_path, flt):
+    g = grid(
+        axes={"model.sn_g": [True, False], "model.sn_d": [True, False]}, exclude=[flt], seeds=[0]
+    )
+    cells = load_grid(write(tmp_path, g)).cells
+    assert sorted(c.label() for c in cells) == [
+        "model.sn_g=false,model.sn_d=false,seed=0",
+        "model.sn_g=false,model.sn_d=true,seed=0",
+        "model.sn_g=true,model.sn_d=true,seed=0",
+    ]
+
+
+def test_only_accepts_boolean_levels_however_spelled(tmp_path):
+    g = load_grid(write(tmp_path, grid(axes={"model.sn_g": [True, False]}, seeds=[0])))
+    for spelling in ("true", "True"):
+        picked = select(g, parse_only([f"model.sn_g={spelling}"]))
+        assert [c.levels["model.sn_g"] for c in picked] == ["true"]
+    with pytest.raises(GridError, match="has no level 'maybe'"):
+        select(g, parse_only(["model.sn_g=maybe"]))

@@ -12,7 +12,7 @@ import yaml
 from ablations import run as run_cli
 from ablations import status as status_cli
 from ablations.grid import load_grid
-from ablations.store import RunLock, RunStore
+from ablations.store import RunBusy, RunLock, RunStore
 from sagan import rundir
 from sagan.checkpoint import list_checkpoints
 
@@ -85,7 +85,10 @@ def test_interrupted_cell_resumes_from_its_checkpoint(grid_file):
     st = rundir.read_status(store.run_dir(cell.run_id))
     rundir.write_status(store.run_dir(cell.run_id), {**st, "state": "running"})
     assert store.state(cell).state == "interrupted"
-    assert "resume" in run_cli.plan(cell, store, run_cli.parse_args([str(grid_file)]))
+    assert (
+        run_cli.plan(cell, store, run_cli.parse_args([str(grid_file)])).action
+        is run_cli.Action.RESUME
+    )
     assert run_cli.main([str(grid_file), "--only", "attention=none"]) == 0
     st = store.state(cell)
     assert st.state == "done" and st.step == 6 and st.attempts == 2
@@ -104,9 +107,12 @@ def test_locked_run_is_not_trained_twice(grid_file, capsys):
         assert store.state(cell).state == "running"
         assert run_cli.main([str(grid_file), "--dry-run"]) == 0
         assert "skip (running elsewhere)" in capsys.readouterr().out
-        # Even a worker launched directly refuses a claimed run.
+        # The store does not rewrite its config under it...
+        with pytest.raises(RunBusy, match="is being trained by host"):
+            store.prepare(cell)
+        # ...and a worker launched directly refuses it.
         proc = subprocess.run(
-            [sys.executable, "-m", "ablations.worker", str(store.prepare(cell))],
+            [sys.executable, "-m", "ablations.worker", str(store.run_dir(cell.run_id))],
             cwd=REPO,
             capture_output=True,
             text=True,
@@ -223,3 +229,152 @@ def test_smoke_grid_end_to_end(tmp_path):
     assert table.count("done") == 8 and "consist." in table
     rerun = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0 and "8 selected, 0 to train" in rerun.stdout
+
+
+# --- the store under concurrency -------------------------------------------------------
+
+HOLD = """
+import sys, time
+from ablations.store import RunLock
+lock = RunLock(sys.argv[1])
+assert lock.acquire()
+print("held", flush=True)
+time.sleep(120)
+"""
+
+
+@pytest.fixture
+def held_elsewhere():
+    """Hold a run's lock from another process, as a worker on another node would."""
+    procs = []
+
+    def hold(run_dir):
+        proc = subprocess.Popen(
+            [sys.executable, "-c", HOLD, str(run_dir)],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert proc.stdout.readline().strip() == "held"
+        procs.append(proc)
+        return proc
+
+    yield hold
+    for proc in procs:
+        proc.kill()
+        proc.wait()
+
+
+def test_probing_a_lock_never_takes_it(grid_file, held_elsewhere, monkeypatch):
+    from ablations import store as store_mod
+
+    d = RunStore(grid_file.parent / "runs").run_dir(load_grid(grid_file).cells[0].run_id)
+    taken = []
+    real = store_mod._try_lock
+    monkeypatch.setattr(store_mod, "_try_lock", lambda fd: taken.append(fd) or real(fd))
+    assert not store_mod.is_locked(d)  # no lock file yet
+    d.mkdir(parents=True)
+    (d / ".lock").write_text("")
+    assert not store_mod.is_locked(d)
+    assert taken == []  # a worker starting during the probe finds its run free
+    proc = held_elsewhere(d)
+    assert store_mod.is_locked(d) and taken == []
+    assert store_mod.holder(d).endswith(f"pid {proc.pid}")
+    proc.kill()
+    proc.wait()
+    assert not store_mod.is_locked(d)
+
+
+def test_force_refuses_to_move_a_run_being_trained(grid_file, held_elsewhere, capsys):
+    assert run_cli.main([str(grid_file), "--only", "attention=none"]) == 0
+    store = RunStore(grid_file.parent / "runs")
+    cell = next(c for c in load_grid(grid_file).cells if c.levels["attention"] == "none")
+    proc = held_elsewhere(store.run_dir(cell.run_id))
+    capsys.readouterr()
+    assert run_cli.main([str(grid_file), "--only", "attention=none", "--force"]) == 2
+    err = capsys.readouterr().err
+    assert f"--force: attention=none,seed=0 ({cell.run_id}) is being trained by" in err
+    assert f"pid {proc.pid}" in err and "nothing was moved or started" in err
+    assert store.state(cell).state == "running"  # still there, still held
+    assert not (store.out / ".trash").exists()
+
+
+def test_a_cell_claimed_by_another_process_fails_the_command(grid_file, held_elsewhere, capsys):
+    store = RunStore(grid_file.parent / "runs")
+    cells = load_grid(grid_file).cells
+    proc = held_elsewhere(store.run_dir(cells[0].run_id))
+    assert run_cli.main([str(grid_file)]) == 1
+    captured = capsys.readouterr()
+    assert "1 to train" in captured.out  # the held one is planned as running elsewhere
+    busy = [ln for ln in captured.err.splitlines() if ln.startswith("busy: ")]
+    assert busy == [
+        f"busy: {cells[0].label()} ({cells[0].run_id}) is being trained by "
+        f"host {os.uname().nodename}, pid {proc.pid}; not trained here"
+    ]
+    assert store.state(cells[1]).state == "done"
+
+
+def test_a_run_claimed_between_plan_and_start_is_reported_busy(grid_file, capsys, monkeypatch):
+    """The BUSY race: the plan saw the run free, then another process claimed it."""
+    store_cls = RunStore
+    cells = load_grid(grid_file).cells
+    lock = RunLock(store_cls(grid_file.parent / "runs").run_dir(cells[0].run_id))
+    real_prepare = store_cls.prepare
+
+    def prepare_after_a_claim(self, cell):
+        if cell.run_id == cells[0].run_id:
+            assert lock.acquire()  # another process gets there first
+        return real_prepare(self, cell)
+
+    monkeypatch.setattr(store_cls, "prepare", prepare_after_a_claim)
+    try:
+        assert run_cli.main([str(grid_file)]) == 1
+    finally:
+        lock.release()
+    err = capsys.readouterr().err
+    assert f"busy: {cells[0].label()} ({cells[0].run_id})" in err
+    assert "untrained" not in err and "failed" not in err
+
+
+def test_a_cell_whose_worker_refuses_to_resume_fails_the_command(grid_file, capsys):
+    from sagan.train import train
+
+    store = RunStore(grid_file.parent / "runs")
+    cell = next(c for c in load_grid(grid_file).cells if c.levels["attention"] == "none")
+    d = store.run_dir(cell.run_id)
+    other = cell.config.model_copy(
+        update={"train": cell.config.train.model_copy(update={"steps": 2, "lr_d": 1e-3})}
+    )
+    train(other, d, progress=False)  # a checkpoint computed from another config
+    rundir.write_status(d, {**rundir.read_status(d), "state": "running"})
+    capsys.readouterr()
+    assert run_cli.main([str(grid_file), "--only", "attention=none"]) == 1
+    err = capsys.readouterr().err
+    assert f"untrained: {cell.label()} ({cell.run_id}) is interrupted: the worker exited 2" in err
+    assert "train.lr_d" in (d / "train.log").read_text()
+
+
+def test_only_failures_count_against_max_attempts(grid_file):
+    store = RunStore(grid_file.parent / "runs")
+    cell = load_grid(grid_file).cells[0]
+    d = store.run_dir(cell.run_id)
+    d.mkdir(parents=True)
+    # Preempted and requeued four times, failed once.
+    rundir.write_status(d, {"state": "failed", "step": 2, "attempts": 5, "failures": 1})
+    args = run_cli.parse_args([str(grid_file), "--max-attempts", "3"])
+    assert str(run_cli.plan(cell, store, args)) == "skip (failed 1x; --retry-failed)"
+    args = run_cli.parse_args([str(grid_file), "--max-attempts", "3", "--retry-failed"])
+    assert run_cli.plan(cell, store, args).action is run_cli.Action.RETRY
+    rundir.write_status(d, {"state": "failed", "step": 2, "attempts": 5, "failures": 3})
+    assert str(run_cli.plan(cell, store, args)) == "skip (failed 3x, the limit)"
+
+
+@pytest.mark.parametrize("flag", ["--jobs", "--max-attempts"])
+@pytest.mark.parametrize("value", ["-1", "0", "two"])
+def test_bad_counts_are_refused_before_anything_starts(grid_file, flag, value, capsys):
+    with pytest.raises(SystemExit) as e:
+        run_cli.main([str(grid_file), flag, value])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {flag}: " in err and value in err.splitlines()[-1]
+    assert not (grid_file.parent / "runs").exists()
