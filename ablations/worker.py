@@ -2,8 +2,9 @@
 
 What every executor launches (a local subprocess today, a SLURM job later). It
 claims the run with its lock, so a second worker on the same run exits at once.
-Exit status: 0 done or diverged (both results), 1 failed, 2 bad config, 3 claimed
-by another process.
+It reads ``RUN_DIR/config.yaml`` only once it holds the claim. Exit status: 0 done
+or diverged (both results), 1 failed, 2 bad config or a refused resume (the run is
+left as it was), 3 claimed by another process.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import sys
 from pathlib import Path
 
 from ablations.store import EXIT_BUSY, RunLock
+from sagan.checkpoint import CheckpointError
 from sagan.config import ConfigError, load_config
 from sagan.data import DataError
 from sagan.metrics.errors import MetricsError
@@ -31,6 +33,9 @@ def run(run_dir: Path) -> int:
     except (ConfigError, DataError, MetricsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except CheckpointError as e:  # train() recorded it in status.json as a failure
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     finally:
         lock.release()
     return 0 if state in FINAL_STATES else 1

@@ -140,7 +140,13 @@ def check_resume(run_dir: Path, cfg: Config, data_id: dict[str, Any]) -> None:
 class Trainer:
     """Owns the models, optimizers and data stream of one run."""
 
-    def __init__(self, cfg: Config, run_dir: Path, progress: bool | None = None):
+    def __init__(
+        self,
+        cfg: Config,
+        run_dir: Path,
+        progress: bool | None = None,
+        data_id: dict[str, Any] | None = None,
+    ):
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.rank = int(os.environ.get("RANK", "0"))
@@ -149,7 +155,7 @@ class Trainer:
         self.cuda = self.device.type == "cuda"
         tc = cfg.train
         seed_everything(tc.seed)
-        self.data_id = data_identity(cfg.data)
+        self.data_id = data_id or data_identity(cfg.data)
         self.dataset = build_dataset(cfg.data, "train")
         self.num_classes = self.dataset.num_classes if cfg.data.conditional else 0
         G, D = build_models(cfg.model, cfg.data.resolution, self.num_classes)
@@ -482,7 +488,7 @@ def train(cfg: Config, run_dir: str | Path, progress: bool | None = None) -> str
     atomic_write_text(run_dir / "config.yaml", to_yaml(cfg))
     atomic_write_text(run_dir / "data.json", json.dumps(data_id, indent=2) + "\n")
     try:
-        trainer = Trainer(cfg, run_dir, progress=progress)
+        trainer = Trainer(cfg, run_dir, progress=progress, data_id=data_id)
     except BaseException as e:
         # Failed before its loop (data, device, models): say so on disk.
         status["attempts"] = status.get("attempts", 0) + 1
@@ -509,6 +515,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError, MetricsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except CheckpointError as e:  # recorded in status.json as a failure
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     print(f"{args.out}: {state}")
     return 0 if state in rundir.FINAL_STATES else 1
 
