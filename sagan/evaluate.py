@@ -21,7 +21,7 @@ from sagan.checkpoint import CheckpointError, list_checkpoints, load_checkpoint
 from sagan.config import ConfigError, load_config, parse_overrides
 from sagan.data import DataError
 from sagan.models import Generator
-from sagan.train import pick_device
+from sagan.trainer import pick_device
 
 
 def score_checkpoint(cfg, path: Path, device: torch.device) -> dict:

@@ -1,39 +1,24 @@
 """Train one SAGAN: ``python -m sagan.train CONFIG.yaml [key=value ...] --out RUN_DIR``.
 
-The loop is the paper's (Zhang et al. 2018, section 5): hinge loss, Adam with
-separate learning rates for G and D (TTUR), ``n_dis`` D steps per G step, optional
-EMA of G. ``train.steps`` counts G steps. A run directory that already has
-checkpoints is resumed from the newest readable one; a resumed run ends with the
+:func:`train` is what every caller uses (this CLI, the ablation worker): it checks
+that the data and weights are there, that a run being resumed was computed from the
+same config and data, records the run's config and data identity, and hands the run
+to :class:`sagan.trainer.Trainer`, which owns the loop. A run directory that already
+has checkpoints is resumed from the newest readable one; a resumed run ends with the
 same weights as an uninterrupted one.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import logging
-import os
-import random
 import sys
-import time
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-
 from sagan import rundir
-from sagan.batches import Batches
-from sagan.checkpoint import (
-    CheckpointError,
-    atomic_write_text,
-    load_latest,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
-)
+from sagan.checkpoint import CheckpointError, atomic_write_text, load_latest
 from sagan.config import (
     Config,
     ConfigError,
@@ -43,34 +28,14 @@ from sagan.config import (
     to_dict,
     to_yaml,
 )
-from sagan.data import DataError, build_dataset
+from sagan.data import DataError
 from sagan.data_identity import data_identity, describe
-from sagan.losses import LOSSES
 from sagan.metrics.errors import MetricsError
-from sagan.models import attention_gammas, build_models
-from sagan.progress import Progress
+from sagan.trainer import Diverged, Trainer, pick_device, record_failure
 
 log = logging.getLogger("sagan.train")
 
-
-class Diverged(Exception):
-    def __init__(self, step: int):
-        super().__init__(f"non-finite loss at G step {step}")
-        self.step = step
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device: cuda was asked for but no CUDA device is visible")
-    return torch.device(name)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+__all__ = ["Diverged", "Trainer", "check_resume", "main", "pick_device", "preflight", "train"]
 
 
 def preflight(cfg: Config) -> None:
@@ -135,333 +100,6 @@ def check_resume(run_dir: Path, cfg: Config, data_id: dict[str, Any]) -> None:
             f"  data.root {cfg.data.root} holds: {describe(data_id)}\n"
             "Point data.root at the data the run started on, or use a new --out directory."
         )
-
-
-class Trainer:
-    """Owns the models, optimizers and data stream of one run."""
-
-    def __init__(
-        self,
-        cfg: Config,
-        run_dir: Path,
-        progress: bool | None = None,
-        data_id: dict[str, Any] | None = None,
-    ):
-        self.cfg = cfg
-        self.run_dir = Path(run_dir)
-        self.rank = int(os.environ.get("RANK", "0"))
-        self.is_main = self.rank == 0
-        self.device = pick_device(cfg.train.device)
-        self.cuda = self.device.type == "cuda"
-        tc = cfg.train
-        seed_everything(tc.seed)
-        self.data_id = data_id or data_identity(cfg.data)
-        self.dataset = build_dataset(cfg.data, "train")
-        self.num_classes = self.dataset.num_classes if cfg.data.conditional else 0
-        G, D = build_models(cfg.model, cfg.data.resolution, self.num_classes)
-        fmt = torch.channels_last if (self.cuda and tc.channels_last) else torch.contiguous_format
-        self.G = G.to(self.device, memory_format=fmt)
-        self.D = D.to(self.device, memory_format=fmt)
-        self.G_ema = (
-            copy.deepcopy(self.G).eval().requires_grad_(False) if tc.ema is not None else None
-        )
-        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=tc.lr_g, betas=tc.betas)
-        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=tc.lr_d, betas=tc.betas)
-        self.loss_d, self.loss_g = LOSSES[tc.loss]
-        self.step = 0
-        self.consumed = 0
-        self.restored_from: Path | None = None
-        # The training noise (z and fake labels) comes from a generator of its own,
-        # saved in every checkpoint: nothing else that draws random numbers (a data
-        # loader, an evaluation, a library) can shift it, so a resumed run draws
-        # exactly what an uninterrupted one does.
-        self.noise = torch.Generator(self.device).manual_seed(tc.seed + 104729)
-        # Fixed sample inputs come from another: sampling never moves the training
-        # noise, so changing sample_every cannot change the result.
-        g = torch.Generator().manual_seed(tc.seed + 7919)
-        self.sample_z = torch.randn(tc.n_samples, cfg.model.z_dim, generator=g).to(self.device)
-        nc = max(self.num_classes, 1)
-        self.sample_y = (torch.arange(tc.n_samples) % nc).to(self.device)
-        self.progress = Progress(tc.steps, enabled=self.is_main, tty=progress)
-
-    # -- state ---------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "step": self.step,
-            "consumed_batches": self.consumed,
-            "G": self.G.state_dict(),
-            "D": self.D.state_dict(),
-            "G_ema": self.G_ema.state_dict() if self.G_ema is not None else None,
-            "opt_g": self.opt_g.state_dict(),
-            "opt_d": self.opt_d.state_dict(),
-            "rng": {"noise": self.noise.get_state(), "process": rng_state(self.device)},
-            "num_classes": self.num_classes,
-            "config": to_dict(self.cfg),
-            "data": self.data_id,
-        }
-
-    def restore(self) -> None:
-        """Load the newest readable checkpoint, if any, into the models, optimizers and RNGs.
-
-        Loaded onto the CPU, then copied to the device by ``load_state_dict``.
-
-        Raises:
-            CheckpointError: checkpoints exist but none loads, or one predates the
-                saved noise generator (it cannot be resumed exactly).
-        """
-        found = load_latest(self.run_dir)
-        if found is None:
-            # Killed before its first checkpoint: whatever it logged is recomputed.
-            rundir.truncate_jsonl(self.run_dir / "metrics.jsonl", 0)
-            return
-        state, path = found
-        self.G.load_state_dict(state["G"])
-        self.D.load_state_dict(state["D"])
-        if self.G_ema is not None:
-            self.G_ema.load_state_dict(state["G_ema"])
-        self.opt_g.load_state_dict(state["opt_g"])
-        self.opt_d.load_state_dict(state["opt_d"])
-        rng = state["rng"]
-        if "noise" not in rng:
-            raise CheckpointError(
-                f"{path}: written by an older sagan-bench without the training noise generator; "
-                "it cannot be resumed exactly. Start the run anew in a new directory."
-            )
-        self.noise.set_state(rng["noise"])
-        set_rng_state(rng["process"], self.device)
-        self.step = state["step"]
-        self.consumed = state["consumed_batches"]
-        self.restored_from = path
-        # Anything logged after this checkpoint is recomputed, bit for bit, from here.
-        rundir.truncate_jsonl(self.run_dir / "metrics.jsonl", self.step)
-
-    def save(self) -> None:
-        if self.is_main:
-            save_checkpoint(
-                self.run_dir, self.step, self.state_dict(), keep=self.cfg.train.ckpt_keep
-            )
-
-    # -- the loop ----------------------------------------------------------------
-    def _autocast(self):
-        if self.cuda and self.cfg.train.amp:
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return nullcontext()
-
-    def _labels(self, n: int) -> torch.Tensor:
-        if self.num_classes > 0:
-            return torch.randint(
-                0, self.num_classes, (n,), device=self.device, generator=self.noise
-            )
-        return torch.zeros(n, dtype=torch.long, device=self.device)
-
-    def _ema_update(self) -> None:
-        tc = self.cfg.train
-        decay = tc.ema if self.step > tc.ema_start else 0.0
-        with torch.no_grad():
-            ema_p = list(self.G_ema.parameters())
-            torch._foreach_lerp_(ema_p, list(self.G.parameters()), 1.0 - decay)
-            for be, b in zip(self.G_ema.buffers(), self.G.buffers(), strict=True):
-                be.copy_(b)
-
-    def train_step(self, batches: Batches, first_bad: torch.Tensor) -> dict[str, torch.Tensor]:
-        tc = self.cfg.train
-        B, z_dim = tc.batch_size, self.cfg.model.z_dim
-        for _ in range(tc.n_dis):
-            x, y = next(batches)
-            z = torch.randn(B, z_dim, device=self.device, generator=self.noise)
-            y_fake = self._labels(B)
-            with self._autocast():
-                with torch.no_grad():
-                    fake = self.G(z, y_fake)
-                # One D forward over real and fake: one power iteration per D step.
-                d_out = self.D(torch.cat([x, fake.to(x.dtype)]), torch.cat([y, y_fake])).float()
-                d_real, d_fake = d_out[:B], d_out[B:]
-                loss_d = self.loss_d(d_real, d_fake)
-            self.opt_d.zero_grad(set_to_none=True)
-            loss_d.backward()
-            self.opt_d.step()
-        z = torch.randn(B, z_dim, device=self.device, generator=self.noise)
-        y_fake = self._labels(B)
-        self.D.requires_grad_(False)  # the G step needs no gradient for D's weights
-        try:
-            with self._autocast():
-                loss_g = self.loss_g(self.D(self.G(z, y_fake), y_fake).float())
-            self.opt_g.zero_grad(set_to_none=True)
-            loss_g.backward()
-            self.opt_g.step()
-        finally:
-            self.D.requires_grad_(True)
-        self.step += 1
-        self.consumed = batches.consumed
-        if self.G_ema is not None:
-            self._ema_update()
-        # Record the first non-finite step on the device: no host sync here.
-        bad = ~(torch.isfinite(loss_d) & torch.isfinite(loss_g))
-        first_bad.copy_(torch.where(bad & (first_bad < 0), self.step, first_bad))
-        return {
-            "loss_d": loss_d.detach(),
-            "loss_g": loss_g.detach(),
-            "d_real": d_real.mean().detach(),
-            "d_fake": d_fake.mean().detach(),
-        }
-
-    def sample(self) -> None:
-        from torchvision.utils import save_image
-
-        G = self.G_ema if self.G_ema is not None else self.G
-        was_training = G.training
-        G.eval()  # eval: BN running stats, and SN does not advance its power iteration
-        with torch.no_grad(), self._autocast():
-            imgs = G(self.sample_z, self.sample_y).float()
-        G.train(was_training)
-        out = self.run_dir / "samples"
-        out.mkdir(exist_ok=True)
-        tmp = out / f".step-{self.step:09d}.png"
-        save_image(imgs.add(1).div(2).clamp(0, 1), tmp, nrow=int(len(imgs) ** 0.5))
-        os.replace(tmp, out / f"step-{self.step:09d}.png")
-
-    def _eval_due(self, step: int) -> bool:
-        ev = self.cfg.eval
-        return (ev.every is not None and step % ev.every == 0) or (
-            step == self.cfg.train.steps and ev.at_end
-        )
-
-    def evaluate(self, status: dict[str, Any]) -> None:
-        """Score the current G with ``cfg.eval`` and record it, once per step."""
-        records = rundir.read_jsonl(self.run_dir / "eval.jsonl")
-        done = {r["step"] for r in records if r.get("origin", "train") == "train"}
-        if self.step in done or not self.cfg.eval.metrics:
-            return
-        from sagan.metrics import evaluate_generator
-
-        use_ema = self.cfg.eval.use_ema and self.G_ema is not None
-        G = self.G_ema if use_ema else self.G
-        record = evaluate_generator(
-            G, self.cfg, step=self.step, device=self.device, ema=use_ema, run_dir=self.run_dir
-        )
-        record["origin"] = "train"
-        rundir.append_jsonl(self.run_dir / "eval.jsonl", record)
-        self.progress.write(
-            f"eval step {self.step}: "
-            + ", ".join(f"{k}={v:.4g}" for k, v in record["metrics"].items())
-        )
-        rundir.update_best(status, record)
-
-    def run(self) -> str:
-        """Restore, train to ``train.steps``, and record the outcome in ``status.json``.
-
-        Every start is an attempt; only a failure (any exception, in restoring as in
-        training) counts in ``failures``. A stop by KeyboardInterrupt is ``interrupted``.
-        """
-        tc = self.cfg.train
-        status = rundir.read_status(self.run_dir)
-        status.update(state="running", steps=tc.steps, attempts=status.get("attempts", 0) + 1)
-        status.pop("error", None)
-        rundir.write_status(self.run_dir, status)
-        writer = None
-        try:
-            self.restore()
-            status.update(step=self.step)
-            if self.restored_from is not None:
-                self.progress.write(f"resuming from {self.restored_from.name} (G step {self.step})")
-            batches = Batches(
-                self.dataset,
-                tc.batch_size,
-                tc.seed,
-                self.device,
-                consumed=self.consumed,
-                num_workers=self.cfg.data.num_workers,
-                channels_last=self.cuda and tc.channels_last,
-            )
-            writer = self._tensorboard()
-            self._loop(batches, status, writer)
-            status.update(state="done", step=self.step)
-        except Diverged as e:
-            status.update(state="diverged", diverged_step=e.step, step=self.step)
-            self.progress.write(f"diverged: {e}; recorded as a result, not a crash")
-        except KeyboardInterrupt:
-            status.update(state="interrupted", step=self.step)
-            rundir.write_status(self.run_dir, status)
-            raise
-        except BaseException as e:
-            record_failure(status, e, step=self.step)
-            rundir.write_status(self.run_dir, status)
-            raise
-        finally:
-            self.progress.close()
-            if writer is not None:
-                writer.close()
-        rundir.write_status(self.run_dir, status)
-        return status["state"]
-
-    def _loop(self, batches: Batches, status: dict[str, Any], writer) -> None:
-        tc = self.cfg.train
-        first_bad = torch.full((), -1, dtype=torch.long, device=self.device)
-        self.progress.start(self.step)
-        if self.is_main and self.step > 0 and self._eval_due(self.step):
-            # Killed while evaluating a checkpointed step: that evaluation is still owed.
-            self.evaluate(status)
-            rundir.write_status(self.run_dir, status)
-        t0, s0 = time.perf_counter(), self.step
-        while self.step < tc.steps:
-            vals = self.train_step(batches, first_bad)
-            s = self.step
-            is_eval = self._eval_due(s)
-            is_ckpt = s % tc.ckpt_every == 0 or is_eval or s == tc.steps
-            if s % tc.log_every == 0 or is_ckpt or s % tc.sample_every == 0:
-                if int(first_bad) >= 0:  # the only host sync, at these steps
-                    raise Diverged(int(first_bad))
-            if s % tc.log_every == 0 or s == tc.steps:
-                dt = time.perf_counter() - t0
-                rec = self._log_record(vals, (s - s0) / max(dt, 1e-9))
-                t0, s0 = time.perf_counter(), s
-                if self.is_main:
-                    rundir.append_jsonl(self.run_dir / "metrics.jsonl", rec)
-                    if writer is not None:
-                        for k, v in rec.items():
-                            if isinstance(v, (int, float)) and k != "step":
-                                writer.add_scalar(k, v, s)
-                    status.update(step=s)
-                    rundir.write_status(self.run_dir, status)
-                self.progress.update(s, rec)
-            if self.is_main and (s % tc.sample_every == 0 or s == tc.steps):
-                self.sample()
-            if is_ckpt:
-                self.save()
-            if self.is_main and is_eval:
-                self.evaluate(status)
-                rundir.write_status(self.run_dir, status)
-
-    def _log_record(self, vals: dict[str, torch.Tensor], it_per_s: float) -> dict[str, Any]:
-        keys = list(vals)
-        numbers = torch.stack([vals[k].float() for k in keys]).tolist()
-        rec: dict[str, Any] = {"step": self.step, **dict(zip(keys, numbers, strict=True))}
-        rec["gamma_g"] = attention_gammas(self.G)
-        rec["gamma_d"] = attention_gammas(self.D)
-        rec["it_per_s"] = it_per_s
-        rec["img_per_s"] = it_per_s * self.cfg.train.batch_size * self.cfg.train.n_dis
-        return rec
-
-    def _tensorboard(self):
-        if not (self.cfg.train.tensorboard and self.is_main):
-            return None
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            raise ConfigError(
-                "train.tensorboard: true needs the tensorboard package (pip install tensorboard)"
-            ) from None
-        return SummaryWriter(str(self.run_dir / "tb"))
-
-
-def record_failure(status: dict[str, Any], error: BaseException, **fields: Any) -> None:
-    """Mark ``status`` failed by ``error``: one more failure, the error in one line."""
-    status.update(
-        state="failed",
-        failures=status.get("failures", 0) + 1,
-        error=f"{type(error).__name__}: {error}",
-        **fields,
-    )
 
 
 def train(cfg: Config, run_dir: str | Path, progress: bool | None = None) -> str:

@@ -20,7 +20,8 @@ import torch
 from sagan import rundir
 from sagan.checkpoint import CheckpointError, list_checkpoints, load_checkpoint
 from sagan.config import ConfigError, build_config
-from sagan.train import Trainer, train
+from sagan.train import train
+from sagan.trainer import Trainer
 from tests.datafiles import write_tiny_imagefolder
 
 REPO = Path(__file__).resolve().parents[1]

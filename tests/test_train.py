@@ -14,7 +14,8 @@ import torch
 from sagan import rundir
 from sagan.checkpoint import list_checkpoints, load_checkpoint, load_latest
 from sagan.config import ConfigError, load_config
-from sagan.train import Trainer, train
+from sagan.train import train
+from sagan.trainer import Trainer
 
 TINY = Path(__file__).resolve().parents[1] / "sagan" / "configs" / "tiny.yaml"
 REPO = TINY.parents[2]

@@ -18,7 +18,7 @@ import torch
 from sagan.batches import Batches
 from sagan.benchmarks.machine import describe, machine
 from sagan.config import load_config
-from sagan.train import Trainer
+from sagan.trainer import Trainer
 
 
 def main(argv: list[str] | None = None) -> int:
