@@ -14,6 +14,7 @@ A grid file::
     mode: product                     # or zip (axes advance together)
     exclude: [{attention: none, train.n_dis: 5}]
     eval: {n_samples: 10000}          # defaults merged into every cell's eval section
+    executor: {name: local, jobs: 2}  # or {name: slurm, profile: gpu, slurm: {time: 240}}
 
 Every cell is validated against the training config before anything runs; each
 problem is one line naming the file and the path inside it.
@@ -24,9 +25,18 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+)
+from pydantic_core import ErrorDetails
 
 from ablations.runid import run_id
 from sagan.config import (
@@ -51,9 +61,43 @@ SEED_AXIS = "seed"
 
 
 class LocalExecutorSpec(BaseModel):
+    """``executor: {name: local, jobs: 2}``: cells train as subprocesses of this machine."""
+
     model_config = ConfigDict(extra="forbid")
     name: Literal["local"] = "local"
     jobs: int = Field(1, ge=1)
+
+
+class SlurmExecutorSpec(BaseModel):
+    """``executor: {name: slurm, profile: gpu, slurm: {time: 240}}``: cells run as SLURM jobs.
+
+    ``profile`` is a bundled profile's name or a YAML file (a relative path is taken
+    from the grid file's folder); null leaves it to the command line. ``slurm``
+    overrides the profile's keys. Both are checked by ``slurm.profile.load_profile``
+    when the grid is run, so that reading a grid needs no SLURM code.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    name: Literal["slurm"]
+    profile: str | None = None
+    slurm: dict[str, Any] = {}
+
+
+EXECUTORS = ("local", "slurm")
+
+
+def _executor_name(spec: Any) -> str | None:
+    """Which executor spec a grid's ``executor:`` is; a mapping without a name is local."""
+    if isinstance(spec, dict):
+        name = spec.get("name", "local")
+        return name if name in EXECUTORS else None
+    return getattr(spec, "name", None)
+
+
+ExecutorSpec = Annotated[
+    Annotated[LocalExecutorSpec, Tag("local")] | Annotated[SlurmExecutorSpec, Tag("slurm")],
+    Discriminator(_executor_name, custom_error_type="executor_name", custom_error_message="-"),
+]
 
 
 class GridSpec(BaseModel):
@@ -68,7 +112,7 @@ class GridSpec(BaseModel):
     mode: Literal["product", "zip"] = "product"
     include: list[dict[str, Any]] = []
     exclude: list[dict[str, Any]] = []
-    executor: LocalExecutorSpec = LocalExecutorSpec()
+    executor: ExecutorSpec = LocalExecutorSpec()
     eval: dict[str, Any] = {}
     max_attempts: int = Field(3, ge=1)
 
@@ -173,7 +217,9 @@ def load_grid(path: str | Path) -> Grid:
     try:
         spec = GridSpec.model_validate(raw)
     except ValidationError as e:
-        raise GridError(describe_errors(e, f"{where}: ")) from None
+        raise GridError(describe_errors(_spec_errors(e), f"{where}: ")) from None
+    if isinstance(spec.executor, SlurmExecutorSpec) and spec.executor.profile:
+        spec.executor.profile = _profile_path(spec.executor.profile, path)
 
     base = _load_base(spec, path)
     ids = _RunIds()
@@ -269,6 +315,43 @@ def load_grid(path: str | Path) -> Grid:
     return grid
 
 
+def _spec_errors(err: ValidationError) -> list[ErrorDetails]:
+    """A grid's validation errors, keyed as the file spells them.
+
+    pydantic puts the executor's name into the path (``executor.slurm.bogus``); the
+    file says ``executor.bogus``. A name that is no executor is reported at ``name``.
+    """
+    out: list[ErrorDetails] = []
+    for e in err.errors():
+        loc = e["loc"]
+        if e["type"] == "executor_name":
+            found = e["input"]
+            if isinstance(found, dict):
+                e = e | {
+                    "loc": (*loc, "name"),
+                    "msg": f"no executor named {found.get('name')!r} (executors: {', '.join(EXECUTORS)})",
+                }
+            else:
+                e = e | {"msg": "expected a mapping such as {name: local, jobs: 2}"}
+        elif loc[:1] == ("executor",) and len(loc) > 1 and loc[1] in EXECUTORS:
+            e = e | {"loc": loc[:1] + loc[2:]}
+            if loc[1:] == ("slurm", "jobs"):
+                e = e | {
+                    "type": "jobs_on_slurm",
+                    "msg": "only for name: local; under SLURM the profile's "
+                    "array_parallelism sets how many cells run at once",
+                }
+        out.append(e)
+    return out
+
+
+def _profile_path(profile: str, grid_path: Path) -> str:
+    """A profile that looks like a path is taken relative to the grid file; a name stays."""
+    if "/" in profile or profile.endswith((".yaml", ".yml")):
+        return str((grid_path.parent / profile).resolve())
+    return profile
+
+
 def _build(
     base: dict[str, Any], overrides: dict[str, Any], where: str, errors: list[str]
 ) -> Config | None:
@@ -353,6 +436,8 @@ __all__ = [
     "Grid",
     "GridError",
     "GridSpec",
+    "LocalExecutorSpec",
+    "SlurmExecutorSpec",
     "load_grid",
     "parse_only",
     "run_id",

@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import ErrorDetails
 
 from sagan.arch import ARCHS, attention_sizes
 
@@ -215,10 +216,13 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     return out
 
 
-def describe_errors(err: ValidationError, where: str = "") -> str:
-    """One line per problem: ``where: dotted.key: message``."""
+def describe_errors(err: ValidationError | list[ErrorDetails], where: str = "") -> str:
+    """One line per problem: ``where: dotted.key: message``.
+
+    ``err`` may be a ValidationError's ``errors()``, reworded first by the caller.
+    """
     lines = []
-    for e in err.errors():
+    for e in err.errors() if isinstance(err, ValidationError) else err:
         loc = ".".join(str(p) for p in e["loc"])
         msg = e["msg"]
         if e["type"] == "extra_forbidden":

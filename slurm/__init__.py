@@ -1,0 +1,1 @@
+"""SLURM submission of ablation cells through submitit: cluster profiles and the executor."""

@@ -244,3 +244,52 @@ def test_only_accepts_boolean_levels_however_spelled(tmp_path):
         assert [c.levels["model.sn_g"] for c in picked] == ["true"]
     with pytest.raises(GridError, match="has no level 'maybe'"):
         select(g, parse_only(["model.sn_g=maybe"]))
+
+
+def test_local_executor_section_is_unchanged(tmp_path):
+    g = load_grid(write(tmp_path, grid(executor={"name": "local", "jobs": 2})))
+    assert (g.spec.executor.name, g.spec.executor.jobs) == ("local", 2)
+    assert load_grid(write(tmp_path, grid())).spec.executor.jobs == 1
+
+
+def test_slurm_executor_section_carries_profile_and_overrides(tmp_path):
+    ex = {"name": "slurm", "profile": "local", "slurm": {"time": 5}}
+    spec = load_grid(write(tmp_path, grid(executor=ex))).spec.executor
+    assert (spec.name, spec.profile, spec.slurm) == ("slurm", "local", {"time": 5})
+
+
+def test_slurm_profile_path_is_relative_to_the_grid_file(tmp_path):
+    (tmp_path / "grids").mkdir()
+    ex = {"name": "slurm", "profile": "../profiles/site.yaml"}
+    spec = load_grid(write(tmp_path / "grids", grid(executor=ex))).spec.executor
+    assert spec.profile == str(tmp_path.resolve() / "profiles" / "site.yaml")
+
+
+@pytest.mark.parametrize(
+    "executor,line",
+    [
+        ({"name": "slurm", "bogus": 1}, "g.yaml: executor.bogus: unknown key"),
+        (
+            {"name": "slurm", "jobs": 2},
+            "g.yaml: executor.jobs: only for name: local; under SLURM the profile's "
+            "array_parallelism sets how many cells run at once",
+        ),
+        (
+            {"name": "slurm", "slurm": 3},
+            "g.yaml: executor.slurm: Input should be a valid dictionary",
+        ),
+        (
+            {"name": "local", "jobs": 0},
+            "g.yaml: executor.jobs: Input should be greater than or equal to 1",
+        ),
+        (
+            {"name": "pbs"},
+            "g.yaml: executor.name: no executor named 'pbs' (executors: local, slurm)",
+        ),
+        ("slurm", "g.yaml: executor: expected a mapping such as {name: local, jobs: 2}"),
+    ],
+)
+def test_executor_section_errors_are_one_line(tmp_path, executor, line):
+    with pytest.raises(GridError) as e:
+        load_grid(write(tmp_path, grid(executor=executor)))
+    assert str(e.value) == f"{tmp_path / 'g.yaml'}: {line.removeprefix('g.yaml: ')}"
