@@ -33,6 +33,8 @@ from sagan.config import to_yaml
 
 # Exit status of a worker whose run is claimed by another process.
 EXIT_BUSY = 3
+# Exit status of a worker stopped on request at a step boundary, checkpointed.
+EXIT_STOPPED = 4
 
 _OFD = hasattr(fcntl, "F_OFD_SETLK")
 
@@ -136,6 +138,26 @@ def holder(run_dir: Path) -> str:
     except (OSError, ValueError):
         return "another process"
     return f"host {host}, pid {pid}"
+
+
+JOB_FILE = "job.json"
+
+
+def write_job(run_dir: Path, record: dict[str, Any]) -> None:
+    """Record which job (of which executor) owns a run: ``RUN_DIR/job.json``.
+
+    Written by the executor when it starts or submits the run; at least
+    ``executor``, ``job_id`` and ``log``.
+    """
+    atomic_write_text(Path(run_dir) / JOB_FILE, json.dumps(record, indent=2) + "\n")
+
+
+def read_job(run_dir: Path) -> dict[str, Any] | None:
+    """The run's job record, or None if no executor recorded one."""
+    try:
+        return json.loads((Path(run_dir) / JOB_FILE).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
 
 
 class RunStore:

@@ -4,16 +4,18 @@ What every executor launches (a local subprocess today, a SLURM job later). It
 claims the run with its lock, so a second worker on the same run exits at once.
 It reads ``RUN_DIR/config.yaml`` only once it holds the claim. Exit status: 0 done
 or diverged (both results), 1 failed, 2 bad config or a refused resume (the run is
-left as it was), 3 claimed by another process.
+left as it was), 3 claimed by another process, 4 stopped on request (``stop`` set,
+checkpointed at a step boundary: resume it later).
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+import threading
 from pathlib import Path
 
-from ablations.store import EXIT_BUSY, RunLock
+from ablations.store import EXIT_BUSY, EXIT_STOPPED, RunLock
 from sagan.checkpoint import CheckpointError
 from sagan.config import ConfigError, load_config
 from sagan.data import DataError
@@ -22,14 +24,15 @@ from sagan.rundir import FINAL_STATES
 from sagan.train import train
 
 
-def run(run_dir: Path) -> int:
+def run(run_dir: Path, stop: threading.Event | None = None) -> int:
+    """Train ``run_dir`` under its lock; the exit status above."""
     lock = RunLock(run_dir)
     if not lock.acquire():
         print(f"{run_dir}: already being trained by another process", file=sys.stderr)
         return EXIT_BUSY
     try:
         cfg = load_config(run_dir / "config.yaml")
-        state = train(cfg, run_dir, progress=False)
+        state = train(cfg, run_dir, progress=False, stop=stop)
     except (ConfigError, DataError, MetricsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -38,7 +41,9 @@ def run(run_dir: Path) -> int:
         return 1
     finally:
         lock.release()
-    return 0 if state in FINAL_STATES else 1
+    if state in FINAL_STATES:
+        return 0
+    return EXIT_STOPPED if state == "interrupted" and stop is not None and stop.is_set() else 1
 
 
 def main(argv: list[str] | None = None) -> int:

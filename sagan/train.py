@@ -14,6 +14,7 @@ import argparse
 import json
 import logging
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -31,11 +32,20 @@ from sagan.config import (
 from sagan.data import DataError
 from sagan.data_identity import data_identity, describe
 from sagan.metrics.errors import MetricsError
-from sagan.trainer import Diverged, Trainer, pick_device, record_failure
+from sagan.trainer import Diverged, Stopped, Trainer, pick_device, record_failure
 
 log = logging.getLogger("sagan.train")
 
-__all__ = ["Diverged", "Trainer", "check_resume", "main", "pick_device", "preflight", "train"]
+__all__ = [
+    "Diverged",
+    "Stopped",
+    "Trainer",
+    "check_resume",
+    "main",
+    "pick_device",
+    "preflight",
+    "train",
+]
 
 
 def preflight(cfg: Config) -> None:
@@ -102,11 +112,18 @@ def check_resume(run_dir: Path, cfg: Config, data_id: dict[str, Any]) -> None:
         )
 
 
-def train(cfg: Config, run_dir: str | Path, progress: bool | None = None) -> str:
+def train(
+    cfg: Config,
+    run_dir: str | Path,
+    progress: bool | None = None,
+    stop: threading.Event | None = None,
+) -> str:
     """Train (or resume) the run in ``run_dir``; returns its final state.
 
     A run already ``done`` at ``train.steps``, or ``diverged``, is left as it is. The
     caller owns ``run_dir`` for the duration (the ablation worker holds its lock).
+    Setting ``stop`` (from a signal handler, say) makes the run checkpoint at the next
+    step boundary and return ``interrupted``.
 
     Raises:
         ConfigError: the run's checkpoint was computed from another config or other
@@ -126,7 +143,7 @@ def train(cfg: Config, run_dir: str | Path, progress: bool | None = None) -> str
     atomic_write_text(run_dir / "config.yaml", to_yaml(cfg))
     atomic_write_text(run_dir / "data.json", json.dumps(data_id, indent=2) + "\n")
     try:
-        trainer = Trainer(cfg, run_dir, progress=progress, data_id=data_id)
+        trainer = Trainer(cfg, run_dir, progress=progress, data_id=data_id, stop=stop)
     except BaseException as e:
         # Failed before its loop (data, device, models): say so on disk.
         status["attempts"] = status.get("attempts", 0) + 1

@@ -14,6 +14,7 @@ import copy
 import logging
 import os
 import random
+import threading
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -44,6 +45,14 @@ log = logging.getLogger("sagan.train")
 class Diverged(Exception):
     def __init__(self, step: int):
         super().__init__(f"non-finite loss at G step {step}")
+        self.step = step
+
+
+class Stopped(Exception):
+    """Stopped on request at a step boundary, with a checkpoint of that step on disk."""
+
+    def __init__(self, step: int):
+        super().__init__(f"stopped on request at G step {step}, checkpointed")
         self.step = step
 
 
@@ -80,8 +89,12 @@ class Trainer:
         run_dir: Path,
         progress: bool | None = None,
         data_id: dict[str, Any] | None = None,
+        stop: threading.Event | None = None,
     ):
         self.cfg = cfg
+        # Set from outside (a signal handler before a time limit or a preemption): the
+        # loop checkpoints at the next step boundary and stops, never mid-step.
+        self.stop = stop
         self.run_dir = Path(run_dir)
         self.rank = int(os.environ.get("RANK", "0"))
         self.is_main = self.rank == 0
@@ -285,7 +298,9 @@ class Trainer:
         """Restore, train to ``train.steps``, and record the outcome in ``status.json``.
 
         Every start is an attempt; only a failure (any exception, in restoring as in
-        training) counts in ``failures``. A stop by KeyboardInterrupt is ``interrupted``.
+        training) counts in ``failures``. A stop by KeyboardInterrupt is ``interrupted``,
+        and so is a stop requested through ``stop`` (counted in ``stops``), which
+        returns ``interrupted`` after checkpointing the step it stopped at.
         """
         tc = self.cfg.train
         status = rundir.read_status(self.run_dir)
@@ -313,6 +328,9 @@ class Trainer:
         except Diverged as e:
             status.update(state="diverged", diverged_step=e.step, step=self.step)
             self.progress.write(f"diverged: {e}; recorded as a result, not a crash")
+        except Stopped as e:
+            status.update(state="interrupted", step=self.step, stops=status.get("stops", 0) + 1)
+            self.progress.write(f"{e}; resume continues from here")
         except KeyboardInterrupt:
             status.update(state="interrupted", step=self.step)
             rundir.write_status(self.run_dir, status)
@@ -365,6 +383,14 @@ class Trainer:
             if self.is_main and is_eval:
                 self.evaluate(status)
                 rundir.write_status(self.run_dir, status)
+            if self.stop is not None and self.stop.is_set() and s < tc.steps:
+                # A divergence not yet seen is seen now, at the step it happened.
+                if int(first_bad) >= 0:
+                    raise Diverged(int(first_bad))
+                if not is_ckpt:
+                    self.save()
+                status.update(step=s)
+                raise Stopped(s)
 
     def _log_record(self, vals: dict[str, torch.Tensor], it_per_s: float) -> dict[str, Any]:
         keys = list(vals)

@@ -260,3 +260,36 @@ def test_d_is_trainable_again_after_the_g_step(tmp_path):
     with pytest.raises(RuntimeError, match="boom"):
         trainer.train_step(batches, first_bad)
     assert all(p.requires_grad for p in trainer.D.parameters())
+
+
+class _StopAtCall:
+    """A stop flag that turns on at the n-th look: the loop looks once per G step."""
+
+    def __init__(self, n):
+        self.n, self.calls = n, 0
+
+    def is_set(self):
+        self.calls += 1
+        return self.calls >= self.n
+
+
+def test_a_stop_request_checkpoints_between_steps_and_resumes_exactly(tmp_path):
+    cfg = config()  # ckpt_every 4: step 5 has no checkpoint of its own
+    train(cfg, tmp_path / "whole")
+    stopped = tmp_path / "stopped"
+    assert train(cfg, stopped, stop=_StopAtCall(5)) == "interrupted"
+    status = rundir.read_status(stopped)
+    assert (status["state"], status["step"], status["stops"]) == ("interrupted", 5, 1)
+    assert status.get("failures", 0) == 0
+    assert list_checkpoints(stopped)[0][0] == 5
+    assert train(cfg, stopped) == "done"
+    _assert_same_end(tmp_path / "whole", stopped)
+    assert rundir.read_status(stopped)["attempts"] == 2
+
+
+def test_a_stop_request_at_the_last_step_finishes_the_run(tmp_path):
+    assert train(config(), tmp_path, stop=_StopAtCall(11)) == "interrupted"
+    assert rundir.read_status(tmp_path)["step"] == 11
+    # Asked to stop at once again, with one step left: that step ends the run.
+    assert train(config(), tmp_path, stop=_StopAtCall(1)) == "done"
+    assert rundir.read_status(tmp_path)["step"] == 12
