@@ -19,11 +19,11 @@ class Display:
         if tty:
             self.overall = make_bar(total=total, desc="grid", unit="run", position=0)
 
-    def _say(self, msg: str) -> None:
+    def note(self, msg: str) -> None:
         say(msg, self.overall)
 
     def started(self, task) -> None:
-        self._say(f"start  {task.run_id}  {task.label}")
+        self.note(f"start  {task.run_id}  {task.label}")
         if self.tty:
             self.bars[task.run_id] = make_bar(
                 total=task.steps,
@@ -41,7 +41,7 @@ class Display:
             bar.close()
         if self.overall is not None:
             self.overall.update(1)
-        self._say(f"{outcome.state:<7} {task.run_id}  {task.label}  ({self.done}/{self.total})")
+        self.note(f"{outcome.state:<7} {task.run_id}  {task.label}  ({self.done}/{self.total})")
 
     def tick(self, running) -> None:
         steps = {task.run_id: rundir.read_status(task.run_dir).get("step", 0) for task in running}
@@ -52,7 +52,7 @@ class Display:
                     bar.update(steps[task.run_id] - bar.n)
         elif running and time.time() - self.last_line > 30:
             self.last_line = time.time()
-            self._say(
+            self.note(
                 "running: "
                 + ", ".join(f"{task.label} {steps[task.run_id]}/{task.steps}" for task in running)
             )

@@ -17,7 +17,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 
-from ablations.store import EXIT_BUSY
+from ablations.store import EXIT_BUSY, write_job
 from sagan import rundir
 
 
@@ -34,14 +34,64 @@ class Outcome:
     task: Task
     state: str  # the run's status.json state after the attempt, or 'busy'
     returncode: int
+    log: Path | None = None  # where the attempt's output went
+
+
+LIVE = ("queued", "running", "requeued")
+
+
+@dataclass
+class JobView:
+    """The job an executor recorded for a run (``RUN_DIR/job.json``), as it stands now."""
+
+    job_id: str
+    state: str  # queued, running, requeued, completed, failed, cancelled, timeout, vanished
+    slurm_state: str  # as the scheduler printed it ('CANCELLED by 0'), or ''
+    exit_code: str  # 'EXIT:SIGNAL', or ''
+    log: Path
+
+    @property
+    def live(self) -> bool:
+        return self.state in LIVE
+
+    def reason(self) -> str:
+        """Why a job that is not live ended, in one line."""
+        if self.state == "vanished":
+            return f"job {self.job_id} is unknown to the scheduler (purged, or another cluster's)"
+        return (
+            f"job {self.job_id} ended {self.slurm_state or self.state} "
+            f"(exit code {self.exit_code or '?'})"
+        )
+
+
+class Detached(Exception):
+    """The executor stopped following its jobs (``--detach``, Ctrl-C); they go on."""
 
 
 class Executor(ABC):
     name: str
 
     @abstractmethod
-    def run(self, tasks: list[Task]) -> list[Outcome]:
-        """Train every task; return when all have finished (in any order)."""
+    def run(self, tasks: list[Task], follow: list[Task] = ()) -> list[Outcome]:
+        """Train every task and follow the jobs already running ``follow``; return when
+        all have finished (in any order).
+
+        Raises:
+            Detached: stopped following; the jobs run on (executors with a queue).
+        """
+
+    def settle(self, run_dirs: list[Path]) -> dict[Path, JobView]:
+        """Record the end of each ended job of these runs in its status; return the
+        live jobs, which own their runs. An executor without a queue has none."""
+        return {}
+
+    def jobs(self, run_dirs: list[Path]) -> dict[Path, JobView]:
+        """The recorded job of each of these runs, with its state now."""
+        return {}
+
+    def preview(self, n_tasks: int) -> str:
+        """What would be sent to start ``n_tasks`` tasks (a job script), for --dry-run."""
+        return ""
 
 
 class LocalExecutor(Executor):
@@ -76,9 +126,18 @@ class LocalExecutor(Executor):
             env=self._env(),
         )
         proc.log = log  # type: ignore[attr-defined]
+        write_job(
+            task.run_dir,
+            {
+                "executor": "local",
+                "job_id": f"{os.uname().nodename}:{proc.pid}",
+                "submitted": rundir.now(),
+                "log": str(task.run_dir / "train.log"),
+            },
+        )
         return proc
 
-    def run(self, tasks: list[Task]) -> list[Outcome]:
+    def run(self, tasks: list[Task], follow: list[Task] = ()) -> list[Outcome]:
         from ablations.display import Display
 
         pending = list(tasks)
@@ -105,7 +164,7 @@ class LocalExecutor(Executor):
                     )
                     if rc not in (0, EXIT_BUSY) and state in ("running", "pending"):
                         state = "failed"  # died before it could say so
-                    outcome = Outcome(task, state, rc)
+                    outcome = Outcome(task, state, rc, task.run_dir / "train.log")
                     outcomes.append(outcome)
                     display.finished(outcome)
                 display.tick([t for t, _ in running.values()])
@@ -125,4 +184,10 @@ class LocalExecutor(Executor):
 def make_executor(name: str, **kwargs) -> Executor:
     if name == "local":
         return LocalExecutor(**kwargs)
-    raise ValueError(f"unknown executor {name!r} (available: local)")
+    if name == "slurm":
+        # The SLURM executor lives in slurm/, which builds on ablations: imported here
+        # only when asked for, so ablations never needs submitit to run locally.
+        from slurm.executor import SlurmExecutor
+
+        return SlurmExecutor(**kwargs)
+    raise ValueError(f"unknown executor {name!r} (available: local, slurm)")

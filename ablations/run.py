@@ -5,17 +5,22 @@ what is not done yet: done runs are skipped, interrupted ones resume from their
 checkpoint, diverged ones are kept as results, failed ones are retried with
 ``--retry-failed``. Ends with a summary table; exits non-zero unless every selected
 cell ended done or diverged, and says which did not and why.
+
+With ``--executor slurm --profile NAME [slurm.KEY=VALUE ...]`` the cells go to SLURM
+as one job array; a cell whose job is still queued or running is followed, never
+submitted again.
 """
 
 from __future__ import annotations
 
 import argparse
 import enum
+import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from ablations.executors import Outcome, Task, make_executor
+from ablations.executors import Detached, Executor, JobView, Outcome, Task, make_executor
 from ablations.grid import Cell, Grid, GridError, load_grid, parse_only, select
 from ablations.store import RunBusy, RunStore, holder, is_locked
 from ablations.table import cell_table
@@ -46,6 +51,7 @@ class Action(enum.Enum):
     RESUME = "resume"
     RETRY = "retry"
     FORCE = "run (forced)"
+    FOLLOW = "follow"  # its job is queued or running: wait for it, submit nothing
     SKIP = "skip"
 
 
@@ -58,14 +64,19 @@ class Plan:
 
     @property
     def trains(self) -> bool:
-        return self.action is not Action.SKIP
+        return self.action not in (Action.SKIP, Action.FOLLOW)
 
     def __str__(self) -> str:
-        return f"skip ({self.why})" if self.action is Action.SKIP else self.action.value
+        if self.action in (Action.SKIP, Action.FOLLOW):
+            return f"{self.action.value} ({self.why})"
+        return self.action.value
 
 
-def plan(cell: Cell, store: RunStore, args) -> Plan:
-    """What this invocation does with a cell: run, resume, retry, or skip (why)."""
+def plan(cell: Cell, store: RunStore, args, job: JobView | None = None) -> Plan:
+    """What this invocation does with a cell: run, resume, retry, follow its live
+    job, or skip (why)."""
+    if job is not None:
+        return Plan(Action.FOLLOW, f"job {job.job_id} {job.state}")
     st = store.state(cell)
     if args.force:
         return Plan(Action.FORCE)
@@ -120,6 +131,21 @@ def positive_int(text: str) -> int:
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="python -m ablations.run", description=__doc__.splitlines()[0])
     p.add_argument("grid", help="grid YAML file, or the name of a bundled grid (smoke, probe, ...)")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="slurm.KEY=VALUE",
+        help="override a key of the SLURM profile, e.g. slurm.time=240",
+    )
+    p.add_argument(
+        "--executor", choices=("local", "slurm"), help="where cells train (default: the grid's)"
+    )
+    p.add_argument("--profile", help="SLURM profile: a bundled name (local, gpu) or a YAML file")
+    p.add_argument(
+        "--detach",
+        action="store_true",
+        help="SLURM: submit, then leave the jobs running and return (re-run to follow)",
+    )
     p.add_argument("--out", type=Path, help="run store (default: runs/ beside the grid file)")
     p.add_argument(
         "--only",
@@ -144,7 +170,7 @@ def parse_args(argv):
         help="failed attempts per run before it stays failed (default: the grid's, 3); "
         "preemptions and requeues do not count",
     )
-    return p.parse_args(argv)
+    return p.parse_intermixed_args(argv)
 
 
 def open_grid(arg: str, only: list[str], out: Path | None) -> tuple[Grid, list[Cell], RunStore]:
@@ -158,21 +184,76 @@ def open_grid(arg: str, only: list[str], out: Path | None) -> tuple[Grid, list[C
     return grid, select(grid, parse_only(only)), RunStore(out or default_out(path, bundled))
 
 
+def build_executor(args, grid: Grid, store: RunStore) -> Executor:
+    """The executor the command line (or else the grid file) asks for.
+
+    Raises:
+        GridError: a bad executor choice or SLURM profile; nothing is submitted.
+    """
+    spec = grid.spec.executor
+    name = args.executor or spec.name
+    if name == "local":
+        if args.overrides:
+            raise GridError(f"{' '.join(args.overrides)}: profile overrides need --executor slurm")
+        jobs = args.jobs or getattr(spec, "jobs", 1)
+        return make_executor("local", jobs=jobs)
+    from slurm.profile import ProfileError, bundled_profiles, load_profile
+
+    profile_name = args.profile or getattr(spec, "profile", None)
+    if profile_name is None:
+        raise GridError(
+            "--executor slurm needs a profile: --profile NAME_OR_FILE "
+            f"(bundled: {', '.join(bundled_profiles())}), or executor.profile in the grid file"
+        )
+    try:
+        profile = load_profile(
+            profile_name,
+            grid_overrides=getattr(spec, "slurm", {}) if spec.name == "slurm" else {},
+            cli_overrides=args.overrides,
+            grid_where=str(grid.path),
+        )
+    except ProfileError as e:
+        raise GridError(str(e)) from None
+    return make_executor(
+        "slurm", out=store.out, profile=profile, detach=args.detach, job_name=f"sagan-{grid.name}"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         grid, cells, store = open_grid(args.grid, args.only, args.out)
-    except GridError as e:
-        print(f"error: {e}", file=sys.stderr)
+        executor = build_executor(args, grid, store)
+        # Jobs that ended since we last looked are recorded; live ones are followed.
+        live = executor.settle([store.run_dir(c.run_id) for c in cells])
+    except (GridError, RuntimeError) as e:
+        print(f"error: {e}\nnothing was submitted or started.", file=sys.stderr)
         return 2
     args.max_attempts = args.max_attempts or grid.spec.max_attempts
-    plans = {c.run_id: plan(c, store, args) for c in cells}
+    plans = {c.run_id: plan(c, store, args, live.get(store.run_dir(c.run_id))) for c in cells}
+    if args.force and live:
+        for c in cells:
+            if (job := live.get(store.run_dir(c.run_id))) is not None:
+                print(
+                    f"error: --force: {c.label()} ({c.run_id}) belongs to job {job.job_id} "
+                    f"({job.state}); cancel it first (scancel {job.job_id}), or leave it out "
+                    "with --only.",
+                    file=sys.stderr,
+                )
+        print("nothing was moved or submitted.", file=sys.stderr)
+        return 2
     todo = [c for c in cells if plans[c.run_id].trains]
+    follow = [c for c in cells if plans[c.run_id].action is Action.FOLLOW]
     print(
-        f"grid {grid.name}: {len(grid.cells)} cells, {len(cells)} selected, {len(todo)} to train; store {store.out}"
+        f"grid {grid.name}: {len(grid.cells)} cells, {len(cells)} selected, {len(todo)} to train"
+        + (f", {len(follow)} to follow" if follow else "")
+        + f"; store {store.out}"
     )
     if args.dry_run:
         print(cell_table(grid, store, cells, {k: str(v) for k, v in plans.items()}))
+        script = executor.preview(len(todo)) if todo else ""
+        if script:
+            print(f"\nsbatch script for {len(todo)} cell(s):\n{script}")
         return 0
     problems = check_cells(todo)
     if problems:
@@ -199,10 +280,27 @@ def main(argv: list[str] | None = None) -> int:
             tasks.append(Task(c.run_id, store.prepare(c), c.label(), c.config.train.steps))
         except RunBusy as e:  # claimed since it was planned
             refused[c.run_id] = str(e)
-    spec = grid.spec.executor
-    executor = make_executor(spec.name, jobs=args.jobs or spec.jobs)
+    followed = [
+        Task(c.run_id, store.run_dir(c.run_id), c.label(), c.config.train.steps) for c in follow
+    ]
     try:
-        outcomes = executor.run(tasks)
+        outcomes = executor.run(tasks, follow=followed)
+    except Detached as e:
+        again = shlex.join(
+            [
+                "python",
+                "-m",
+                "ablations.run",
+                *(a for a in (argv if argv is not None else sys.argv[1:]) if a != "--detach"),
+            ]
+        )
+        print(
+            f"{e}. Follow them with:\n  {again}\nor look at them with:\n  "
+            f"python -m ablations.status {shlex.quote(args.grid)}"
+            + (f" --out {shlex.quote(str(args.out))}" if args.out else ""),
+            file=sys.stderr,
+        )
+        return 0 if args.detach else 130
     except KeyboardInterrupt:
         print("interrupted: re-run the same command to resume", file=sys.stderr)
         return 130
@@ -234,14 +332,12 @@ def summarize(
             lines.append(f"busy: {name} is being trained by {holder(d)}; not trained here")
         elif st.state == "failed":
             err = st.status.get("error", "see the log")
-            lines.append(f"failed: {name}: {err}; log: {d / 'train.log'}")
+            log = out.log if out and out.log else d / "train.log"
+            lines.append(f"failed: {name}: {err}; log: {log}")
         else:
-            why = (
-                f"the worker exited {out.returncode}: {_last_line(d / 'train.log')}"
-                if out
-                else "not trained"
-            )
-            lines.append(f"untrained: {name} is {st.state}: {why}; log: {d / 'train.log'}")
+            log = out.log if out and out.log else d / "train.log"
+            why = f"the worker exited {out.returncode}: {_last_line(log)}" if out else "not trained"
+            lines.append(f"untrained: {name} is {st.state}: {why}; log: {log}")
     return lines
 
 

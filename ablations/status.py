@@ -1,7 +1,11 @@
 """Show a grid's cells: ``python -m ablations.status GRID.yaml [--out RUNS]``.
 
 One row per cell with its state, G step and the latest FID/IS (or the synthetic
-consistency score). Reads the run store only; starts nothing.
+consistency score). Cells submitted to SLURM also show their job id, the job's state
+as ``sacct`` has it (queued, running, requeued, completed, failed, cancelled,
+timeout, or vanished) and its log, and a job that ended without finishing its run
+is explained below the table. Reads the run store and the scheduler only; starts
+and changes nothing.
 """
 
 from __future__ import annotations
@@ -10,9 +14,12 @@ import argparse
 import sys
 from pathlib import Path
 
+from ablations.executors import make_executor
 from ablations.grid import GridError
 from ablations.run import open_grid
+from ablations.store import read_job
 from ablations.table import cell_table
+from sagan.rundir import FINAL_STATES
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,7 +35,21 @@ def main(argv: list[str] | None = None) -> int:
     except GridError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(cell_table(grid, store, cells))
+    dirs = {c.run_id: store.run_dir(c.run_id) for c in cells}
+    jobs = None
+    if any((r := read_job(d)) and r.get("executor") == "slurm" for d in dirs.values()):
+        try:
+            views = make_executor("slurm", out=store.out).jobs(list(dirs.values()))
+        except RuntimeError as e:
+            print(f"warning: job states unavailable: {e}", file=sys.stderr)
+        else:
+            jobs = {rid: views[d] for rid, d in dirs.items() if d in views}
+    print(cell_table(grid, store, cells, jobs=jobs))
+    for c in cells:
+        job = (jobs or {}).get(c.run_id)
+        st = store.state(c)
+        if job and not job.live and st.state not in FINAL_STATES:
+            print(f"{c.label()} ({c.run_id}): {job.reason()}; log: {job.log}")
     return 0
 
 

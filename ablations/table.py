@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ablations.executors import JobView
 from ablations.grid import Cell, Grid
 from ablations.store import RunStore
 
@@ -27,15 +28,22 @@ def render(rows: list[list[str]], header: list[str]) -> str:
 
 
 def cell_table(
-    grid: Grid, store: RunStore, cells: list[Cell], actions: dict[str, str] | None = None
+    grid: Grid,
+    store: RunStore,
+    cells: list[Cell],
+    actions: dict[str, str] | None = None,
+    jobs: dict[str, JobView] | None = None,
 ) -> str:
-    """One row per cell: its levels, run id, state, step and latest metrics."""
+    """One row per cell: its levels, run id, state, step and latest metrics, then
+    what to do with it (``actions``) or its job (``jobs``: id, scheduler state, log)."""
     axes = list(grid.axes)
     metrics = {c.run_id: store.latest_metrics(c.run_id) for c in cells}
     shown = [(k, h) for k, h in METRIC_COLUMNS if any(k in m for m in metrics.values())]
     header = [*axes, "run_id", "state", "step", *(h for _, h in shown)]
     if actions is not None:
         header.append("action")
+    if jobs is not None:
+        header += ["job", "job state", "log"]
     rows = []
     for c in cells:
         st = store.state(c)
@@ -43,5 +51,8 @@ def cell_table(
         row += [_fmt(metrics[c.run_id].get(k)) for k, _ in shown]
         if actions is not None:
             row.append(actions.get(c.run_id, ""))
+        if jobs is not None:
+            job = jobs.get(c.run_id)
+            row += [job.job_id, job.state, str(job.log)] if job else ["-", "-", "-"]
         rows.append(row)
     return render(rows, header)

@@ -1,0 +1,120 @@
+"""Which SLURM job owns a run, and what state that job is in.
+
+The submitter writes ``RUN_DIR/job.json`` when it submits a run (job id, array
+index, submission time, log path; see :func:`ablations.store.write_job`), so the
+store always knows which job owns a run, whoever asks and from wherever. States come from ``sacct`` (accounting), parsed by
+submitit's own reader. ``sacct`` is called here with a timeout rather than through
+submitit's watcher because the watcher waits forever on a job sacct does not know,
+and every command that reads states must end.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+from ablations.executors import JobView
+from ablations.store import is_locked, read_job
+from sagan import rundir
+
+# SLURM's states, as this suite names them. A PREEMPTED or REQUEUED job is being
+# requeued, not failed.
+STATES = {
+    "PENDING": "queued",
+    "CONFIGURING": "queued",
+    "RUNNING": "running",
+    "COMPLETING": "running",
+    "SUSPENDED": "running",
+    "STOPPED": "running",
+    "SIGNALING": "running",
+    "STAGE_OUT": "running",
+    "RESIZING": "running",
+    "REQUEUED": "requeued",
+    "REQUEUE_FED": "requeued",
+    "REQUEUE_HOLD": "requeued",
+    "PREEMPTED": "requeued",
+    "COMPLETED": "completed",
+    "CANCELLED": "cancelled",
+    "TIMEOUT": "timeout",
+    "FAILED": "failed",
+    "NODE_FAIL": "failed",
+    "OUT_OF_MEMORY": "failed",
+    "BOOT_FAIL": "failed",
+    "DEADLINE": "failed",
+    "REVOKED": "failed",
+}
+
+
+def sacct(job_ids: list[str], timeout_s: float = 30.0) -> dict[str, dict[str, str]]:
+    """sacct's row for each job (``123_4`` for array tasks); a job sacct lacks is absent.
+
+    Raises:
+        RuntimeError: sacct is missing, failed, or did not answer within ``timeout_s``.
+    """
+    from submitit.slurm.slurm import SlurmInfoWatcher
+
+    if not job_ids:
+        return {}
+    cmd = ["sacct", "--parsable2", "-o", "JobID,State,ExitCode,Reason"]
+    for base in sorted({j.split("_")[0] for j in job_ids}):
+        cmd += ["-j", base]
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=True)
+    except FileNotFoundError:
+        raise RuntimeError("sacct not found: is this a SLURM cluster's login node?") from None
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"sacct did not answer within {timeout_s:.0f}s") from None
+    except subprocess.CalledProcessError as e:
+        raise RuntimeError(f"sacct failed: {e.stderr.strip() or e}") from None
+    return SlurmInfoWatcher().read_info(out.stdout)
+
+
+def views(run_dirs: list[Path], grace_s: float = 120.0) -> dict[Path, JobView]:
+    """The job of each run that has a job record, with its state now.
+
+    A job sacct does not know is ``queued`` for ``grace_s`` after its submission
+    (accounting lags the controller) and ``vanished`` after that.
+    """
+    records = {Path(d): r for d in run_dirs if (r := read_job(d)) and r.get("executor") == "slurm"}
+    rows = sacct([r["job_id"] for r in records.values()])
+    out = {}
+    for d, r in records.items():
+        row = rows.get(r["job_id"])
+        if row is None:
+            young = time.time() - r.get("submitted_at", 0) < grace_s
+            state, raw, code = ("queued" if young else "vanished"), "", ""
+        else:
+            raw, code = row.get("State", ""), row.get("ExitCode", "")
+            state = STATES.get(raw.split(" ")[0], "failed")
+        out[d] = JobView(r["job_id"], state, raw, code, Path(r["log"]))
+    return out
+
+
+def settle(run_dir: Path, job: JobView) -> str:
+    """Bring a run's status in line with its ended job; returns the run's state.
+
+    A job that ended while its run was neither done nor diverged nor stopped at a
+    checkpoint (killed, cancelled, out of memory, out of time with no requeue left)
+    is a failure: it is recorded in ``status.json`` with the job's state, exit code
+    and log, once. A run whose job completed keeps what the run itself wrote.
+    """
+    if is_locked(run_dir):
+        return "running"  # trained by another process now, whatever this job did
+    status = rundir.read_status(run_dir)
+    state = status.get("state", "pending")
+    if job.live or state in rundir.FINAL_STATES or state == "failed":
+        return state
+    if job.state == "completed" and state == "interrupted":
+        return state  # stopped at a checkpoint; resumable
+    if status.get("settled_job") == job.job_id:
+        return state
+    status.update(
+        state="failed",
+        failures=status.get("failures", 0) + 1,
+        error=f"{job.reason()}; log: {job.log}",
+        slurm_state=job.slurm_state or job.state,
+        settled_job=job.job_id,
+    )
+    rundir.write_status(run_dir, status)
+    return "failed"
