@@ -213,7 +213,7 @@ def build_executor(args, grid: Grid, store: RunStore) -> Executor:
             grid_where=str(grid.path),
         )
     except ProfileError as e:
-        raise GridError(str(e)) from None
+        raise GridError(f"{e}\nnothing was submitted.") from None
     return make_executor(
         "slurm", out=store.out, profile=profile, detach=args.detach, job_name=f"sagan-{grid.name}"
     )
@@ -227,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         # Jobs that ended since we last looked are recorded; live ones are followed.
         live = executor.settle([store.run_dir(c.run_id) for c in cells])
     except (GridError, RuntimeError) as e:
-        print(f"error: {e}\nnothing was submitted or started.", file=sys.stderr)
+        print(f"error: {e}", file=sys.stderr)
         return 2
     args.max_attempts = args.max_attempts or grid.spec.max_attempts
     plans = {c.run_id: plan(c, store, args, live.get(store.run_dir(c.run_id))) for c in cells}

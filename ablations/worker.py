@@ -16,6 +16,7 @@ import threading
 from pathlib import Path
 
 from ablations.store import EXIT_BUSY, EXIT_STOPPED, RunLock
+from sagan import distributed
 from sagan.checkpoint import CheckpointError
 from sagan.config import ConfigError, load_config
 from sagan.data import DataError
@@ -25,9 +26,14 @@ from sagan.train import train
 
 
 def run(run_dir: Path, stop: threading.Event | None = None) -> int:
-    """Train ``run_dir`` under its lock; the exit status above."""
+    """Train ``run_dir`` under its lock; the exit status above.
+
+    Under DDP (a job of several processes) the lock belongs to the job: rank 0 takes
+    it and tells the others whether it got it.
+    """
     lock = RunLock(run_dir)
-    if not lock.acquire():
+    got = distributed.broadcast(lock.acquire() if distributed.is_main() else None)
+    if not got:
         print(f"{run_dir}: already being trained by another process", file=sys.stderr)
         return EXIT_BUSY
     try:

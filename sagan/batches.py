@@ -33,9 +33,17 @@ def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
 
 
 class _IndexBatches(Sampler[list[int]]):
-    def __init__(self, n: int, batch_size: int, seed: int, start: int):
+    """Indices of global batch after global batch; with ``shard=(rank, world)`` only
+    this rank's contiguous slice of each."""
+
+    def __init__(
+        self, n: int, batch_size: int, seed: int, start: int, shard: tuple[int, int] = (0, 1)
+    ):
         self.n, self.batch_size, self.seed, self.start = n, batch_size, seed, start
         self.per_epoch = n // batch_size
+        rank, world = shard
+        self.lo = rank * (batch_size // world)
+        self.hi = self.lo + batch_size // world
 
     def __iter__(self) -> Iterator[list[int]]:
         k = self.start
@@ -43,7 +51,7 @@ class _IndexBatches(Sampler[list[int]]):
             epoch, pos = divmod(k, self.per_epoch)
             order = epoch_order(self.n, self.seed, epoch)
             for p in range(pos, self.per_epoch):
-                yield order[p * self.batch_size : (p + 1) * self.batch_size].tolist()
+                yield order[p * self.batch_size + self.lo : p * self.batch_size + self.hi].tolist()
             k = (epoch + 1) * self.per_epoch
 
 
@@ -54,6 +62,8 @@ class Batches:
         dataset: items ``(uint8 [3,R,R], label)``; an :class:`InMemoryImages` is
             indexed directly (no worker processes, no per-item collation).
         consumed: batches already drawn (from a checkpoint).
+        shard: ``(rank, world_size)``: yield only this rank's slice of each global
+            batch of ``batch_size`` (which the world size divides).
     """
 
     def __init__(
@@ -65,6 +75,7 @@ class Batches:
         consumed: int = 0,
         num_workers: int = 0,
         channels_last: bool = False,
+        shard: tuple[int, int] = (0, 1),
     ):
         n = len(dataset)
         if n < batch_size:
@@ -74,7 +85,7 @@ class Batches:
         self.consumed = consumed
         self.device = device
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        sampler = _IndexBatches(n, batch_size, seed, consumed)
+        sampler = _IndexBatches(n, batch_size, seed, consumed, shard)
         if isinstance(dataset, InMemoryImages):
             images, labels = dataset.images, dataset.labels
             self._it = ((images[idx], labels[idx]) for idx in sampler)

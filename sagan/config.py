@@ -97,6 +97,9 @@ class TrainConfig(_Strict):
     amp: bool = False  # bf16 autocast, CUDA only
     device: Literal["auto", "cpu", "cuda"] = "auto"
     channels_last: bool = True  # CUDA only
+    # Several devices (DDP): batch-norm statistics per device, as the official code
+    # computes them, unless this is set (SyncBatchNorm, CUDA only).
+    sync_bn: bool = False
     ckpt_every: int = Field(1000, ge=1)
     ckpt_keep: int = Field(2, ge=1)
     log_every: int = Field(100, ge=1)

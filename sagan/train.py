@@ -18,7 +18,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from sagan import rundir
+from sagan import distributed, rundir
 from sagan.checkpoint import CheckpointError, atomic_write_text, load_latest
 from sagan.config import (
     Config,
@@ -140,15 +140,18 @@ def train(
     preflight(cfg)
     data_id = data_identity(cfg.data)
     check_resume(run_dir, cfg, data_id)
-    atomic_write_text(run_dir / "config.yaml", to_yaml(cfg))
-    atomic_write_text(run_dir / "data.json", json.dumps(data_id, indent=2) + "\n")
+    main = distributed.is_main()  # under DDP only rank 0 writes to the run directory
+    if main:
+        atomic_write_text(run_dir / "config.yaml", to_yaml(cfg))
+        atomic_write_text(run_dir / "data.json", json.dumps(data_id, indent=2) + "\n")
     try:
         trainer = Trainer(cfg, run_dir, progress=progress, data_id=data_id, stop=stop)
     except BaseException as e:
         # Failed before its loop (data, device, models): say so on disk.
-        status["attempts"] = status.get("attempts", 0) + 1
-        record_failure(status, e)
-        rundir.write_status(run_dir, status)
+        if main:
+            status["attempts"] = status.get("attempts", 0) + 1
+            record_failure(status, e)
+            rundir.write_status(run_dir, status)
         raise
     return trainer.run()
 

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from sagan import rundir
+from sagan import distributed, rundir
 from sagan.batches import Batches
 from sagan.checkpoint import (
     CheckpointError,
@@ -96,11 +96,25 @@ class Trainer:
         # loop checkpoints at the next step boundary and stops, never mid-step.
         self.stop = stop
         self.run_dir = Path(run_dir)
-        self.rank = int(os.environ.get("RANK", "0"))
-        self.is_main = self.rank == 0
-        self.device = pick_device(cfg.train.device)
-        self.cuda = self.device.type == "cuda"
         tc = cfg.train
+        self.rank, self.world = distributed.rank(), distributed.world_size()
+        self.is_main = self.rank == 0
+        self.device = pick_device(tc.device)
+        self.cuda = self.device.type == "cuda"
+        if self.cuda and self.world > 1:
+            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(self.device)
+        if tc.batch_size % self.world:
+            raise ConfigError(
+                f"train.batch_size: {tc.batch_size} (the global batch) is not divisible by "
+                f"the {self.world} processes of this job"
+            )
+        if tc.sync_bn and self.world > 1 and not self.cuda:
+            raise ConfigError("train.sync_bn: true needs CUDA (SyncBatchNorm has no CPU path)")
+        # Each rank computes its slice of every global batch.
+        self.local = slice(
+            self.rank * tc.batch_size // self.world, (self.rank + 1) * tc.batch_size // self.world
+        )
         seed_everything(tc.seed)
         self.data_id = data_id or data_identity(cfg.data)
         self.dataset = build_dataset(cfg.data, "train")
@@ -109,6 +123,18 @@ class Trainer:
         fmt = torch.channels_last if (self.cuda and tc.channels_last) else torch.contiguous_format
         self.G = G.to(self.device, memory_format=fmt)
         self.D = D.to(self.device, memory_format=fmt)
+        if tc.sync_bn and self.world > 1:
+            self.G = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.G)
+        # What the steps call: the DDP wrappers under several processes. The G step calls
+        # D's module itself, so that D's gradient reducer never waits for gradients D's
+        # frozen weights do not get; G's gradient still flows through it.
+        self.G_step, self.D_step = self.G, self.D
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            ids = [self.device.index] if self.cuda else None
+            self.G_step = DDP(self.G, device_ids=ids)
+            self.D_step = DDP(self.D, device_ids=ids)
         self.G_ema = (
             copy.deepcopy(self.G).eval().requires_grad_(False) if tc.ema is not None else None
         )
@@ -122,6 +148,8 @@ class Trainer:
         # saved in every checkpoint: nothing else that draws random numbers (a data
         # loader, an evaluation, a library) can shift it, so a resumed run draws
         # exactly what an uninterrupted one does.
+        # Under DDP every rank draws the whole global batch's noise and keeps its slice:
+        # the stream does not depend on the world size.
         self.noise = torch.Generator(self.device).manual_seed(tc.seed + 104729)
         # Fixed sample inputs come from another: sampling never moves the training
         # noise, so changing sample_every cannot change the result.
@@ -141,7 +169,12 @@ class Trainer:
             "G_ema": self.G_ema.state_dict() if self.G_ema is not None else None,
             "opt_g": self.opt_g.state_dict(),
             "opt_d": self.opt_d.state_dict(),
-            "rng": {"noise": self.noise.get_state(), "process": rng_state(self.device)},
+            "rng": {
+                "noise": self.noise.get_state(),
+                "process": rng_state(self.device),
+                # Every rank's own (rank 0's is "process"); gathered by save().
+                "process_per_rank": None,
+            },
             "num_classes": self.num_classes,
             "config": to_dict(self.cfg),
             "data": self.data_id,
@@ -159,7 +192,8 @@ class Trainer:
         found = load_latest(self.run_dir)
         if found is None:
             # Killed before its first checkpoint: whatever it logged is recomputed.
-            rundir.truncate_jsonl(self.run_dir / "metrics.jsonl", 0)
+            if self.is_main:
+                rundir.truncate_jsonl(self.run_dir / "metrics.jsonl", 0)
             return
         state, path = found
         self.G.load_state_dict(state["G"])
@@ -175,18 +209,26 @@ class Trainer:
                 "it cannot be resumed exactly. Start the run anew in a new directory."
             )
         self.noise.set_state(rng["noise"])
-        set_rng_state(rng["process"], self.device)
+        per_rank = rng.get("process_per_rank")
+        if per_rank is not None and len(per_rank) == self.world:
+            set_rng_state(per_rank[self.rank], self.device)
+        elif self.rank == 0:
+            set_rng_state(rng["process"], self.device)
         self.step = state["step"]
         self.consumed = state["consumed_batches"]
         self.restored_from = path
         # Anything logged after this checkpoint is recomputed, bit for bit, from here.
-        rundir.truncate_jsonl(self.run_dir / "metrics.jsonl", self.step)
+        if self.is_main:
+            rundir.truncate_jsonl(self.run_dir / "metrics.jsonl", self.step)
 
     def save(self) -> None:
+        """Rank 0 writes the checkpoint, with every rank's RNG state (a collective)."""
+        per_rank = distributed.gather(rng_state(self.device)) if self.world > 1 else None
         if self.is_main:
-            save_checkpoint(
-                self.run_dir, self.step, self.state_dict(), keep=self.cfg.train.ckpt_keep
-            )
+            state = self.state_dict()
+            state["rng"]["process_per_rank"] = per_rank
+            save_checkpoint(self.run_dir, self.step, state, keep=self.cfg.train.ckpt_keep)
+        distributed.barrier()
 
     # -- the loop ----------------------------------------------------------------
     def _autocast(self):
@@ -194,12 +236,15 @@ class Trainer:
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return nullcontext()
 
-    def _labels(self, n: int) -> torch.Tensor:
+    def _noise(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """z and fake labels: this rank's slice of the global batch's draw."""
+        B, z_dim = self.cfg.train.batch_size, self.cfg.model.z_dim
+        z = torch.randn(B, z_dim, device=self.device, generator=self.noise)
         if self.num_classes > 0:
-            return torch.randint(
-                0, self.num_classes, (n,), device=self.device, generator=self.noise
-            )
-        return torch.zeros(n, dtype=torch.long, device=self.device)
+            y = torch.randint(0, self.num_classes, (B,), device=self.device, generator=self.noise)
+        else:
+            y = torch.zeros(B, dtype=torch.long, device=self.device)
+        return z[self.local], y[self.local]
 
     def _ema_update(self) -> None:
         tc = self.cfg.train
@@ -212,27 +257,27 @@ class Trainer:
 
     def train_step(self, batches: Batches, first_bad: torch.Tensor) -> dict[str, torch.Tensor]:
         tc = self.cfg.train
-        B, z_dim = tc.batch_size, self.cfg.model.z_dim
         for _ in range(tc.n_dis):
             x, y = next(batches)
-            z = torch.randn(B, z_dim, device=self.device, generator=self.noise)
-            y_fake = self._labels(B)
+            z, y_fake = self._noise()
+            b = len(z)
             with self._autocast():
                 with torch.no_grad():
                     fake = self.G(z, y_fake)
                 # One D forward over real and fake: one power iteration per D step.
-                d_out = self.D(torch.cat([x, fake.to(x.dtype)]), torch.cat([y, y_fake])).float()
-                d_real, d_fake = d_out[:B], d_out[B:]
+                d_out = self.D_step(
+                    torch.cat([x, fake.to(x.dtype)]), torch.cat([y, y_fake])
+                ).float()
+                d_real, d_fake = d_out[:b], d_out[b:]
                 loss_d = self.loss_d(d_real, d_fake)
             self.opt_d.zero_grad(set_to_none=True)
             loss_d.backward()
             self.opt_d.step()
-        z = torch.randn(B, z_dim, device=self.device, generator=self.noise)
-        y_fake = self._labels(B)
+        z, y_fake = self._noise()
         self.D.requires_grad_(False)  # the G step needs no gradient for D's weights
         try:
             with self._autocast():
-                loss_g = self.loss_g(self.D(self.G(z, y_fake), y_fake).float())
+                loss_g = self.loss_g(self.D(self.G_step(z, y_fake), y_fake).float())
             self.opt_g.zero_grad(set_to_none=True)
             loss_g.backward()
             self.opt_g.step()
@@ -294,6 +339,10 @@ class Trainer:
         )
         rundir.update_best(status, record)
 
+    def _write_status(self, status: dict[str, Any]) -> None:
+        if self.is_main:
+            rundir.write_status(self.run_dir, status)
+
     def run(self) -> str:
         """Restore, train to ``train.steps``, and record the outcome in ``status.json``.
 
@@ -306,7 +355,7 @@ class Trainer:
         status = rundir.read_status(self.run_dir)
         status.update(state="running", steps=tc.steps, attempts=status.get("attempts", 0) + 1)
         status.pop("error", None)
-        rundir.write_status(self.run_dir, status)
+        self._write_status(status)
         writer = None
         try:
             self.restore()
@@ -321,6 +370,7 @@ class Trainer:
                 consumed=self.consumed,
                 num_workers=self.cfg.data.num_workers,
                 channels_last=self.cuda and tc.channels_last,
+                shard=(self.rank, self.world),
             )
             writer = self._tensorboard()
             self._loop(batches, status, writer)
@@ -333,27 +383,29 @@ class Trainer:
             self.progress.write(f"{e}; resume continues from here")
         except KeyboardInterrupt:
             status.update(state="interrupted", step=self.step)
-            rundir.write_status(self.run_dir, status)
+            self._write_status(status)
             raise
         except BaseException as e:
             record_failure(status, e, step=self.step)
-            rundir.write_status(self.run_dir, status)
+            self._write_status(status)
             raise
         finally:
             self.progress.close()
             if writer is not None:
                 writer.close()
-        rundir.write_status(self.run_dir, status)
+        self._write_status(status)
         return status["state"]
 
     def _loop(self, batches: Batches, status: dict[str, Any], writer) -> None:
         tc = self.cfg.train
         first_bad = torch.full((), -1, dtype=torch.long, device=self.device)
         self.progress.start(self.step)
-        if self.is_main and self.step > 0 and self._eval_due(self.step):
+        if self.step > 0 and self._eval_due(self.step):
             # Killed while evaluating a checkpointed step: that evaluation is still owed.
-            self.evaluate(status)
-            rundir.write_status(self.run_dir, status)
+            if self.is_main:
+                self.evaluate(status)
+                rundir.write_status(self.run_dir, status)
+            distributed.barrier()
         t0, s0 = time.perf_counter(), self.step
         while self.step < tc.steps:
             vals = self.train_step(batches, first_bad)
@@ -361,7 +413,8 @@ class Trainer:
             is_eval = self._eval_due(s)
             is_ckpt = s % tc.ckpt_every == 0 or is_eval or s == tc.steps
             if s % tc.log_every == 0 or is_ckpt or s % tc.sample_every == 0:
-                if int(first_bad) >= 0:  # the only host sync, at these steps
+                # The only host sync, at these steps; every rank agrees on the step.
+                if int(distributed.first_step(first_bad)) >= 0:
                     raise Diverged(int(first_bad))
             if s % tc.log_every == 0 or s == tc.steps:
                 dt = time.perf_counter() - t0
@@ -380,21 +433,36 @@ class Trainer:
                 self.sample()
             if is_ckpt:
                 self.save()
-            if self.is_main and is_eval:
-                self.evaluate(status)
-                rundir.write_status(self.run_dir, status)
-            if self.stop is not None and self.stop.is_set() and s < tc.steps:
+            if is_eval:
+                if self.is_main:
+                    self.evaluate(status)
+                    rundir.write_status(self.run_dir, status)
+                distributed.barrier()  # the other ranks wait while rank 0 evaluates
+            if s < tc.steps and self._stop_requested(s):
                 # A divergence not yet seen is seen now, at the step it happened.
-                if int(first_bad) >= 0:
+                if int(distributed.first_step(first_bad)) >= 0:
                     raise Diverged(int(first_bad))
                 if not is_ckpt:
                     self.save()
                 status.update(step=s)
                 raise Stopped(s)
 
+    def _stop_requested(self, step: int) -> bool:
+        """Whether to stop after ``step``. One process looks at every step (a host flag,
+        no sync); under DDP the ranks agree at logging steps only, to keep the step
+        free of collectives, since the signal may reach them at different steps."""
+        flag = self.stop is not None and self.stop.is_set()
+        if self.world == 1:
+            return flag
+        if step % self.cfg.train.log_every:
+            return False
+        return distributed.any_flag(flag, self.device)
+
     def _log_record(self, vals: dict[str, torch.Tensor], it_per_s: float) -> dict[str, Any]:
         keys = list(vals)
-        numbers = torch.stack([vals[k].float() for k in keys]).tolist()
+        stacked = torch.stack([vals[k].float() for k in keys])
+        # Under DDP: the mean over the ranks' equal slices, i.e. the global batch's value.
+        numbers = distributed.mean(stacked).tolist()
         rec: dict[str, Any] = {"step": self.step, **dict(zip(keys, numbers, strict=True))}
         rec["gamma_g"] = attention_gammas(self.G)
         rec["gamma_d"] = attention_gammas(self.D)

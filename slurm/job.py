@@ -43,6 +43,28 @@ def _log_to_stdout() -> None:
             logger.setLevel(logging.INFO)
 
 
+def _join_process_group() -> None:
+    """One process per task: NCCL between GPUs, gloo on CPUs. Rank 0 may evaluate for
+    a long time while the others wait at a barrier, hence the long timeout."""
+    import datetime
+
+    import torch
+    import torch.distributed as dist
+
+    dist_env = submitit.helpers.TorchDistributedEnvironment().export()
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    dist.init_process_group(backend=backend, timeout=datetime.timedelta(hours=2))
+    log.info(
+        "rank %d of %d (local rank %d) via %s at %s:%s",
+        dist_env.rank,
+        dist_env.world_size,
+        dist_env.local_rank,
+        backend,
+        dist_env.master_addr,
+        dist_env.master_port,
+    )
+
+
 class TrainCell(submitit.helpers.Checkpointable):
     """Train one run directory in a SLURM job; requeue it when SLURM warns of the end."""
 
@@ -68,11 +90,22 @@ class TrainCell(submitit.helpers.Checkpointable):
             env.hostname,
             self.run_dir,
         )
-        rc = worker.run(Path(self.run_dir), stop=stop)
+        if env.num_tasks > 1:
+            _join_process_group()
+        try:
+            rc = worker.run(Path(self.run_dir), stop=stop)
+        finally:
+            if env.num_tasks > 1:
+                import torch.distributed as dist
+
+                dist.destroy_process_group()
         if rc == EXIT_STOPPED:
             log.info("checkpointed; handing over to submitit to requeue")
-            requeue(sig, None)  # exits the process once the job is requeued
-            raise JobFailed("submitit did not requeue the job")  # pragma: no cover
+            # Rank 0 requeues the job and exits; submitit leaves the other ranks alone.
+            requeue(sig, None)
+            if env.global_rank == 0:
+                raise JobFailed("submitit did not requeue the job")  # pragma: no cover
+            return "stopped"
         if rc == EXIT_BUSY:
             return "busy"
         if rc != 0:

@@ -1,0 +1,82 @@
+"""The process group of a run trained on several devices (DDP), seen from one rank.
+
+A run trains as one process (world size 1) unless ``torch.distributed`` was
+initialized before it started (the SLURM executor does that for a job with several
+tasks). The config's batch size is the global batch: each rank takes its slice of
+every global batch of data and of noise, so the stream of examples does not depend
+on the world size.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+def active() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank() -> int:
+    return dist.get_rank() if active() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if active() else 1
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def barrier() -> None:
+    if active():
+        dist.barrier()
+
+
+def broadcast(obj: Any) -> Any:
+    """Rank 0's ``obj`` on every rank."""
+    if not active():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def gather(obj: Any) -> list[Any]:
+    """Every rank's ``obj``, in rank order, on every rank."""
+    if not active():
+        return [obj]
+    out: list[Any] = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def any_flag(flag: bool, device: torch.device) -> bool:
+    """Whether any rank's ``flag`` is set (one collective; a host sync)."""
+    if not active():
+        return flag
+    t = torch.tensor([int(flag)], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def mean(t: torch.Tensor) -> torch.Tensor:
+    """The mean of ``t`` over the ranks (a new tensor; gloo has no AVG)."""
+    if not active():
+        return t
+    t = t.clone()
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t / world_size()
+
+
+def first_step(step: torch.Tensor) -> torch.Tensor:
+    """The smallest non-negative ``step`` over the ranks (-1 when none is), in place."""
+    if active():
+        big = torch.iinfo(step.dtype).max
+        step.copy_(torch.where(step < 0, big, step))
+        dist.all_reduce(step, op=dist.ReduceOp.MIN)
+        step.copy_(torch.where(step == big, -1, step))
+    return step
