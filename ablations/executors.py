@@ -89,6 +89,10 @@ class Executor(ABC):
         """The recorded job of each of these runs, with its state now."""
         return {}
 
+    def close(self) -> None:
+        """Release what the executor holds for this invocation (a submission lock)."""
+        return None
+
     def preview(self, n_tasks: int) -> str:
         """What would be sent to start ``n_tasks`` tasks (a job script), for --dry-run."""
         return ""

@@ -224,9 +224,20 @@ def main(argv: list[str] | None = None) -> int:
     try:
         grid, cells, store = open_grid(args.grid, args.only, args.out)
         executor = build_executor(args, grid, store)
+    except GridError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    try:
+        return _run(args, argv, grid, cells, store, executor)
+    finally:
+        executor.close()
+
+
+def _run(args, argv, grid: Grid, cells: list[Cell], store: RunStore, executor: Executor) -> int:
+    try:
         # Jobs that ended since we last looked are recorded; live ones are followed.
         live = executor.settle([store.run_dir(c.run_id) for c in cells])
-    except (GridError, RuntimeError) as e:
+    except RuntimeError as e:  # the scheduler did not answer
         print(f"error: {e}", file=sys.stderr)
         return 2
     args.max_attempts = args.max_attempts or grid.spec.max_attempts

@@ -48,22 +48,35 @@ def _cells(store: Path, n: int, steps: int):
     path.write_text(GRID.format(steps=steps, seeds=list(range(n))))
     grid = load_grid(path)
     runs = RunStore(store / "runs")
-    return [
-        Task(c.run_id, runs.prepare(c), c.label(), c.config.train.steps) for c in grid.cells
-    ]
+    return [Task(c.run_id, runs.prepare(c), c.label(), c.config.train.steps) for c in grid.cells]
 
 
 def submission(profile_name: str, overrides: list[str], n: int) -> dict:
+    """``SlurmExecutor.submit`` alone, and the whole ``ablations.run --detach`` command
+    (Python start, grid, plan, run directories, submission), on ``n`` held cells."""
+    held = [*overrides, "slurm.sbatch.begin=now+3600"]
     with tempfile.TemporaryDirectory(dir=".") as d:
         tasks = _cells(Path(d), n, steps=10)
-        profile = load_profile(profile_name, cli_overrides=[*overrides, "slurm.sbatch.begin=now+3600"])
-        ex = SlurmExecutor(Path(d) / "runs", profile)
+        ex = SlurmExecutor(Path(d) / "runs", load_profile(profile_name, cli_overrides=held))
         t0 = time.perf_counter()
         jobs = ex.submit(tasks)
         dt = time.perf_counter() - t0
-        array = next(iter(jobs.values())).job_id.split("_")[0]
+        subprocess.run(["scancel", next(iter(jobs.values())).job_id.split("_")[0]], check=True)
+
+        cmd = [sys.executable, "-m", "ablations.run", str(Path(d) / "grid.yaml")]
+        cmd += ["--out", str(Path(d) / "cli"), "--executor", "slurm", "--profile", profile_name]
+        t0 = time.perf_counter()
+        subprocess.run([*cmd, *held, "--detach"], check=True, capture_output=True)
+        dt_cli = time.perf_counter() - t0
+        array = read_job(next((Path(d) / "cli").glob("*/job.json")).parent)["array_job_id"]
         subprocess.run(["scancel", array], check=True)
-    return {"cells": n, "submit_s": dt, "per_cell_ms": 1000 * dt / n}
+    return {
+        "cells": n,
+        "submit_s": dt,
+        "per_cell_ms": 1000 * dt / n,
+        "command_s": dt_cli,
+        "command_per_cell_ms": 1000 * dt_cli / n,
+    }
 
 
 def _wait(cond, timeout: float, what: str) -> float:
@@ -94,8 +107,10 @@ def requeue(profile_name: str, overrides: list[str]) -> dict:
                 lambda: rundir.read_status(run).get("attempts", 0) >= 2, 600, "the restart"
             )
             t_resume = _wait(
-                lambda: (s := rundir.read_status(run)).get("attempts", 0) >= 2
-                and s.get("step", 0) > stopped_at,
+                lambda: (
+                    (s := rundir.read_status(run)).get("attempts", 0) >= 2
+                    and s.get("step", 0) > stopped_at
+                ),
                 600,
                 "the resumed training",
             )
@@ -125,12 +140,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     s, r = out["submission"], out["requeue"]
     print(
-        f"submission: {s['cells']} cells in {s['submit_s']:.2f} s, "
-        f"{s['per_cell_ms']:.1f} ms per cell"
+        f"submission of {s['cells']} cells as one array: submit() {s['submit_s']:.2f} s "
+        f"({s['per_cell_ms']:.1f} ms per cell); the whole ablations.run --detach command "
+        f"{s['command_s']:.2f} s ({s['command_per_cell_ms']:.1f} ms per cell)"
     )
     print(
-        f"requeue after USR2: checkpointed and left in {r['checkpointed_s']:.1f} s, "
-        f"started again in {r['restarted_s']:.1f} s, training again in {r['resumed_s']:.1f} s"
+        f"requeue after USR2: checkpointed in {r['checkpointed_s']:.1f} s, the requeued job "
+        f"picked the run up in {r['restarted_s']:.1f} s, training again in "
+        f"{r['resumed_s']:.1f} s"
     )
     print(f"machine: {describe(out['machine'])}")
     return 0

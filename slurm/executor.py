@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from ablations.executors import Detached, Executor, JobView, Outcome, Task
-from ablations.store import write_job
+from ablations.store import RunLock, holder, write_job
 from sagan import rundir
 from slurm import jobs
 from slurm.job import TrainCell
@@ -43,6 +43,7 @@ class SlurmExecutor(Executor):
         self.detach = detach
         self.tty = sys.stderr.isatty() if tty is None else tty
         self.job_name = job_name
+        self._lock: RunLock | None = None
 
     # -- reading jobs -----------------------------------------------------------------
     @property
@@ -53,6 +54,10 @@ class SlurmExecutor(Executor):
         return jobs.views(run_dirs, self._grace_s)
 
     def settle(self, run_dirs: list[Path]) -> dict[Path, JobView]:
+        # From here until this invocation's jobs are recorded, no other invocation on
+        # this store may plan: both would see the same cells without a job and submit
+        # them twice.
+        self._hold_submission_lock()
         live = {}
         for d, view in self.jobs(run_dirs).items():
             if view.live:
@@ -62,6 +67,28 @@ class SlurmExecutor(Executor):
         return live
 
     # -- submitting -------------------------------------------------------------------
+    def _hold_submission_lock(self, timeout_s: float = 120.0) -> None:
+        if self._lock is not None:
+            return
+        lock = RunLock(self.folder)  # STORE/.slurm/.lock
+        end = time.time() + timeout_s
+        while not lock.acquire():
+            if time.time() > end:
+                raise RuntimeError(
+                    f"another ablations.run is submitting to {self.out} "
+                    f"({holder(self.folder)}); try again when it has submitted"
+                )
+            time.sleep(0.2)
+        self._lock = lock
+
+    def close(self) -> None:
+        self._release_submission_lock()
+
+    def _release_submission_lock(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
     def _parameters(self) -> dict:
         if self.profile is None:
             raise ValueError("the SLURM executor needs a profile to submit")
@@ -97,6 +124,7 @@ class SlurmExecutor(Executor):
 
         if not tasks:
             return {}
+        self._hold_submission_lock()
         ex = self._submitit()
         # Submitting from inside an allocation must not pass its SLURM_* to the jobs.
         with submitit.helpers.clean_env(), ex.batch():
@@ -120,13 +148,17 @@ class SlurmExecutor(Executor):
                 },
             )
             out[task.run_dir] = JobView(job.job_id, "queued", "", "", log)
+        self._release_submission_lock()
         return out
 
     # -- following --------------------------------------------------------------------
     def run(self, tasks: list[Task], follow: list[Task] = ()) -> list[Outcome]:
         from ablations.display import Display
 
-        submitted = self.submit(list(tasks))
+        try:
+            submitted = self.submit(list(tasks))
+        finally:
+            self._release_submission_lock()
         if submitted:
             first = next(iter(submitted.values())).job_id.split("_")[0]
             print(f"submitted {len(submitted)} cell(s) as SLURM job {first}; logs in {self.folder}")

@@ -368,3 +368,32 @@ def test_a_two_process_ddp_cell_matches_one_process_and_survives_a_requeue(tmp_p
     for a, b in zip(one[:2], two[:2], strict=True):
         for k in ("loss_d", "loss_g", "d_real", "d_fake"):
             assert a[k] == pytest.approx(b[k], rel=0.10), (a["step"], k)
+
+
+def test_submitting_from_inside_an_allocation_works(tmp_path):
+    """A grid submitted from within a job (srun) does not hand the job's SLURM_*
+    variables to its own jobs (submitit's clean_env)."""
+    grid = write_grid(tmp_path, "nested", ["ttur"], steps=4)
+    submit = (
+        "-m",
+        "ablations.run",
+        str(grid),
+        "--out",
+        "runs",
+        "--executor",
+        "slurm",
+        "--profile",
+        "local",
+    )
+    r = subprocess.run(
+        ["srun", "--quiet", "-n1", "-c1", sys.executable, *submit, "--detach"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = cli(*submit[1:], cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    (d,) = run_dirs(tmp_path / "runs")
+    assert rundir.read_status(d)["state"] == "done"
