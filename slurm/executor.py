@@ -175,6 +175,12 @@ class SlurmExecutor(Executor):
                 try:
                     views = self.jobs(list(waiting))
                     failures = 0
+                    for d in [d for d in waiting if d not in views]:
+                        # Its job record is gone (the run was moved aside): nothing to wait for.
+                        state = rundir.read_status(d).get("state", "pending")
+                        outcome = Outcome(waiting.pop(d), state, 1)
+                        outcomes.append(outcome)
+                        display.finished(outcome)
                 except RuntimeError as e:  # sacct down for a moment: say so, go on
                     failures += 1
                     if str(e) != last_error or failures % 30 == 0:
