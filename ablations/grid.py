@@ -329,10 +329,14 @@ def _spec_errors(err: ValidationError) -> list[ErrorDetails]:
             if isinstance(found, dict):
                 e = e | {
                     "loc": (*loc, "name"),
-                    "msg": f"no executor named {found.get('name')!r} (executors: {', '.join(EXECUTORS)})",
+                    "msg": f"Value error, no executor named {found.get('name')!r} "
+                    f"(executors: {', '.join(EXECUTORS)})",
                 }
             else:
-                e = e | {"msg": "expected a mapping such as {name: local, jobs: 2}"}
+                e = e | {
+                    "msg": f"Value error, expected a mapping such as {{name: local, jobs: 2}} "
+                    f"(got {found!r})"
+                }
         elif loc[:1] == ("executor",) and len(loc) > 1 and loc[1] in EXECUTORS:
             e = e | {"loc": loc[:1] + loc[2:]}
             if loc[1:] == ("slurm", "jobs"):

@@ -219,21 +219,36 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     return out
 
 
+def error_message(e: ErrorDetails) -> str:
+    """One pydantic error as this project words it, naming the value it got.
+
+    ``data.name: 'imagenette9' is not one of synthetic, cifar10, imagefolder``;
+    ``train.lr_d: Input should be a valid number (got 'fast')``. Messages of our own
+    validators already name the value and are kept as they are.
+    """
+    kind, msg, got = e["type"], e["msg"], e.get("input")
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind == "missing":
+        return "required key is missing"
+    if msg.startswith("Value error, "):
+        return msg[len("Value error, ") :]
+    if kind in ("literal_error", "enum"):
+        expected = str(e.get("ctx", {}).get("expected", ""))
+        allowed = ", ".join(a.strip().strip("'") for a in expected.replace(" or ", ", ").split(","))
+        return f"{got!r} is not one of {allowed}"
+    return f"{msg} (got {got!r})"
+
+
 def describe_errors(err: ValidationError | list[ErrorDetails], where: str = "") -> str:
-    """One line per problem: ``where: dotted.key: message``.
+    """One line per problem: ``where: dotted.key: message`` (see :func:`error_message`).
 
     ``err`` may be a ValidationError's ``errors()``, reworded first by the caller.
     """
     lines = []
     for e in err.errors() if isinstance(err, ValidationError) else err:
         loc = ".".join(str(p) for p in e["loc"])
-        msg = e["msg"]
-        if e["type"] == "extra_forbidden":
-            msg = "unknown key"
-        elif e["type"] == "missing":
-            msg = "required key is missing"
-        elif msg.startswith("Value error, "):
-            msg = msg[len("Value error, ") :]
+        msg = error_message(e)
         if not loc and msg.startswith("model."):
             lines.append(f"{where}{msg}")
         else:

@@ -29,7 +29,7 @@ from pydantic import (
     field_validator,
 )
 
-from sagan.config import ConfigError, flatten, parse_overrides, set_dotted, yaml_load
+from sagan.config import ConfigError, error_message, flatten, parse_overrides, set_dotted, yaml_load
 
 BUNDLED = Path(__file__).resolve().parent / "profiles"
 CLI_PREFIX = "slurm."
@@ -243,12 +243,11 @@ def _check(layer: dict[str, Any], where: str, prefix: str, errors: list[str]) ->
         for err in e.errors():
             # A bad dict key is reported at '[key]' below the key itself; name the key.
             loc = [str(p) for p in err["loc"] if p != "[key]"]
-            msg = err["msg"]
-            if err["type"] == "extra_forbidden":
-                msg = "unknown key"
-            msg = msg.removeprefix("Value error, ")
+            msg = error_message(err)
+            if "(got " not in msg and " is not one of " not in msg:
+                msg = f"{msg} (got {err['input']!r})"  # every profile line names its value
             key = prefix + ".".join(loc)
-            errors.append(f"{where}: {key}: {msg} (got {err['input']!r})")
+            errors.append(f"{where}: {key}: {msg}")
 
 
 def _merge(into: dict[str, Any], layer: dict[str, Any]) -> None:

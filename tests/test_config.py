@@ -37,6 +37,19 @@ def test_wrong_type_is_named_by_its_full_path(tmp_path):
     assert str(e.value).startswith(f"{path}: train.lr_d:")
 
 
+def test_bad_values_are_named_with_what_was_allowed(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({**BASE, "data": {"name": "imagenette9"}}))
+    with pytest.raises(ConfigError) as e:
+        load_config(path, ["train.lr_d=fast", "model.attn_block=resid"])
+    assert str(e.value).splitlines() == [
+        f"{path}: data.name: 'imagenette9' is not one of synthetic, cifar10, imagefolder",
+        f"{path}: model.attn_block: 'resid' is not one of attention, residual",
+        f"{path}: train.lr_d: Input should be a valid number, unable to parse string as a "
+        "number (got 'fast')",
+    ]
+
+
 def test_missing_dataset_name_is_reported():
     with pytest.raises(ConfigError, match=r"data\.name: required key is missing"):
         build_config({"data": {}})

@@ -272,21 +272,24 @@ def test_slurm_profile_path_is_relative_to_the_grid_file(tmp_path):
         (
             {"name": "slurm", "jobs": 2},
             "g.yaml: executor.jobs: only for name: local; under SLURM the profile's "
-            "array_parallelism sets how many cells run at once",
+            "array_parallelism sets how many cells run at once (got 2)",
         ),
         (
             {"name": "slurm", "slurm": 3},
-            "g.yaml: executor.slurm: Input should be a valid dictionary",
+            "g.yaml: executor.slurm: Input should be a valid dictionary (got 3)",
         ),
         (
             {"name": "local", "jobs": 0},
-            "g.yaml: executor.jobs: Input should be greater than or equal to 1",
+            "g.yaml: executor.jobs: Input should be greater than or equal to 1 (got 0)",
         ),
         (
             {"name": "pbs"},
             "g.yaml: executor.name: no executor named 'pbs' (executors: local, slurm)",
         ),
-        ("slurm", "g.yaml: executor: expected a mapping such as {name: local, jobs: 2}"),
+        (
+            "slurm",
+            "g.yaml: executor: expected a mapping such as {name: local, jobs: 2} (got 'slurm')",
+        ),
     ],
 )
 def test_executor_section_errors_are_one_line(tmp_path, executor, line):
