@@ -24,6 +24,7 @@ import json
 from typing import Any
 
 from sagan.config import (
+    LEGACY_DEFAULTS,
     RESUME_SAFE,
     Config,
     DataConfig,
@@ -96,14 +97,16 @@ def hashed_values(flat: dict[str, Any], defaults: dict[str, Any]) -> dict[str, A
     """The entries of a flattened config that enter the id.
 
     A key is left out when it is not about what is computed, or when its value is
-    the frozen default (or, for a key newer than the frozen table, its default in
-    ``defaults``).
+    the frozen default. For a key newer than the frozen table that is what the code
+    computed before the key existed (:data:`sagan.config.LEGACY_DEFAULTS`), else its
+    default in ``defaults``: a new key whose default changed the computation (the
+    official batch-norm momenta) enters every id.
     """
     out = {}
     for k, v in flat.items():
         if key_matches(k, NOT_HASHED):
             continue
-        if v == FROZEN_DEFAULTS.get(k, defaults.get(k, _MISSING)):
+        if v == FROZEN_DEFAULTS.get(k, LEGACY_DEFAULTS.get(k, defaults.get(k, _MISSING))):
             continue
         out[k] = v
     return out

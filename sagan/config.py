@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -80,6 +80,18 @@ class ModelConfig(_Strict):
     sn_g: bool = True
     sn_d: bool = True
     init: Literal["xavier", "ortho"] = "xavier"
+    # Batch-norm running statistics (what eval-mode G normalises with). official: the
+    # official code's decays, 0.999 for the conditional BNs and 0.9999 for G's last BN
+    # (PyTorch momenta 0.001 and 0.0001); a number is PyTorch's momentum for every BN
+    # (0.1: PyTorch's and BigGAN-PyTorch's default).
+    bn_momentum: Literal["official"] | Annotated[float, Field(gt=0, le=1)] = "official"
+    # Samples per batch-norm group in training: the official code normalised its batch
+    # of 256 as 4 towers of 64. null: the whole batch (per device under DDP).
+    bn_group: int | None = Field(None, ge=1)
+    # D's spectral norm during the G step. hold: sigma from one power iteration that is
+    # not stored, so D's u moves only in D steps (the official update_collection
+    # "NO_OPS"); advance: stored as in a D step (PyTorch's behaviour in train mode).
+    sn_g_step: Literal["hold", "advance"] = "hold"
 
 
 class TrainConfig(_Strict):
@@ -154,6 +166,11 @@ class Config(_Strict):
             raise ValueError(
                 f"data.synthetic.n_images: {self.data.synthetic.n_images} images are fewer than "
                 f"train.batch_size={self.train.batch_size}"
+            )
+        group = self.model.bn_group
+        if group is not None and self.train.batch_size % group:
+            raise ValueError(
+                f"model.bn_group: {group} does not divide train.batch_size={self.train.batch_size}"
             )
         if self.data.name == "cifar10" and res != 32:
             raise ValueError(f"data.resolution: cifar10 images are 32x32, got {res}")
@@ -303,9 +320,25 @@ def to_yaml(cfg: Config) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
 
 
+# What a key meant before it existed: a config (or checkpoint) written without the key
+# computed this. A key added later whose default keeps the old behaviour is listed
+# with that default; one whose default changed what is computed, with the old value.
+LEGACY_DEFAULTS: dict[str, Any] = {
+    "model.bn_momentum": 0.1,
+    "model.bn_group": None,
+    "model.sn_g_step": "advance",
+    "train.sync_bn": False,
+}
+
+
 def resume_conflicts(saved: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """Dotted keys that differ between two config dicts and matter for resuming."""
+    """Dotted keys that differ between two config dicts and matter for resuming.
+
+    A key missing from ``saved`` (written before the key existed) stands for its
+    :data:`LEGACY_DEFAULTS` value.
+    """
     a, b = flatten(saved), flatten(new)
+    a = {k: LEGACY_DEFAULTS[k] for k in LEGACY_DEFAULTS if k not in a} | a
     keys = sorted(set(a) | set(b))
     return [k for k in keys if a.get(k) != b.get(k) and not key_matches(k, RESUME_SAFE)]
 

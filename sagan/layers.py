@@ -9,10 +9,13 @@ computed from the initialised weights.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import partial
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import _SpectralNorm
 
@@ -48,9 +51,34 @@ class SpectralNormFP32(_SpectralNorm):
         with torch.autocast(weight.device.type, enabled=False):
             super().__init__(weight, n_power_iterations, dim)
 
+    # Set by held_power_iteration(): sigma from one power iteration that is not stored.
+    hold = False
+
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         with torch.autocast(weight.device.type, enabled=False):
-            return super().forward(weight)
+            if not (self.training and self.hold and weight.ndim > 1):
+                return super().forward(weight)
+            # The official code's update_collection="NO_OPS": the same iteration a
+            # training forward makes, on copies of u and v, so they stay where they are.
+            w = self._reshape_weight_to_matrix(weight)
+            with torch.no_grad():
+                u = F.normalize(torch.mv(w, self._v), dim=0, eps=self.eps)
+                v = F.normalize(torch.mv(w.H, u), dim=0, eps=self.eps)
+            return weight / torch.vdot(u, torch.mv(w, v))
+
+
+@contextmanager
+def held_power_iteration(module: nn.Module) -> Iterator[None]:
+    """Within this block, ``module``'s spectral norms do not move their ``u`` and ``v``
+    (the G step's pass through D in the official code)."""
+    norms = [m for m in module.modules() if isinstance(m, SpectralNormFP32)]
+    for m in norms:
+        m.hold = True
+    try:
+        yield
+    finally:
+        for m in norms:
+            m.hold = False
 
 
 def spectral_norm(module: nn.Module, name: str = "weight") -> nn.Module:
@@ -100,6 +128,33 @@ class Layers:
         self.embedding = partial(embedding, sn=sn, init=init)
 
 
+# The official code's batch-norm decays as PyTorch momenta (momentum = 1 - decay).
+OFFICIAL_BN_MOMENTUM = {"conditional": 1 - 0.999, "last": 1 - 0.9999}
+
+
+def bn_momenta(setting: str | float) -> dict[str, float]:
+    """``model.bn_momentum`` as a momentum for each kind of BN (conditional, last)."""
+    if setting == "official":
+        return dict(OFFICIAL_BN_MOMENTUM)
+    return {"conditional": float(setting), "last": float(setting)}
+
+
+class GroupBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm2d that, in training, normalises each group of ``group`` samples over
+    its own statistics, as the official code's towers of 64 did; the running
+    statistics take each group's update in turn. ``group=None`` is plain BatchNorm2d,
+    with the same parameters and buffers either way."""
+
+    def __init__(self, ch: int, momentum: float, affine: bool = True, group: int | None = None):
+        super().__init__(ch, momentum=momentum, affine=affine)
+        self.group = group
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.group is None or x.shape[0] <= self.group:
+            return super().forward(x)
+        return torch.cat([super(GroupBatchNorm2d, self).forward(c) for c in x.split(self.group)])
+
+
 class CondBatchNorm2d(nn.Module):
     """Class-conditional batch norm: BN without affine, then a per-class gain and bias.
 
@@ -107,10 +162,10 @@ class CondBatchNorm2d(nn.Module):
     initialised to 1 and 0. With ``num_classes == 0`` it is a plain affine BN.
     """
 
-    def __init__(self, ch: int, num_classes: int):
+    def __init__(self, ch: int, num_classes: int, momentum: float = 0.1, group: int | None = None):
         super().__init__()
         self.conditional = num_classes > 0
-        self.bn = nn.BatchNorm2d(ch, affine=not self.conditional)
+        self.bn = GroupBatchNorm2d(ch, momentum, affine=not self.conditional, group=group)
         if self.conditional:
             self.gain = nn.Embedding(num_classes, ch)
             self.bias = nn.Embedding(num_classes, ch)

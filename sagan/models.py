@@ -24,16 +24,25 @@ import torch.nn.functional as F
 from sagan.arch import ARCHS
 from sagan.attention import SelfAttention
 from sagan.config import ModelConfig
-from sagan.layers import CondBatchNorm2d, Layers
+from sagan.layers import CondBatchNorm2d, GroupBatchNorm2d, Layers, bn_momenta
 
 
 class GBlock(nn.Module):
-    def __init__(self, in_ch: int, out_ch: int, upsample: bool, layers: Layers, num_classes: int):
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        upsample: bool,
+        layers: Layers,
+        num_classes: int,
+        bn: dict | None = None,
+    ):
         super().__init__()
+        bn = bn or {}
         self.upsample = upsample
-        self.bn1 = CondBatchNorm2d(in_ch, num_classes)
+        self.bn1 = CondBatchNorm2d(in_ch, num_classes, **bn)
         self.conv1 = layers.conv(in_ch, out_ch, 3)
-        self.bn2 = CondBatchNorm2d(out_ch, num_classes)
+        self.bn2 = CondBatchNorm2d(out_ch, num_classes, **bn)
         self.conv2 = layers.conv(out_ch, out_ch, 3)
         self.shortcut = layers.conv(in_ch, out_ch, 1) if (upsample or in_ch != out_ch) else None
 
@@ -110,6 +119,8 @@ class Generator(nn.Module):
         self.resolution = resolution
         self.base = arch.base
         layers = Layers(cfg.sn_g, cfg.init)
+        momenta = bn_momenta(cfg.bn_momentum)
+        cbn = {"momentum": momenta["conditional"], "group": cfg.bn_group}
         first = arch.g_blocks[0].in_mult * ch
         self.first_ch = first
         self.linear = layers.linear(cfg.z_dim, arch.base * arch.base * first)
@@ -118,11 +129,13 @@ class Generator(nn.Module):
             cfg.attn_g,
             cfg,
             layers,
-            lambda i, b: GBlock(b.in_mult * ch, b.out_mult * ch, b.resample, layers, num_classes),
-            lambda c: GBlock(c, c, False, layers, num_classes),
+            lambda i, b: GBlock(
+                b.in_mult * ch, b.out_mult * ch, b.resample, layers, num_classes, cbn
+            ),
+            lambda c: GBlock(c, c, False, layers, num_classes, cbn),
         )
         last = arch.g_blocks[-1].out_mult * ch
-        self.bn = nn.BatchNorm2d(last)
+        self.bn = GroupBatchNorm2d(last, momenta["last"], group=cfg.bn_group)
         self.conv_out = layers.conv(last, 3, 3)
 
     def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:

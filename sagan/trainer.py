@@ -35,6 +35,7 @@ from sagan.checkpoint import (
 from sagan.config import Config, ConfigError, to_dict
 from sagan.data import build_dataset
 from sagan.data_identity import data_identity
+from sagan.layers import held_power_iteration
 from sagan.losses import LOSSES
 from sagan.models import attention_gammas, build_models
 from sagan.progress import Progress
@@ -275,8 +276,9 @@ class Trainer:
             self.opt_d.step()
         z, y_fake = self._noise()
         self.D.requires_grad_(False)  # the G step needs no gradient for D's weights
+        hold = self.cfg.model.sn_g_step == "hold"
         try:
-            with self._autocast():
+            with self._autocast(), held_power_iteration(self.D) if hold else nullcontext():
                 loss_g = self.loss_g(self.D(self.G_step(z, y_fake), y_fake).float())
             self.opt_g.zero_grad(set_to_none=True)
             loss_g.backward()

@@ -108,3 +108,24 @@ def test_resume_conflicts_ignore_cadence_and_steps():
     assert resume_conflicts(a, b) == []
     c = to_dict(build_config(BASE, {"train.lr_d": 1e-4, "model.sn_g": False}))
     assert resume_conflicts(a, c) == ["model.sn_g", "train.lr_d"]
+
+
+def test_a_checkpoint_older_than_a_key_stands_for_what_the_code_did_then():
+    new = to_dict(build_config(BASE))
+    old = to_dict(build_config(BASE))
+    for section, key in [
+        ("model", "bn_momentum"),
+        ("model", "bn_group"),
+        ("model", "sn_g_step"),
+        ("train", "sync_bn"),
+    ]:
+        del old[section][key]
+    # Before these keys: PyTorch's BN momentum 0.1 and u moved in the G step.
+    assert resume_conflicts(old, new) == ["model.bn_momentum", "model.sn_g_step"]
+    legacy = to_dict(build_config(BASE, {"model.bn_momentum": 0.1, "model.sn_g_step": "advance"}))
+    assert resume_conflicts(old, legacy) == []
+
+
+def test_bn_group_must_divide_the_batch():
+    with pytest.raises(ConfigError, match="model.bn_group: 3 does not divide train.batch_size=8"):
+        build_config(BASE, {"model.bn_group": 3, "train.batch_size": 8})

@@ -11,7 +11,13 @@ from torch.overrides import TorchFunctionMode
 from sagan.arch import ARCHS, attention_sizes
 from sagan.attention import SelfAttention
 from sagan.config import ModelConfig
-from sagan.layers import Layers, count_spectral_norm
+from sagan.layers import (
+    CondBatchNorm2d,
+    GroupBatchNorm2d,
+    Layers,
+    count_spectral_norm,
+    held_power_iteration,
+)
 from sagan.losses import hinge_d, hinge_g
 from sagan.models import Discriminator, Generator, build_models
 
@@ -259,3 +265,79 @@ def test_arch_tables_are_consistent():
         assert arch.g_blocks[-1].size == res
         assert [b.in_mult for b in arch.g_blocks[1:]] == [b.out_mult for b in arch.g_blocks[:-1]]
         assert [b.in_mult for b in arch.d_blocks[1:]] == [b.out_mult for b in arch.d_blocks[:-1]]
+
+
+def test_a_held_power_iteration_uses_a_fresh_sigma_and_stores_nothing():
+    """The G step's pass through D: u and v stay, and D computes exactly what a training
+    forward (one stored iteration) would have computed from the same state."""
+    cfg = ModelConfig(ch=8, attn_g=[], attn_d=[16])
+    _, D = build_models(cfg, 32, 10)
+    x, y = torch.randn(2, 3, 32, 32), torch.tensor([1, 7])
+    norms = _spectral_norms(D)
+    before = [(p._u.clone(), p._v.clone()) for _, p in norms]
+    advancing = copy.deepcopy(D).train()
+    with held_power_iteration(D.train()):
+        held_out = D(x, y)
+    for (_, p), (u, v) in zip(norms, before, strict=True):
+        assert torch.equal(p._u, u) and torch.equal(p._v, v), "a held forward moved u or v"
+    torch.testing.assert_close(held_out, advancing(x, y), rtol=0, atol=0)
+    assert not any(p.hold for _, p in norms), "the hold ends with the block"
+    D(x, y)  # and a training forward outside it advances again
+    assert not torch.equal(norms[0][1]._u, before[0][0])
+
+
+@pytest.mark.parametrize(("mode", "moves"), [("hold", False), ("advance", True)])
+def test_the_g_step_leaves_ds_spectral_norm_vectors_alone(mode, moves, tmp_path):
+    from sagan.batches import Batches
+    from sagan.config import build_config
+    from sagan.trainer import Trainer
+
+    cfg = build_config(
+        {
+            "data": {"name": "synthetic", "resolution": 32, "synthetic": {"n_images": 64}},
+            "model": {"ch": 8, "z_dim": 16, "attn_g": [], "attn_d": [], "sn_g_step": mode},
+            "train": {"steps": 1, "batch_size": 8, "n_dis": 1, "device": "cpu"},
+        }
+    )
+    t = Trainer(cfg, tmp_path, progress=False)
+    seen = {}
+
+    def snapshot(opt_step, name):
+        def wrapped(*args, **kwargs):
+            seen[name] = [p._u.clone() for _, p in _spectral_norms(t.D)]
+            return opt_step(*args, **kwargs)
+
+        return wrapped
+
+    # D's u when D's optimizer steps (after the D step's forward) and when G's does.
+    t.opt_d.step = snapshot(t.opt_d.step, "after_d")
+    t.opt_g.step = snapshot(t.opt_g.step, "after_g")
+    t.train_step(Batches(t.dataset, 8, 0, t.device), torch.full((), -1))
+    same = all(torch.equal(a, b) for a, b in zip(seen["after_d"], seen["after_g"], strict=True))
+    assert same != moves
+
+
+@pytest.mark.parametrize(
+    ("setting", "conditional", "last"),
+    [("official", 0.001, 0.0001), (0.1, 0.1, 0.1)],
+)
+def test_batch_norm_momenta_follow_the_official_code_unless_set(setting, conditional, last):
+    G, _ = build_models(ModelConfig(ch=8, attn_g=[], attn_d=[], bn_momentum=setting), 32, 10)
+    cbns = [m.bn for m in G.modules() if isinstance(m, CondBatchNorm2d)]
+    assert cbns and all(bn.momentum == pytest.approx(conditional) for bn in cbns)
+    assert G.bn.momentum == pytest.approx(last)
+
+
+def test_grouped_batch_norm_normalises_each_group_on_its_own():
+    torch.manual_seed(0)
+    x = torch.randn(8, 4, 5, 5) * 3 + 1
+    grouped = GroupBatchNorm2d(4, momentum=0.1, group=4)
+    plain = torch.nn.BatchNorm2d(4, momentum=0.1)
+    expected = torch.cat([plain(x[:4]), plain(x[4:])])
+    out = grouped(x)
+    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(grouped.running_mean, plain.running_mean)
+    torch.testing.assert_close(grouped.running_var, plain.running_var)
+    assert not torch.allclose(out, torch.nn.BatchNorm2d(4)(x))
+    grouped.eval(), plain.eval()
+    torch.testing.assert_close(grouped(x), plain(x))  # eval: the running statistics

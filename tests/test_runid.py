@@ -136,3 +136,21 @@ def test_folder_identity_is_cached_on_disk_and_sees_added_files(tmp_path, monkey
     shutil.copy(paths[0], tmp_path / "d" / "class_1" / "extra.png")
     grown = data_identity(cfg)
     assert grown["n_images"] == 7 and grown["digest"] != first["digest"]
+
+
+# smoke's ids before the official batch-norm momenta and the held power iteration
+# became the defaults: the legacy values of those keys must give them back.
+SMOKE_BEFORE_FIDELITY = {
+    "attention=none,sn=d_only,lr=ttur,seed=0": "b50ad988f5bb",
+    "attention=none,sn=both,lr=equal,seed=0": "be385a81d1c5",
+}
+
+
+def test_the_legacy_values_of_new_keys_give_the_old_ids():
+    g = load_grid(REPO / "ablations" / "grids" / "smoke.yaml")
+    for c in g.cells:
+        if c.label() in SMOKE_BEFORE_FIDELITY:
+            cfg = c.config.model_copy(deep=True)
+            cfg.model.bn_momentum, cfg.model.sn_g_step = 0.1, "advance"
+            assert run_id(cfg) == SMOKE_BEFORE_FIDELITY[c.label()]
+            assert c.run_id != SMOKE_BEFORE_FIDELITY[c.label()]
