@@ -83,12 +83,19 @@ HIGHER_IS_BETTER = {
 
 
 def update_best(status: dict[str, Any], record: dict[str, Any]) -> None:
-    """Track, in ``status``, the best value of each metric over training and the latest.
+    """Track, in ``status``, the best value of each metric over training, per protocol
+    id (``status["best"][protocol_id][metric]``), and the latest record.
 
-    A non-finite value (a NaN FID of a collapsed G) is never best, and a best that is
-    not finite (written by an older version) gives way to any finite value.
+    Numbers made under different protocols are never compared. A non-finite value (a
+    NaN FID of a collapsed G) is never best, and a best that is not finite (written by
+    an older version) gives way to any finite value. A ``best`` written before protocol
+    ids existed is kept under ``"unknown"``.
     """
-    best = status.setdefault("best", {})
+    pid = record.get("protocol_id", "unknown")
+    best_all = status.setdefault("best", {})
+    if any(isinstance(v, dict) and "value" in v for v in best_all.values()):
+        status["best"] = best_all = {"unknown": best_all}
+    best = best_all.setdefault(pid, {})
     for name, value in record["metrics"].items():
         if name not in HIGHER_IS_BETTER or value is None or not math.isfinite(value):
             continue
@@ -100,4 +107,4 @@ def update_best(status: dict[str, Any], record: dict[str, Any]) -> None:
             or (value > old["value"] if higher else value < old["value"])
         ):
             best[name] = {"value": value, "step": record["step"]}
-    status["latest"] = {"step": record["step"], "metrics": record["metrics"]}
+    status["latest"] = {"step": record["step"], "metrics": record["metrics"], "protocol_id": pid}

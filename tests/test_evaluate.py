@@ -35,7 +35,8 @@ def test_training_records_evaluations_and_tracks_best(evaluated_run):
     assert [(r["step"], r["origin"]) for r in records] == [(10, "train"), (20, "train")]
     assert all(r["protocol"]["n_generated"] == 64 for r in records)
     status = json.loads((evaluated_run / "status.json").read_text())
-    best = status["best"]["consistency"]
+    assert len({r["protocol_id"] for r in records}) == 1
+    best = status["best"][records[0]["protocol_id"]]["consistency"]
     assert best["value"] == max(r["metrics"]["consistency"] for r in records)
     assert status["latest"]["step"] == 20
 

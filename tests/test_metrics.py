@@ -425,3 +425,29 @@ def test_with_sagan_data_and_synthetic_consistency(fake_weights, tmp_path, count
     assert not any(m.training for m in G.modules())
     assert all(torch.equal(v, state[k]) for k, v in G.state_dict().items())
     assert torch.equal(torch.get_rng_state(), rng)
+
+
+def test_protocol_ids_change_with_what_changes_the_number_only():
+    from sagan.metrics.protocol import build_protocol, protocol_id
+
+    base = dict(
+        weights=None,
+        reference=None,
+        n_generated=1000,
+        ema=True,
+        g_mode="eval",
+        eval_seed=0,
+        batch_size=100,
+        device="cpu",
+    )
+    pid = protocol_id(build_protocol(**base))
+    assert protocol_id(build_protocol(**{**base, "device": "cuda:3"})) == pid
+    for change in (
+        {"n_generated": 2000},
+        {"ema": False},
+        {"g_mode": "train"},
+        {"batch_size": 50},
+        {"eval_seed": 1},
+        {"bn_momentum": 0.1},
+    ):
+        assert protocol_id(build_protocol(**{**base, **change})) != pid, change

@@ -29,6 +29,7 @@ from sagan.metrics.protocol import (
     PRC_NEIGHBORHOOD,
     REFERENCE_METRICS,
     build_protocol,
+    protocol_id,
 )
 from sagan.metrics.reference import ReferenceStats, reference_statistics
 from sagan.metrics.weights import resolve_weights
@@ -151,7 +152,7 @@ def evaluate_generator(
 
     Returns:
         ``{"kind": "eval", "step", "time", "wall_s", "metrics": {...}, "protocol": {...},
-        "timing": {...}}``, plus ``"skipped"`` naming metrics asked for but not defined
+        "protocol_id", "timing": {...}}``, plus ``"skipped"`` naming metrics asked for but not defined
         for this data.
 
     Raises:
@@ -237,9 +238,11 @@ def evaluate_generator(
             eval_seed=ev.seed,
             batch_size=ev.batch_size,
             device=str(device),
+            bn_momentum=cfg.model.bn_momentum,
         ),
         "timing": timing,
     }
+    record["protocol_id"] = protocol_id(record["protocol"])
     if skipped:
         record["skipped"] = skipped
     log.info("eval step %d: %s", step, metrics)

@@ -10,6 +10,8 @@ value actually used is what the record says.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any
 
 import torch_fidelity
@@ -57,6 +59,25 @@ def fidelity_kwargs(n_generated: int, n_reference: int) -> dict[str, Any]:
     }
 
 
+# Protocol fields that do not change the number: left out of the protocol id.
+NOT_IN_ID = ("device",)
+
+
+def protocol_id(protocol: dict[str, Any]) -> str:
+    """12 hex digits naming what makes a number comparable with another.
+
+    The sha256 of every protocol field that changes the number (extractor, weights
+    hash, resize, feature layers, precision, reference set and its fingerprint, sample
+    counts, seeds, batch size, EMA or raw G, G's mode and batch-norm statistics,
+    metric settings, torch-fidelity's version), and of nothing else (the device; wall
+    times and hosts are not in the protocol at all). Two numbers with the same id were
+    made the same way.
+    """
+    kept = {k: v for k, v in protocol.items() if k not in NOT_IN_ID}
+    blob = json.dumps(kept, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
 def build_protocol(
     *,
     weights: WeightsInfo | None,
@@ -67,6 +88,7 @@ def build_protocol(
     eval_seed: int,
     batch_size: int,
     device: str,
+    bn_momentum: str | float = "official",
 ) -> dict[str, Any]:
     """The protocol record of one evaluation (the "protocol" field of its record).
 
@@ -88,6 +110,10 @@ def build_protocol(
         "n_generated": n_generated,
         "g": "ema" if ema else "raw",
         "g_mode": g_mode,
+        # What eval-mode G normalises with: running statistics kept at this momentum.
+        "bn_statistics": f"running (model.bn_momentum {bn_momentum})"
+        if g_mode == "eval"
+        else "batch",
         "step_unit": "G steps",
         "eval_seed": eval_seed,
         # z and y are drawn batch by batch from one generator: the batch size is part of the sample.
@@ -115,7 +141,9 @@ __all__ = [
     "QUANTIZE",
     "REFERENCE_SUBSET_SEED",
     "RESIZE",
+    "NOT_IN_ID",
     "build_protocol",
     "fidelity_kwargs",
+    "protocol_id",
     "kid_subset_size",
 ]
