@@ -27,6 +27,7 @@ class Task:
     run_dir: Path
     label: str  # the cell's levels, for people
     steps: int
+    rescore: bool = False  # score under the final protocol even if the run says it was
 
 
 @dataclass
@@ -124,7 +125,8 @@ class LocalExecutor(Executor):
         log.write(f"\n=== {rundir.now()} {task.label} ===\n")
         log.flush()
         proc = subprocess.Popen(
-            [sys.executable, "-m", "ablations.worker", str(task.run_dir)],
+            [sys.executable, "-m", "ablations.worker", str(task.run_dir)]
+            + (["--rescore"] if task.rescore else []),
             stdout=log,
             stderr=subprocess.STDOUT,
             env=self._env(),

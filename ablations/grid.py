@@ -14,6 +14,7 @@ A grid file::
     mode: product                     # or zip (axes advance together)
     exclude: [{attention: none, train.n_dis: 5}]
     eval: {n_samples: 10000}          # defaults merged into every cell's eval section
+    final: {n_samples: 50000, checkpoint: last}  # the scoring of record, once trained
     executor: {name: local, jobs: 2}  # or {name: slurm, profile: gpu, slurm: {time: 240}}
 
 Every cell is validated against the training config before anything runs; each
@@ -114,6 +115,7 @@ class GridSpec(BaseModel):
     exclude: list[dict[str, Any]] = []
     executor: ExecutorSpec = LocalExecutorSpec()
     eval: dict[str, Any] = {}
+    final: dict[str, Any] | None = None  # the scoring of record, merged into every cell
     max_attempts: int = Field(3, ge=1)
 
     @field_validator("seeds")
@@ -387,6 +389,10 @@ def _load_base(spec: GridSpec, path: Path) -> dict[str, Any]:
         set_dotted(base, k, v)
     for k, v in flatten(spec.eval).items():
         set_dotted(base, f"eval.{k}", v)
+    if spec.final is not None:
+        base["final"] = {}
+        for k, v in flatten(spec.final).items():
+            set_dotted(base, f"final.{k}", v)
     try:
         build_config(base)
     except ConfigError as e:

@@ -25,6 +25,7 @@ from ablations.grid import Cell, Grid, GridError, load_grid, parse_only, select
 from ablations.store import RunBusy, RunStore, holder, is_locked
 from ablations.table import cell_table
 from sagan.rundir import FINAL_STATES
+from sagan.score import owed
 
 BUNDLED = Path(__file__).resolve().parent / "grids"
 
@@ -52,6 +53,7 @@ class Action(enum.Enum):
     RETRY = "retry"
     FORCE = "run (forced)"
     FOLLOW = "follow"  # its job is queued or running: wait for it, submit nothing
+    SCORE = "score"  # trained; its final scores are owed (or --rescore)
     SKIP = "skip"
 
 
@@ -67,7 +69,7 @@ class Plan:
         return self.action not in (Action.SKIP, Action.FOLLOW)
 
     def __str__(self) -> str:
-        if self.action in (Action.SKIP, Action.FOLLOW):
+        if self.action in (Action.SKIP, Action.FOLLOW) or self.why:
             return f"{self.action.value} ({self.why})"
         return self.action.value
 
@@ -87,6 +89,10 @@ def plan(cell: Cell, store: RunStore, args, job: JobView | None = None) -> Plan:
     if st.state == "running":
         return Plan(Action.SKIP, "running elsewhere")
     if st.state == "done":
+        if args.rescore and cell.config.final is not None:
+            return Plan(Action.SCORE, "again")
+        if owed(cell.config, store.run_dir(cell.run_id)):
+            return Plan(Action.SCORE)
         return Plan(Action.SKIP, "done")
     if st.state == "diverged":
         return Plan(Action.SKIP, "diverged: a result")
@@ -163,6 +169,12 @@ def parse_args(argv):
     )
     p.add_argument(
         "--retry-failed", action="store_true", help="retry failed runs (up to --max-attempts)"
+    )
+    p.add_argument(
+        "--rescore",
+        action="store_true",
+        help="score every done cell again under the grid's final section (older records stay, "
+        "each with its protocol id; a number already made under the same protocol is not redone)",
     )
     p.add_argument(
         "--max-attempts",
@@ -255,8 +267,11 @@ def _run(args, argv, grid: Grid, cells: list[Cell], store: RunStore, executor: E
         return 2
     todo = [c for c in cells if plans[c.run_id].trains]
     follow = [c for c in cells if plans[c.run_id].action is Action.FOLLOW]
+    n_score = sum(plans[c.run_id].action is Action.SCORE for c in cells)
     print(
-        f"grid {grid.name}: {len(grid.cells)} cells, {len(cells)} selected, {len(todo)} to train"
+        f"grid {grid.name}: {len(grid.cells)} cells, {len(cells)} selected, "
+        f"{len(todo) - n_score} to train"
+        + (f", {n_score} to score" if n_score else "")
         + (f", {len(follow)} to follow" if follow else "")
         + f"; store {store.out}"
     )
@@ -288,7 +303,8 @@ def _run(args, argv, grid: Grid, cells: list[Cell], store: RunStore, executor: E
         try:
             if args.force and (moved := store.discard(c.run_id)) is not None:
                 print(f"moved {c.run_id} aside to {moved}")
-            tasks.append(Task(c.run_id, store.prepare(c), c.label(), c.config.train.steps))
+            rescore = plans[c.run_id].action is Action.SCORE and args.rescore
+            tasks.append(Task(c.run_id, store.prepare(c), c.label(), c.config.train.steps, rescore))
         except RunBusy as e:  # claimed since it was planned
             refused[c.run_id] = str(e)
     followed = [
@@ -330,6 +346,14 @@ def summarize(
     lines = []
     for c in cells:
         st = store.state(c)
+        if st.state == "done" and owed(c.config, store.run_dir(c.run_id)):
+            out = outcomes.get(c.run_id)
+            log = out.log if out and out.log else store.run_dir(c.run_id) / "train.log"
+            lines.append(
+                f"unscored: {c.label()} ({c.run_id}) is trained but its final scores are not "
+                f"made: {_last_line(log)}; log: {log}"
+            )
+            continue
         if st.state in FINAL_STATES:
             continue
         d = store.run_dir(c.run_id)

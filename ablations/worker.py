@@ -2,7 +2,9 @@
 
 What every executor launches (a local subprocess today, a SLURM job later). It
 claims the run with its lock, so a second worker on the same run exits at once.
-It reads ``RUN_DIR/config.yaml`` only once it holds the claim. Exit status: 0 done
+It reads ``RUN_DIR/config.yaml`` only once it holds the claim. A run that is done
+is then scored under its ``final`` protocol, if it owes that (``--rescore``: look
+again even if it does not). Exit status: 0 done
 or diverged (both results), 1 failed, 2 bad config or a refused resume (the run is
 left as it was), 3 claimed by another process, 4 stopped on request (``stop`` set,
 checkpointed at a step boundary: resume it later).
@@ -22,10 +24,12 @@ from sagan.config import ConfigError, load_config
 from sagan.data import DataError
 from sagan.metrics.errors import MetricsError
 from sagan.rundir import FINAL_STATES
+from sagan.score import score_final
 from sagan.train import train
+from sagan.trainer import pick_device
 
 
-def run(run_dir: Path, stop: threading.Event | None = None) -> int:
+def run(run_dir: Path, stop: threading.Event | None = None, rescore: bool = False) -> int:
     """Train ``run_dir`` under its lock; the exit status above.
 
     Under DDP (a job of several processes) the lock belongs to the job: rank 0 takes
@@ -39,6 +43,9 @@ def run(run_dir: Path, stop: threading.Event | None = None) -> int:
     try:
         cfg = load_config(run_dir / "config.yaml")
         state = train(cfg, run_dir, progress=False, stop=stop)
+        if state == "done" and cfg.final is not None and distributed.is_main():
+            # The scoring of record, owed once training is done (sagan.score).
+            score_final(cfg, run_dir, device=pick_device(cfg.train.device), again=rescore)
     except (ConfigError, DataError, MetricsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -54,11 +61,13 @@ def run(run_dir: Path, stop: threading.Event | None = None) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1:
-        print("usage: python -m ablations.worker RUN_DIR", file=sys.stderr)
+    rescore = "--rescore" in argv
+    args = [a for a in argv if a != "--rescore"]
+    if len(args) != 1:
+        print("usage: python -m ablations.worker RUN_DIR [--rescore]", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    return run(Path(argv[0]))
+    return run(Path(args[0]), rescore=rescore)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import logging
 import os
 import random
 import re
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -61,16 +62,24 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, lambda f: f.write(text.encode()))
 
 
-def save_checkpoint(run_dir: Path, step: int, state: dict[str, Any], keep: int = 2) -> Path:
-    """Write ``state`` as the checkpoint of ``step`` and delete all but the ``keep`` newest."""
+def save_checkpoint(
+    run_dir: Path,
+    step: int,
+    state: dict[str, Any],
+    keep: int = 2,
+    protect: Collection[int] = (),
+) -> Path:
+    """Write ``state`` as the checkpoint of ``step`` and delete all but the ``keep``
+    newest and those of the steps in ``protect`` (the best one, for final scoring)."""
     d = ckpt_dir(run_dir)
     d.mkdir(parents=True, exist_ok=True)
     for stale in d.glob(".ckpt-*.tmp*"):  # left by a kill during an earlier write
         stale.unlink(missing_ok=True)
     path = d / f"ckpt-{step:09d}.pt"
     atomic_write_bytes(path, lambda f: torch.save(state, f))
-    for _, old in list_checkpoints(run_dir)[keep:]:
-        old.unlink(missing_ok=True)
+    for old_step, old in list_checkpoints(run_dir)[keep:]:
+        if old_step not in protect:
+            old.unlink(missing_ok=True)
     return path
 
 

@@ -125,9 +125,9 @@ class ReferenceConfig(_Strict):
     n: int | None = Field(None, ge=2, description="real images; null = the whole split")
 
 
-class EvalConfig(_Strict):
-    every: int | None = Field(None, ge=1, description="G steps; null = only at the end")
-    at_end: bool = True
+class ProtocolConfig(_Strict):
+    """How a number is made: what ``eval`` (monitoring) and ``final`` (scoring) share."""
+
     n_samples: int = Field(50_000, ge=2)
     metrics: list[Literal["fid", "is", "kid", "prc", "consistency"]] = ["fid", "is"]
     reference: ReferenceConfig = ReferenceConfig()
@@ -139,11 +139,43 @@ class EvalConfig(_Strict):
     cache_dir: str | None = None
 
 
+class EvalConfig(ProtocolConfig):
+    """Monitoring during training: cheap evaluations every ``every`` G steps."""
+
+    every: int | None = Field(None, ge=1, description="G steps; null = only at the end")
+    at_end: bool = True
+
+
+# The monitored metric each best_by name needs in eval.metrics.
+BEST_BY = {
+    "fid": "fid",
+    "is_mean": "is",
+    "kid_mean": "kid",
+    "precision": "prc",
+    "recall": "prc",
+    "consistency": "consistency",
+}
+
+
+class FinalConfig(ProtocolConfig):
+    """The scoring of record, once training is done (e.g. FID-50k of the EMA G).
+
+    ``checkpoint``: which checkpoint is scored: ``last``, ``best`` by the monitored
+    metric ``best_by`` (a checkpoint kept for it through rotation), or ``both``.
+    """
+
+    checkpoint: Literal["last", "best", "both"] = "last"
+    best_by: Literal["fid", "is_mean", "kid_mean", "precision", "recall", "consistency"] | None = (
+        None
+    )
+
+
 class Config(_Strict):
     data: DataConfig
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
+    final: FinalConfig | None = None
 
     @model_validator(mode="after")
     def _check_placement(self) -> Config:
@@ -167,6 +199,19 @@ class Config(_Strict):
                 f"data.synthetic.n_images: {self.data.synthetic.n_images} images are fewer than "
                 f"train.batch_size={self.train.batch_size}"
             )
+        fin = self.final
+        if fin is not None and fin.checkpoint != "last":
+            if fin.best_by is None:
+                raise ValueError(
+                    f"final.best_by: final.checkpoint {fin.checkpoint!r} needs the monitored "
+                    "metric that names the best checkpoint (fid, is_mean, consistency, ...)"
+                )
+            if BEST_BY[fin.best_by] not in self.eval.metrics or self.eval.every is None:
+                raise ValueError(
+                    f"final.best_by: {fin.best_by!r} must be monitored during training: add "
+                    f"{BEST_BY[fin.best_by]!r} to eval.metrics and set eval.every "
+                    f"(got eval.metrics {self.eval.metrics}, eval.every {self.eval.every})"
+                )
         group = self.model.bn_group
         if group is not None and self.train.batch_size % group:
             raise ValueError(
@@ -191,6 +236,8 @@ RESUME_SAFE = (
     "data.root",
     "data.num_workers",
     "eval.",
+    "final",  # the scoring section: null, or its keys
+    "final.",
 )
 
 

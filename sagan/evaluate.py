@@ -1,5 +1,8 @@
 """Re-score saved checkpoints: ``python -m sagan.evaluate RUN_DIR [eval.key=value ...]``.
 
+``--final`` scores the run under its config's ``final`` section instead (see
+:mod:`sagan.score`), as the grid runner does once a run is trained.
+
 Reads the run's own ``config.yaml``, applies ``eval.*`` overrides (any protocol:
 more samples, another reference split, KID, a weights file), scores the newest
 checkpoint (or ``--checkpoint PATH``, or ``--all``), and appends the records to
@@ -52,6 +55,12 @@ def main(argv: list[str] | None = None) -> int:
     which = p.add_mutually_exclusive_group()
     which.add_argument("--checkpoint", type=Path, help="a checkpoint file (default: the newest)")
     which.add_argument("--all", action="store_true", help="every checkpoint the run kept")
+    which.add_argument(
+        "--final",
+        action="store_true",
+        help="score under the config's final section (its checkpoint choice), as a grid "
+        "would; a number already made under the same protocol is not redone",
+    )
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--out", type=Path, help="append records here instead of RUN_DIR/eval.jsonl")
     args = p.parse_args(argv)
@@ -65,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
         if not (args.run_dir / "config.yaml").is_file():
             raise ConfigError(f"{args.run_dir}: not a run directory (no config.yaml)")
         cfg = load_config(args.run_dir / "config.yaml", overrides)
+        if args.final:
+            return _final(cfg, args.run_dir, pick_device(args.device))
         if args.checkpoint is not None:
             paths = [args.checkpoint]
         else:
@@ -83,6 +94,28 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, CheckpointError, DataError, MetricsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _final(cfg, run_dir: Path, device: torch.device) -> int:
+    from sagan.score import score_final
+
+    if cfg.final is None:
+        raise ConfigError(f"{run_dir}/config.yaml has no final section to score under")
+    made = score_final(cfg, run_dir, device=device, again=True)
+    for record in made:
+        print(
+            json.dumps(
+                {
+                    "checkpoint": record["checkpoint"],
+                    "step": record["step"],
+                    "protocol_id": record["protocol_id"],
+                    **record["metrics"],
+                }
+            )
+        )
+    if not made:
+        print(f"{run_dir}: already scored under this final protocol; nothing to do")
     return 0
 
 

@@ -145,6 +145,7 @@ class Trainer:
         self.step = 0
         self.consumed = 0
         self.restored_from: Path | None = None
+        self.best_step: int | None = None  # the checkpoint final.best_by keeps
         # The training noise (z and fake labels) comes from a generator of its own,
         # saved in every checkpoint: nothing else that draws random numbers (a data
         # loader, an evaluation, a library) can shift it, so a resumed run draws
@@ -228,7 +229,13 @@ class Trainer:
         if self.is_main:
             state = self.state_dict()
             state["rng"]["process_per_rank"] = per_rank
-            save_checkpoint(self.run_dir, self.step, state, keep=self.cfg.train.ckpt_keep)
+            save_checkpoint(
+                self.run_dir,
+                self.step,
+                state,
+                keep=self.cfg.train.ckpt_keep,
+                protect={self.best_step} if self.best_step is not None else (),
+            )
         distributed.barrier()
 
     # -- the loop ----------------------------------------------------------------
@@ -340,6 +347,23 @@ class Trainer:
             + ", ".join(f"{k}={v:.4g}" for k, v in record["metrics"].items())
         )
         rundir.update_best(status, record)
+        self._track_best_checkpoint(status, record)
+
+    def _track_best_checkpoint(self, status: dict[str, Any], record: dict[str, Any]) -> None:
+        """Keep the checkpoint the final scoring calls ``best`` (by ``final.best_by``)
+        out of rotation, and say which it is in ``status["best_checkpoint"]``."""
+        fin = self.cfg.final
+        if fin is None or fin.checkpoint == "last":
+            return
+        best = status["best"].get(record["protocol_id"], {}).get(fin.best_by)
+        if best is not None and best["step"] == self.step:
+            status["best_checkpoint"] = {
+                "step": self.step,
+                "metric": fin.best_by,
+                "value": best["value"],
+                "protocol_id": record["protocol_id"],
+            }
+            self.best_step = self.step
 
     def _write_status(self, status: dict[str, Any]) -> None:
         if self.is_main:
@@ -355,6 +379,7 @@ class Trainer:
         """
         tc = self.cfg.train
         status = rundir.read_status(self.run_dir)
+        self.best_step = status.get("best_checkpoint", {}).get("step")
         status.update(state="running", steps=tc.steps, attempts=status.get("attempts", 0) + 1)
         status.pop("error", None)
         self._write_status(status)

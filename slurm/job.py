@@ -68,8 +68,9 @@ def _join_process_group() -> None:
 class TrainCell(submitit.helpers.Checkpointable):
     """Train one run directory in a SLURM job; requeue it when SLURM warns of the end."""
 
-    def __init__(self, run_dir: str | Path):
+    def __init__(self, run_dir: str | Path, rescore: bool = False):
         self.run_dir = str(run_dir)
+        self.rescore = rescore
 
     def __call__(self) -> str:
         _log_to_stdout()
@@ -93,7 +94,7 @@ class TrainCell(submitit.helpers.Checkpointable):
         if env.num_tasks > 1:
             _join_process_group()
         try:
-            rc = worker.run(Path(self.run_dir), stop=stop)
+            rc = worker.run(Path(self.run_dir), stop=stop, rescore=self.rescore)
         finally:
             if env.num_tasks > 1:
                 import torch.distributed as dist

@@ -119,6 +119,59 @@ def _cuda_devices(device: torch.device) -> list[int]:
     return [device.index if device.index is not None else torch.cuda.current_device()]
 
 
+def _protocol(
+    cfg: Any,
+    weights: Any,
+    reference: dict[str, Any] | None,
+    n_sample: int,
+    ema: bool,
+    device: torch.device | str,
+) -> dict[str, Any]:
+    ev = cfg.eval
+    return build_protocol(
+        weights=weights,
+        reference=reference,
+        n_generated=n_sample,
+        ema=ema,
+        g_mode=ev.g_mode,
+        eval_seed=ev.seed,
+        batch_size=ev.batch_size,
+        device=str(device),
+        bn_momentum=cfg.model.bn_momentum,
+    )
+
+
+def planned_protocol(
+    cfg: Any,
+    *,
+    ema: bool,
+    device: torch.device | str = "cpu",
+    reference: tuple[Dataset, str] | None = None,
+) -> dict[str, Any]:
+    """The protocol :func:`evaluate_generator` would record for ``cfg.eval``, without
+    sampling or extracting anything: so that a caller can see whether a number was
+    already made (its :func:`~sagan.metrics.protocol.protocol_id`) before paying for it.
+
+    Raises:
+        MetricsError: as :func:`evaluate_generator` would, before any work.
+    """
+    from sagan.metrics.reference import cache_key, cache_key_parts
+
+    ev = cfg.eval
+    wanted = list(dict.fromkeys(ev.metrics))
+    inception = [m for m in wanted if m in INCEPTION_METRICS]
+    want_consistency = "consistency" in wanted and cfg.data.name == "synthetic"
+    _check_counts(inception, ev.n_samples, ev.reference.n)
+    weights = resolve_weights(ev.inception_weights) if inception else None
+    n_sample = ev.n_samples if inception or want_consistency else 0
+    ref = None
+    if any(m in REFERENCE_METRICS for m in inception):
+        dataset, key_parts = _reference_source(cfg, reference)
+        parts = cache_key_parts(key_parts, weights.sha256, len(dataset))
+        ref = ReferenceStats(Path(), cache_key(parts), parts, hit=False).protocol()
+    return _protocol(cfg, weights, ref, n_sample, ema, device)
+
+
 def evaluate_generator(
     G: torch.nn.Module,
     cfg: Any,
@@ -229,16 +282,8 @@ def evaluate_generator(
         "time": started.isoformat(timespec="seconds"),
         "wall_s": round(time.perf_counter() - t_start, 3),
         "metrics": metrics,
-        "protocol": build_protocol(
-            weights=weights,
-            reference=ref.protocol() if ref is not None else None,
-            n_generated=n_sample,
-            ema=ema,
-            g_mode=ev.g_mode,
-            eval_seed=ev.seed,
-            batch_size=ev.batch_size,
-            device=str(device),
-            bn_momentum=cfg.model.bn_momentum,
+        "protocol": _protocol(
+            cfg, weights, ref.protocol() if ref is not None else None, n_sample, ema, device
         ),
         "timing": timing,
     }
@@ -249,4 +294,4 @@ def evaluate_generator(
     return record
 
 
-__all__ = ["evaluate_generator", "sample_batches", "sampling_mode"]
+__all__ = ["evaluate_generator", "planned_protocol", "sample_batches", "sampling_mode"]

@@ -1,0 +1,139 @@
+"""Final scoring: a done run under its config's ``final`` protocol, each number once.
+
+Training only monitors (``eval``: cheap evaluations every N steps). The number of
+record is made here, after training, under ``final`` (say FID-50k of the EMA G
+against the training set), on the checkpoint(s) it names: the ``last`` one, the
+``best`` one by a monitored metric (kept out of checkpoint rotation for this), or
+both. Each record goes to ``eval.jsonl`` with ``"origin": "final"``, the checkpoint's
+role and step, and its protocol id; ``status.json`` keeps the values under
+``final[protocol_id][role]``.
+
+A number already recorded under the same protocol id for the same checkpoint is
+never computed again, so scoring may be killed and started again at any moment, and
+scoring again under a changed ``final`` section adds records beside the old ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sagan import rundir
+from sagan.checkpoint import CheckpointError, list_checkpoints, load_checkpoint
+from sagan.config import Config, EvalConfig, to_dict
+from sagan.models import Generator
+
+log = logging.getLogger("sagan.score")
+
+ROLES = {"last": ("last",), "best": ("best",), "both": ("last", "best")}
+
+
+def final_key(cfg: Config) -> str | None:
+    """A short hash of what the final protocol asks for, as the config says it (no file
+    is read): how a planner tells, cheaply, whether a run was scored under this
+    ``final`` section. None when the config has no ``final`` section."""
+    if cfg.final is None:
+        return None
+    what = {"final": to_dict(cfg)["final"], "bn_momentum": cfg.model.bn_momentum}
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def final_as_eval(cfg: Config) -> Config:
+    """``cfg`` with its ``final`` section in the place of ``eval``, for the evaluator."""
+    fields = cfg.final.model_dump(exclude={"checkpoint", "best_by"})
+    return cfg.model_copy(update={"eval": EvalConfig(**fields, every=None, at_end=True)})
+
+
+def owed(cfg: Config, run_dir: Path) -> bool:
+    """Whether this run's final scores under ``cfg.final`` are still to be made."""
+    key = final_key(cfg)
+    return key is not None and key not in rundir.read_status(run_dir).get("final_keys", [])
+
+
+def _targets(cfg: Config, run_dir: Path) -> list[tuple[str, int, Path]]:
+    """``(role, step, path)`` of each checkpoint to score.
+
+    Raises:
+        CheckpointError: the run has no checkpoint, or its best one is gone.
+    """
+    found = list_checkpoints(run_dir)
+    if not found:
+        raise CheckpointError(f"{run_dir}: no checkpoint to score")
+    out = []
+    for role in ROLES[cfg.final.checkpoint]:
+        if role == "last":
+            out.append(("last", *found[0]))
+            continue
+        best = rundir.read_status(run_dir).get("best_checkpoint")
+        paths = dict(found)
+        if best is None or best["step"] not in paths:
+            raise CheckpointError(
+                f"{run_dir}: final.checkpoint asks for the best checkpoint by "
+                f"{cfg.final.best_by}, but "
+                + ("no evaluation named one" if best is None else f"step {best['step']} is gone")
+            )
+        out.append(("best", best["step"], paths[best["step"]]))
+    return out
+
+
+def score_final(
+    cfg: Config, run_dir: Path, device: torch.device | str = "cpu", again: bool = False
+) -> list[dict[str, Any]]:
+    """Score the run under ``cfg.final``; return the records made (none if all were there).
+
+    Args:
+        again: look again even if the status says this ``final`` section was scored
+            (``--rescore``: catches what the config does not show, a new weights file).
+
+    Raises:
+        CheckpointError, MetricsError, DataError: nothing could be scored.
+    """
+    from sagan.metrics import evaluate_generator
+    from sagan.metrics.evaluate import planned_protocol
+    from sagan.metrics.protocol import protocol_id
+
+    run_dir = Path(run_dir)
+    if cfg.final is None or (not again and not owed(cfg, run_dir)):
+        return []
+    ecfg = final_as_eval(cfg)
+    device = torch.device(device)
+    made = []
+    for role, step, path in _targets(cfg, run_dir):
+        state = load_checkpoint(path)
+        use_ema = ecfg.eval.use_ema and state.get("G_ema") is not None
+        pid = protocol_id(planned_protocol(ecfg, ema=use_ema, device=device))
+        records = rundir.read_jsonl(run_dir / "eval.jsonl")
+        if any(
+            r.get("origin") == "final" and r.get("protocol_id") == pid and r["step"] == step
+            for r in records
+        ):
+            log.info("final %s (step %d) under protocol %s: already scored", role, step, pid)
+            continue
+        G = Generator(cfg.model, cfg.data.resolution, state["num_classes"])
+        G.load_state_dict(state["G_ema"] if use_ema else state["G"])
+        record = evaluate_generator(G.to(device), ecfg, step=step, device=device, ema=use_ema)
+        record.update(origin="final", checkpoint=role, checkpoint_file=path.name)
+        rundir.append_jsonl(run_dir / "eval.jsonl", record)
+        _record_in_status(run_dir, cfg, record, role)
+        made.append(record)
+    _record_in_status(run_dir, cfg, None, None, finished=True)
+    return made
+
+
+def _record_in_status(
+    run_dir: Path, cfg: Config, record: dict | None, role: str | None, finished: bool = False
+) -> None:
+    status = rundir.read_status(run_dir)
+    if record is not None:
+        entry = status.setdefault("final", {}).setdefault(record["protocol_id"], {})
+        entry[role] = {"step": record["step"], "metrics": record["metrics"]}
+    if finished:
+        keys = status.setdefault("final_keys", [])
+        if final_key(cfg) not in keys:
+            keys.append(final_key(cfg))
+    rundir.write_status(run_dir, status)

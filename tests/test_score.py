@@ -1,0 +1,166 @@
+"""Final scoring as its own stage: re-scoring instead of retraining, each number once,
+and the best checkpoint kept for it."""
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ablations import run as run_cli
+from ablations.grid import load_grid
+from ablations.store import RunStore
+from sagan import rundir, score
+from sagan.checkpoint import list_checkpoints
+from sagan.config import build_config
+from sagan.train import train
+
+GRID = {
+    "name": "fin",
+    "base": {
+        "data": {"name": "synthetic", "resolution": 32, "synthetic": {"n_images": 64}},
+        "model": {"ch": 8, "z_dim": 8, "attn_g": [], "attn_d": []},
+        "train": {
+            "steps": 4,
+            "batch_size": 4,
+            "log_every": 2,
+            "ckpt_every": 2,
+            "sample_every": 100,
+            "n_samples": 4,
+            "device": "cpu",
+        },
+        "eval": {"metrics": []},
+    },
+    "final": {"metrics": ["consistency"], "n_samples": 32},
+    "seeds": [0, 1],
+}
+
+
+def _write(path: Path, grid: dict) -> Path:
+    path.write_text(yaml.safe_dump(grid, sort_keys=False))
+    return path
+
+
+def _finals(run_dir: Path) -> list[dict]:
+    return [r for r in rundir.read_jsonl(run_dir / "eval.jsonl") if r.get("origin") == "final"]
+
+
+def test_a_changed_final_section_rescores_without_retraining(tmp_path, capsys):
+    grid = _write(tmp_path / "g.yaml", GRID)
+    assert run_cli.main([str(grid), "--jobs", "2"]) == 0
+    store = RunStore(tmp_path / "runs")
+    cells = load_grid(grid).cells
+    dirs = [store.run_dir(c.run_id) for c in cells]
+    first = {d: _finals(d) for d in dirs}
+    assert all(
+        len(f) == 1 and f[0]["checkpoint"] == "last" and f[0]["step"] == 4 for f in first.values()
+    )
+    trained = {
+        d: (
+            rundir.read_status(d)["attempts"],
+            (d / "metrics.jsonl").read_text(),
+            [p.stat().st_mtime_ns for _, p in list_checkpoints(d)],
+        )
+        for d in dirs
+    }
+
+    capsys.readouterr()
+    assert run_cli.main([str(grid), "--dry-run"]) == 0
+    assert "to score" not in capsys.readouterr().out  # scored already: nothing owed
+
+    changed = copy.deepcopy(GRID)
+    changed["final"]["n_samples"] = 48
+    _write(grid, changed)
+    assert run_cli.main([str(grid), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "0 to train, 2 to score" in out and out.count("score") >= 3
+    assert run_cli.main([str(grid), "--jobs", "2"]) == 0
+    for d in dirs:
+        finals = _finals(d)
+        assert len(finals) == 2, "the older record stays beside the new one"
+        assert finals[0] == first[d][0]
+        assert finals[1]["protocol"]["n_generated"] == 48
+        assert finals[1]["protocol_id"] != finals[0]["protocol_id"]
+        status = rundir.read_status(d)
+        assert set(status["final"]) == {f["protocol_id"] for f in finals}
+        # Not retrained: same attempts, same records, the same checkpoint files untouched.
+        assert (
+            status["attempts"],
+            (d / "metrics.jsonl").read_text(),
+            [p.stat().st_mtime_ns for _, p in list_checkpoints(d)],
+        ) == trained[d]
+
+    # --rescore looks again, and finds every number already made under its protocol.
+    assert run_cli.main([str(grid), "--rescore"]) == 0
+    assert all(len(_finals(d)) == 2 for d in dirs)
+
+
+def _cfg(**overrides):
+    base = copy.deepcopy(GRID["base"])
+    base["final"] = GRID["final"]
+    return build_config(base, overrides)
+
+
+def test_a_run_killed_while_scoring_is_scored_exactly_once(tmp_path, monkeypatch):
+    cfg = _cfg(**{"final": None})
+    assert train(cfg, tmp_path) == "done"
+    cfg = _cfg()
+    import sagan.metrics
+
+    real = sagan.metrics.evaluate_generator
+
+    def killed(*a, **k):
+        real(*a, **k)  # the work is done, then the process dies before recording it
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sagan.metrics, "evaluate_generator", killed)
+    with pytest.raises(KeyboardInterrupt):
+        score.score_final(cfg, tmp_path)
+    assert _finals(tmp_path) == [] and score.owed(cfg, tmp_path)
+    monkeypatch.setattr(sagan.metrics, "evaluate_generator", real)
+    assert len(score.score_final(cfg, tmp_path)) == 1
+    assert not score.owed(cfg, tmp_path)
+    assert score.score_final(cfg, tmp_path) == []
+    assert score.score_final(cfg, tmp_path, again=True) == []  # made already: not redone
+    assert len(_finals(tmp_path)) == 1
+
+
+def test_best_picks_the_best_monitored_checkpoint_and_keeps_it_through_rotation(tmp_path):
+    cfg = _cfg(
+        **{
+            "train.steps": 12,
+            "train.ckpt_every": 2,
+            "train.ckpt_keep": 1,
+            "eval.every": 2,
+            "eval.at_end": True,
+            "eval.metrics": ["consistency"],
+            "eval.n_samples": 32,
+            "final.checkpoint": "both",
+            "final.best_by": "consistency",
+        }
+    )
+    assert train(cfg, tmp_path) == "done"
+    monitored = [r for r in rundir.read_jsonl(tmp_path / "eval.jsonl") if r["origin"] == "train"]
+    best_value = max(r["metrics"]["consistency"] for r in monitored)
+    best_step = min(r["step"] for r in monitored if r["metrics"]["consistency"] == best_value)
+    status = rundir.read_status(tmp_path)
+    assert status["best_checkpoint"]["step"] == best_step
+    kept = sorted(step for step, _ in list_checkpoints(tmp_path))
+    assert kept == sorted({best_step, 12}), "ckpt_keep 1 plus the best"
+
+    made = score.score_final(cfg, tmp_path)
+    assert [(r["checkpoint"], r["step"]) for r in made] == [("last", 12), ("best", best_step)]
+
+
+def test_best_needs_a_monitored_metric():
+    with pytest.raises(Exception, match="final.best_by: 'fid' must be monitored during training"):
+        _cfg(
+            **{
+                "final.checkpoint": "best",
+                "final.best_by": "fid",
+                "eval.metrics": ["consistency"],
+                "eval.every": 2,
+            }
+        )
+    with pytest.raises(Exception, match="final.best_by: final.checkpoint 'best' needs"):
+        _cfg(**{"final.checkpoint": "best"})
