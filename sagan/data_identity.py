@@ -120,6 +120,13 @@ def _cache_key(folder: Path) -> str:
     return digest([_FORMAT, str(folder.resolve()), n, newest])
 
 
+def folder_identity(folder: Path) -> dict[str, Any]:
+    """The identity of one image folder (classes, image count, files' sha256), from the
+    cache when its key matches: what training and evaluation use to avoid re-stat-ing
+    every file of a large folder."""
+    return _folder_identity(Path(folder))
+
+
 def _folder_identity(folder: Path) -> dict[str, Any]:
     key = _cache_key(folder)
     if key in _memory:
@@ -153,4 +160,11 @@ def _folder_identity(folder: Path) -> dict[str, Any]:
     return ident
 
 
-__all__ = ["cache_dir", "data_identity", "describe", "digest", "list_image_files"]
+__all__ = [
+    "cache_dir",
+    "data_identity",
+    "describe",
+    "digest",
+    "folder_identity",
+    "list_image_files",
+]

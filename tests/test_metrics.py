@@ -451,3 +451,51 @@ def test_protocol_ids_change_with_what_changes_the_number_only():
         {"bn_momentum": 0.1},
     ):
         assert protocol_id(build_protocol(**{**base, **change})) != pid, change
+
+
+def test_an_image_folder_reference_is_listed_only_on_a_cache_miss(
+    fake_weights: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """A cached reference on an image folder is scored without listing or stat-ing the
+    folder again: its size and fingerprint come from the folder's cached identity."""
+    import sagan.data
+    import sagan.data_identity
+    import sagan.metrics.evaluate as evaluate_mod
+    from tests.datafiles import write_tiny_imagefolder
+
+    write_tiny_imagefolder(tmp_path / "imgs", n_classes=2, n_per_class=6, size=(40, 40))
+    cfg = build_config(
+        {
+            "data": {"name": "imagefolder", "root": str(tmp_path / "imgs"), "resolution": RES},
+            "eval": {
+                "n_samples": 10,
+                "batch_size": 5,
+                "metrics": ["fid"],
+                "cache_dir": str(tmp_path / "cache"),
+                "inception_weights": str(fake_weights),
+            },
+        }
+    )
+    builds, walks = [0], [0]
+    real_build, real_list = sagan.data.build_dataset, sagan.data_identity.list_image_files
+
+    def counting_build(*a, **k):
+        builds[0] += 1
+        return real_build(*a, **k)
+
+    def counting_list(*a, **k):
+        walks[0] += 1
+        return real_list(*a, **k)
+
+    monkeypatch.setattr(sagan.data, "build_dataset", counting_build)
+    monkeypatch.setattr(sagan.data_identity, "list_image_files", counting_list)
+    monkeypatch.setattr(evaluate_mod, "_folder_splits", {})
+    G = TinyG()
+    first = evaluate_generator(G, cfg, step=1, device="cpu", ema=False)
+    assert builds[0] == 1 and first["timing"]["reference_cache"] == "miss"
+    second = evaluate_generator(G, cfg, step=2, device="cpu", ema=False)
+    assert second["timing"]["reference_cache"] == "hit"
+    assert builds[0] == 1, "the folder was listed again for a cached reference"
+    assert walks[0] <= 1, "every file was stat-ed again"
+    assert second["protocol_id"] == first["protocol_id"]
+    assert second["protocol"]["reference"]["n"] == 12

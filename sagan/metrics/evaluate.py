@@ -71,6 +71,34 @@ def sample_batches(
         yield G(z.to(device), y.to(device))
 
 
+class LazySplit(Dataset):
+    """An image folder's split that is listed only when its images are needed.
+
+    Its size and fingerprint come from the folder's cached identity; a reference
+    whose statistics are cached is then scored without listing the folder at all
+    (``reference_statistics`` calls :meth:`build` only on a cache miss).
+    """
+
+    def __init__(self, data_cfg: Any, split: str, n: int):
+        self.data_cfg, self.split, self.n = data_cfg, split, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int):  # pragma: no cover - build() is used instead
+        raise TypeError("build() the split first")
+
+    def build(self) -> Dataset:
+        from sagan.data import build_dataset
+
+        return build_dataset(self.data_cfg, self.split)
+
+
+# (data config, split) -> (fingerprint, size) of image folders, for this process: a
+# run evaluates many times, and its data may not change under it (resume refuses that).
+_folder_splits: dict[tuple[str, str], tuple[str, int]] = {}
+
+
 def _reference_source(
     cfg: Any, reference: tuple[Dataset, str] | None
 ) -> tuple[Dataset, dict[str, Any]]:
@@ -78,7 +106,19 @@ def _reference_source(
     if reference is None:
         from sagan.data import build_dataset, dataset_fingerprint
 
-        dataset, fingerprint = build_dataset(cfg.data, split), dataset_fingerprint(cfg.data, split)
+        if cfg.data.name == "imagefolder":
+            key = (cfg.data.model_dump_json(), split)
+            if key not in _folder_splits:
+                from sagan.data import imagefolder_dir
+                from sagan.data_identity import folder_identity
+
+                n_images = folder_identity(imagefolder_dir(cfg.data, split))["n_images"]
+                _folder_splits[key] = (dataset_fingerprint(cfg.data, split), n_images)
+            fingerprint, n_images = _folder_splits[key]
+            dataset = LazySplit(cfg.data, split, n_images)
+        else:
+            dataset = build_dataset(cfg.data, split)
+            fingerprint = dataset_fingerprint(cfg.data, split)
     else:
         dataset, fingerprint = reference
     n = cfg.eval.reference.n if cfg.eval.reference.n is not None else len(dataset)

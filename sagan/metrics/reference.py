@@ -227,6 +227,8 @@ def reference_statistics(
         log.info("reference statistics: cache hit %s", folder)
         return ReferenceStats(folder, key, parts, hit=True)
     log.info("reference statistics: extracting %d images into %s", n, folder)
+    if hasattr(dataset, "build"):  # listed only now, on a miss (LazySplit)
+        dataset = dataset.build()
     extractor = feature_extractor(weights, device)
     features = _extract(dataset, n, extractor, device, cfg.eval.batch_size, cfg.data.num_workers)
     stats = fid_statistics(features)
