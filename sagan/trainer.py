@@ -1,8 +1,9 @@
 """The training loop of one SAGAN run: :class:`Trainer`.
 
-The loop is the paper's (Zhang et al. 2018, section 5): hinge loss, Adam with
-separate learning rates for G and D (TTUR), ``n_dis`` D steps per G step, optional
-EMA of G. ``train.steps`` counts G steps. A run directory that already has
+The update itself (hinge loss, Adam with TTUR, ``n_dis`` D steps per G step, the EMA
+of G) is :class:`sagan.step.TrainStep`; the loop around it owns the data stream, the
+schedule, checkpoints, samples, evaluations and the run's status. ``train.steps``
+counts G steps. A run directory that already has
 checkpoints is resumed from the newest readable one; a resumed run ends with the
 same weights as an uninterrupted one. :func:`sagan.train.train` is the entry point
 that checks a run before handing it to a Trainer.
@@ -10,13 +11,11 @@ that checks a run before handing it to a Trainer.
 
 from __future__ import annotations
 
-import copy
 import logging
 import os
 import random
 import threading
 import time
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -35,10 +34,9 @@ from sagan.checkpoint import (
 from sagan.config import Config, ConfigError, to_dict
 from sagan.data import build_dataset
 from sagan.data_identity import data_identity
-from sagan.layers import held_power_iteration
-from sagan.losses import LOSSES
-from sagan.models import attention_gammas, build_models
+from sagan.models import attention_gammas
 from sagan.progress import Progress
+from sagan.step import TrainStep
 
 log = logging.getLogger("sagan.train")
 
@@ -82,7 +80,8 @@ def record_failure(status: dict[str, Any], error: BaseException, **fields: Any) 
 
 
 class Trainer:
-    """Owns the models, optimizers and data stream of one run."""
+    """The loop of one run around its :class:`~sagan.step.TrainStep`: data, schedule,
+    checkpoints, samples, evaluations, status and resume."""
 
     def __init__(
         self,
@@ -105,54 +104,19 @@ class Trainer:
         if self.cuda and self.world > 1:
             self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
             torch.cuda.set_device(self.device)
-        if tc.batch_size % self.world:
-            raise ConfigError(
-                f"train.batch_size: {tc.batch_size} (the global batch) is not divisible by "
-                f"the {self.world} processes of this job"
-            )
-        if tc.sync_bn and self.world > 1 and not self.cuda:
-            raise ConfigError("train.sync_bn: true needs CUDA (SyncBatchNorm has no CPU path)")
-        # Each rank computes its slice of every global batch.
-        self.local = slice(
-            self.rank * tc.batch_size // self.world, (self.rank + 1) * tc.batch_size // self.world
-        )
-        seed_everything(tc.seed)
+        seed_everything(tc.seed)  # the models' initialisation draws from the global RNG
         self.data_id = data_id or data_identity(cfg.data)
         self.dataset = build_dataset(cfg.data, "train")
         self.num_classes = self.dataset.num_classes if cfg.data.conditional else 0
-        G, D = build_models(cfg.model, cfg.data.resolution, self.num_classes)
-        fmt = torch.channels_last if (self.cuda and tc.channels_last) else torch.contiguous_format
-        self.G = G.to(self.device, memory_format=fmt)
-        self.D = D.to(self.device, memory_format=fmt)
-        if tc.sync_bn and self.world > 1:
-            self.G = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.G)
-        # What the steps call: the DDP wrappers under several processes. The G step calls
-        # D's module itself, so that D's gradient reducer never waits for gradients D's
-        # frozen weights do not get; G's gradient still flows through it.
-        self.G_step, self.D_step = self.G, self.D
-        if self.world > 1:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-
-            ids = [self.device.index] if self.cuda else None
-            self.G_step = DDP(self.G, device_ids=ids)
-            self.D_step = DDP(self.D, device_ids=ids)
-        self.G_ema = (
-            copy.deepcopy(self.G).eval().requires_grad_(False) if tc.ema is not None else None
-        )
-        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=tc.lr_g, betas=tc.betas)
-        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=tc.lr_d, betas=tc.betas)
-        self.loss_d, self.loss_g = LOSSES[tc.loss]
+        self.update = TrainStep(cfg, self.num_classes, self.device, self.rank, self.world)
+        # The step's state, named here for checkpoints, sampling and evaluation.
+        self.G, self.D, self.G_ema = self.update.G, self.update.D, self.update.G_ema
+        self.opt_g, self.opt_d = self.update.opt_g, self.update.opt_d
+        self.noise = self.update.noise
         self.step = 0
         self.consumed = 0
         self.restored_from: Path | None = None
         self.best_step: int | None = None  # the checkpoint final.best_by keeps
-        # The training noise (z and fake labels) comes from a generator of its own,
-        # saved in every checkpoint: nothing else that draws random numbers (a data
-        # loader, an evaluation, a library) can shift it, so a resumed run draws
-        # exactly what an uninterrupted one does.
-        # Under DDP every rank draws the whole global batch's noise and keeps its slice:
-        # the stream does not depend on the world size.
-        self.noise = torch.Generator(self.device).manual_seed(tc.seed + 104729)
         # Fixed sample inputs come from another: sampling never moves the training
         # noise, so changing sample_every cannot change the result.
         g = torch.Generator().manual_seed(tc.seed + 7919)
@@ -240,71 +204,14 @@ class Trainer:
 
     # -- the loop ----------------------------------------------------------------
     def _autocast(self):
-        if self.cuda and self.cfg.train.amp:
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return nullcontext()
-
-    def _noise(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """z and fake labels: this rank's slice of the global batch's draw."""
-        B, z_dim = self.cfg.train.batch_size, self.cfg.model.z_dim
-        z = torch.randn(B, z_dim, device=self.device, generator=self.noise)
-        if self.num_classes > 0:
-            y = torch.randint(0, self.num_classes, (B,), device=self.device, generator=self.noise)
-        else:
-            y = torch.zeros(B, dtype=torch.long, device=self.device)
-        return z[self.local], y[self.local]
-
-    def _ema_update(self) -> None:
-        tc = self.cfg.train
-        decay = tc.ema if self.step > tc.ema_start else 0.0
-        with torch.no_grad():
-            ema_p = list(self.G_ema.parameters())
-            torch._foreach_lerp_(ema_p, list(self.G.parameters()), 1.0 - decay)
-            for be, b in zip(self.G_ema.buffers(), self.G.buffers(), strict=True):
-                be.copy_(b)
+        return self.update.autocast()
 
     def train_step(self, batches: Batches, first_bad: torch.Tensor) -> dict[str, torch.Tensor]:
-        tc = self.cfg.train
-        for _ in range(tc.n_dis):
-            x, y = next(batches)
-            z, y_fake = self._noise()
-            b = len(z)
-            with self._autocast():
-                with torch.no_grad():
-                    fake = self.G(z, y_fake)
-                # One D forward over real and fake: one power iteration per D step.
-                d_out = self.D_step(
-                    torch.cat([x, fake.to(x.dtype)]), torch.cat([y, y_fake])
-                ).float()
-                d_real, d_fake = d_out[:b], d_out[b:]
-                loss_d = self.loss_d(d_real, d_fake)
-            self.opt_d.zero_grad(set_to_none=True)
-            loss_d.backward()
-            self.opt_d.step()
-        z, y_fake = self._noise()
-        self.D.requires_grad_(False)  # the G step needs no gradient for D's weights
-        hold = self.cfg.model.sn_g_step == "hold"
-        try:
-            with self._autocast(), held_power_iteration(self.D) if hold else nullcontext():
-                loss_g = self.loss_g(self.D(self.G_step(z, y_fake), y_fake).float())
-            self.opt_g.zero_grad(set_to_none=True)
-            loss_g.backward()
-            self.opt_g.step()
-        finally:
-            self.D.requires_grad_(True)
+        """One G step (with its D steps) of the run: :class:`sagan.step.TrainStep`."""
+        vals = self.update(batches, first_bad, self.step + 1)
         self.step += 1
         self.consumed = batches.consumed
-        if self.G_ema is not None:
-            self._ema_update()
-        # Record the first non-finite step on the device: no host sync here.
-        bad = ~(torch.isfinite(loss_d) & torch.isfinite(loss_g))
-        first_bad.copy_(torch.where(bad & (first_bad < 0), self.step, first_bad))
-        return {
-            "loss_d": loss_d.detach(),
-            "loss_g": loss_g.detach(),
-            "d_real": d_real.mean().detach(),
-            "d_fake": d_fake.mean().detach(),
-        }
+        return vals
 
     def sample(self) -> None:
         from torchvision.utils import save_image

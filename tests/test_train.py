@@ -252,3 +252,21 @@ def test_cli_reports_config_errors_without_traceback(tmp_path):
         and "model.attn_g: 64 is not a feature-map size" in proc.stderr
     )
     assert "Traceback" not in proc.stderr and not (tmp_path / "r").exists()
+
+
+def test_the_step_alone_computes_what_the_loop_does(tmp_path):
+    """sagan.step.TrainStep needs no run directory, and is the loop's update."""
+    from sagan.batches import Batches
+    from sagan.data import build_dataset
+    from sagan.step import TrainStep
+    from sagan.trainer import seed_everything
+
+    cfg = tiny(**{"train.steps": 4, "train.log_every": 1})
+    train(cfg, tmp_path, progress=False)
+    seed_everything(cfg.train.seed)
+    dataset = build_dataset(cfg.data, "train")
+    update = TrainStep(cfg, dataset.num_classes, torch.device("cpu"))
+    batches = Batches(dataset, cfg.train.batch_size, cfg.train.seed, torch.device("cpu"))
+    first_bad = torch.full((), -1)
+    losses = [update(batches, first_bad, s)["loss_d"].item() for s in range(1, 5)]
+    assert losses == [r["loss_d"] for r in _metrics(tmp_path)]

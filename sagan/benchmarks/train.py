@@ -1,16 +1,14 @@
 """Training throughput: ``python -m sagan.benchmarks.train CONFIG.yaml [key=value ...]``.
 
-Times G steps of the real training step (``Trainer.train_step``: n_dis D steps and
-one G step, EMA included) after a warm-up, and prints G steps/s and real images/s
-with the machine it ran on. Nothing is written to disk besides a temporary run
-directory that is removed afterwards.
+Times G steps of the real training step (:class:`sagan.step.TrainStep`: n_dis D
+steps and one G step, EMA included) after a warm-up, and prints G steps/s and real
+images/s with the machine it ran on. Nothing is written to disk.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 import time
 
 import torch
@@ -18,7 +16,9 @@ import torch
 from sagan.batches import Batches
 from sagan.benchmarks.machine import describe, machine
 from sagan.config import load_config
-from sagan.trainer import Trainer
+from sagan.data import build_dataset
+from sagan.step import TrainStep
+from sagan.trainer import pick_device, seed_everything
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,40 +32,43 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="print one JSON line")
     args = p.parse_args(argv)
     cfg = load_config(args.config, args.overrides)
-    with tempfile.TemporaryDirectory() as d:
-        trainer = Trainer(cfg, d, progress=False)
-        train_cfg = cfg.train
-        batches = Batches(
-            trainer.dataset,
-            train_cfg.batch_size,
-            train_cfg.seed,
-            trainer.device,
-            num_workers=cfg.data.num_workers,
-            channels_last=trainer.cuda and train_cfg.channels_last,
-        )
-        first_bad = torch.full((), -1, dtype=torch.long, device=trainer.device)
-        for _ in range(args.warmup):
-            trainer.train_step(batches, first_bad)
-        if trainer.cuda:
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        for _ in range(args.steps):
-            trainer.train_step(batches, first_bad)
-        if trainer.cuda:
-            torch.cuda.synchronize()
-        dt = time.perf_counter() - t0
+    train_cfg = cfg.train
+    device = pick_device(train_cfg.device)
+    cuda = device.type == "cuda"
+    seed_everything(train_cfg.seed)
+    dataset = build_dataset(cfg.data, "train")
+    update = TrainStep(cfg, dataset.num_classes if cfg.data.conditional else 0, device)
+    batches = Batches(
+        dataset,
+        train_cfg.batch_size,
+        train_cfg.seed,
+        device,
+        num_workers=cfg.data.num_workers,
+        channels_last=cuda and train_cfg.channels_last,
+    )
+    first_bad = torch.full((), -1, dtype=torch.long, device=device)
+    for s in range(1, args.warmup + 1):
+        update(batches, first_bad, s)
+    if cuda:
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for s in range(args.warmup + 1, args.warmup + args.steps + 1):
+        update(batches, first_bad, s)
+    if cuda:
+        torch.cuda.synchronize()
+    dt = time.perf_counter() - t0
     result = {
-        "machine": machine(trainer.device),
+        "machine": machine(device),
         "resolution": cfg.data.resolution,
         "ch": cfg.model.ch,
         "attn_g": cfg.model.attn_g,
         "attn_d": cfg.model.attn_d,
         "batch_size": train_cfg.batch_size,
         "n_dis": train_cfg.n_dis,
-        "amp": train_cfg.amp and trainer.cuda,
+        "amp": train_cfg.amp and cuda,
         "g_steps_per_s": args.steps / dt,
         "img_per_s": args.steps * train_cfg.batch_size * train_cfg.n_dis / dt,
-        "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if trainer.cuda else None,
+        "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
     }
     if args.json:
         print(json.dumps(result))

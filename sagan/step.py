@@ -1,0 +1,155 @@
+"""SAGAN's training step, with no I/O: :class:`TrainStep`.
+
+One call is one G step: ``train.n_dis`` D updates, then one G update, then the EMA
+of G (Zhang et al. 2018, section 5: hinge loss, Adam with TTUR). It owns what the
+update changes: G, D, the EMA copy, both optimizers and the training noise
+generator. The loop around it (:class:`sagan.trainer.Trainer`: data stream,
+schedule, checkpoints, evaluation, resume) and the benchmark use it the same way.
+
+Under DDP (``torch.distributed`` initialised, one process per device) the config's
+batch size is the global batch: every rank draws the whole batch's noise from the
+same generator and keeps its slice, and the data stream hands each rank its slice
+of every global batch, so the stream of examples does not depend on the world size.
+"""
+
+from __future__ import annotations
+
+import copy
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+
+from sagan.config import Config, ConfigError
+from sagan.layers import held_power_iteration
+from sagan.losses import LOSSES
+from sagan.models import build_models
+
+
+class TrainStep:
+    """G, D, their optimizers and the training noise; ``step(batches, first_bad, s)``.
+
+    Builds the models from the global RNG: seed it first.
+
+    Raises:
+        ConfigError: a global batch the processes cannot share equally, or
+            ``train.sync_bn`` without CUDA.
+    """
+
+    def __init__(
+        self, cfg: Config, num_classes: int, device: torch.device, rank: int = 0, world: int = 1
+    ):
+        tc = cfg.train
+        self.cfg, self.device, self.num_classes = cfg, device, num_classes
+        self.cuda = device.type == "cuda"
+        if tc.batch_size % world:
+            raise ConfigError(
+                f"train.batch_size: {tc.batch_size} (the global batch) is not divisible by "
+                f"the {world} processes of this job"
+            )
+        if tc.sync_bn and world > 1 and not self.cuda:
+            raise ConfigError("train.sync_bn: true needs CUDA (SyncBatchNorm has no CPU path)")
+        # This rank's slice of every global batch.
+        self.local = slice(rank * tc.batch_size // world, (rank + 1) * tc.batch_size // world)
+        G, D = build_models(cfg.model, cfg.data.resolution, num_classes)
+        fmt = torch.channels_last if (self.cuda and tc.channels_last) else torch.contiguous_format
+        self.G = G.to(device, memory_format=fmt)
+        self.D = D.to(device, memory_format=fmt)
+        if tc.sync_bn and world > 1:
+            self.G = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.G)
+        # What the updates call: the DDP wrappers under several processes. The G update
+        # calls D's module itself, so that D's gradient reducer never waits for
+        # gradients D's frozen weights do not get; G's gradient still flows through it.
+        self.G_step, self.D_step = self.G, self.D
+        if world > 1:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            ids = [device.index] if self.cuda else None
+            self.G_step = DDP(self.G, device_ids=ids)
+            self.D_step = DDP(self.D, device_ids=ids)
+        self.G_ema = (
+            copy.deepcopy(self.G).eval().requires_grad_(False) if tc.ema is not None else None
+        )
+        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=tc.lr_g, betas=tc.betas)
+        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=tc.lr_d, betas=tc.betas)
+        self.loss_d, self.loss_g = LOSSES[tc.loss]
+        # The training noise (z and fake labels) comes from a generator of its own, saved
+        # in every checkpoint: nothing else that draws random numbers (a data loader, an
+        # evaluation, a library) can shift it, so a resumed run draws exactly what an
+        # uninterrupted one does.
+        self.noise = torch.Generator(device).manual_seed(tc.seed + 104729)
+
+    def autocast(self):
+        """bf16 autocast on CUDA when ``train.amp``; nothing otherwise."""
+        if self.cuda and self.cfg.train.amp:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return nullcontext()
+
+    def draw(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """z and fake labels: this rank's slice of the global batch's draw."""
+        B, z_dim = self.cfg.train.batch_size, self.cfg.model.z_dim
+        z = torch.randn(B, z_dim, device=self.device, generator=self.noise)
+        if self.num_classes > 0:
+            y = torch.randint(0, self.num_classes, (B,), device=self.device, generator=self.noise)
+        else:
+            y = torch.zeros(B, dtype=torch.long, device=self.device)
+        return z[self.local], y[self.local]
+
+    def ema_update(self, step: int) -> None:
+        """G_ema moves towards G (a copy of it until ``train.ema_start``)."""
+        tc = self.cfg.train
+        decay = tc.ema if step > tc.ema_start else 0.0
+        with torch.no_grad():
+            ema_p = list(self.G_ema.parameters())
+            torch._foreach_lerp_(ema_p, list(self.G.parameters()), 1.0 - decay)
+            for be, b in zip(self.G_ema.buffers(), self.G.buffers(), strict=True):
+                be.copy_(b)
+
+    def __call__(self, batches: Any, first_bad: torch.Tensor, step: int) -> dict[str, torch.Tensor]:
+        """G step number ``step`` (1-based): its D updates, the G update and the EMA.
+
+        ``batches`` yields ``(images, labels)`` on the device. ``first_bad`` (a device
+        scalar, -1 until then) takes ``step`` when a loss is not finite: no host sync.
+        Returns the losses and D's mean outputs as device scalars.
+        """
+        tc = self.cfg.train
+        for _ in range(tc.n_dis):
+            x, y = next(batches)
+            z, y_fake = self.draw()
+            b = len(z)
+            with self.autocast():
+                with torch.no_grad():
+                    fake = self.G(z, y_fake)
+                # One D forward over real and fake: one power iteration per D step.
+                d_out = self.D_step(
+                    torch.cat([x, fake.to(x.dtype)]), torch.cat([y, y_fake])
+                ).float()
+                d_real, d_fake = d_out[:b], d_out[b:]
+                loss_d = self.loss_d(d_real, d_fake)
+            self.opt_d.zero_grad(set_to_none=True)
+            loss_d.backward()
+            self.opt_d.step()
+        z, y_fake = self.draw()
+        self.D.requires_grad_(False)  # the G step needs no gradient for D's weights
+        hold = self.cfg.model.sn_g_step == "hold"
+        try:
+            with self.autocast(), held_power_iteration(self.D) if hold else nullcontext():
+                loss_g = self.loss_g(self.D(self.G_step(z, y_fake), y_fake).float())
+            self.opt_g.zero_grad(set_to_none=True)
+            loss_g.backward()
+            self.opt_g.step()
+        finally:
+            self.D.requires_grad_(True)
+        if self.G_ema is not None:
+            self.ema_update(step)
+        bad = ~(torch.isfinite(loss_d) & torch.isfinite(loss_g))
+        first_bad.copy_(torch.where(bad & (first_bad < 0), step, first_bad))
+        return {
+            "loss_d": loss_d.detach(),
+            "loss_g": loss_g.detach(),
+            "d_real": d_real.mean().detach(),
+            "d_fake": d_fake.mean().detach(),
+        }
+
+
+__all__ = ["TrainStep"]
