@@ -28,6 +28,7 @@ class Task:
     label: str  # the cell's levels, for people
     steps: int
     rescore: bool = False  # score under the final protocol even if the run says it was
+    kind: str = "train"  # or "score": trained already, only its final scores are owed
 
 
 @dataclass

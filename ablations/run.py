@@ -303,8 +303,17 @@ def _run(args, argv, grid: Grid, cells: list[Cell], store: RunStore, executor: E
         try:
             if args.force and (moved := store.discard(c.run_id)) is not None:
                 print(f"moved {c.run_id} aside to {moved}")
-            rescore = plans[c.run_id].action is Action.SCORE and args.rescore
-            tasks.append(Task(c.run_id, store.prepare(c), c.label(), c.config.train.steps, rescore))
+            scoring = plans[c.run_id].action is Action.SCORE
+            tasks.append(
+                Task(
+                    c.run_id,
+                    store.prepare(c),
+                    c.label(),
+                    c.config.train.steps,
+                    rescore=scoring and args.rescore,
+                    kind="score" if scoring else "train",
+                )
+            )
         except RunBusy as e:  # claimed since it was planned
             refused[c.run_id] = str(e)
     followed = [

@@ -89,12 +89,15 @@ class SlurmExecutor(Executor):
             self._lock.release()
             self._lock = None
 
-    def _parameters(self) -> dict:
+    def _parameters(self, kind: str = "train") -> dict:
         if self.profile is None:
             raise ValueError("the SLURM executor needs a profile to submit")
-        return dict(sbatch_parameters(self.profile), job_name=self.job_name)
+        params = dict(sbatch_parameters(self.profile), job_name=f"{self.job_name}-{kind}")
+        if kind == "score":  # a short job: the run is trained, only its scores are owed
+            params["time"] = self.profile.score_time
+        return params
 
-    def _submitit(self):
+    def _submitit(self, kind: str = "train"):
         import submitit
 
         ex = submitit.SlurmExecutor(
@@ -102,7 +105,7 @@ class SlurmExecutor(Executor):
             max_num_timeout=self.profile.max_requeues,
             python=self.profile.python,
         )
-        ex.update_parameters(**self._parameters())
+        ex.update_parameters(**self._parameters(kind))
         return ex
 
     def preview(self, n_tasks: int) -> str:
@@ -119,13 +122,21 @@ class SlurmExecutor(Executor):
         )
 
     def submit(self, tasks: list[Task]) -> dict[Path, JobView]:
-        """Submit ``tasks`` as one array; record each job in its run directory."""
+        """Submit ``tasks`` as one array (two when some only score: those get the
+        profile's ``score_time``); record each job in its run directory."""
+        out = {}
+        for kind in ("train", "score"):
+            group = [t for t in tasks if t.kind == kind]
+            if group:
+                out.update(self._submit_array(group, kind))
+        self._release_submission_lock()
+        return out
+
+    def _submit_array(self, tasks: list[Task], kind: str) -> dict[Path, JobView]:
         import submitit
 
-        if not tasks:
-            return {}
         self._hold_submission_lock()
-        ex = self._submitit()
+        ex = self._submitit(kind)
         # Submitting from inside an allocation must not pass its SLURM_* to the jobs.
         with submitit.helpers.clean_env(), ex.batch():
             submitted = [ex.submit(TrainCell(t.run_dir, t.rescore)) for t in tasks]
@@ -145,10 +156,10 @@ class SlurmExecutor(Executor):
                     "log": str(log),
                     "folder": str(self.folder),
                     "profile": self.profile.name,
+                    "kind": kind,
                 },
             )
             out[task.run_dir] = JobView(job.job_id, "queued", "", "", log)
-        self._release_submission_lock()
         return out
 
     # -- following --------------------------------------------------------------------
@@ -159,9 +170,12 @@ class SlurmExecutor(Executor):
             submitted = self.submit(list(tasks))
         finally:
             self._release_submission_lock()
-        if submitted:
-            first = next(iter(submitted.values())).job_id.split("_")[0]
-            print(f"submitted {len(submitted)} cell(s) as SLURM job {first}; logs in {self.folder}")
+        arrays: dict[str, int] = {}
+        for view in submitted.values():
+            array = view.job_id.split("_")[0]
+            arrays[array] = arrays.get(array, 0) + 1
+        for array, n in arrays.items():
+            print(f"submitted {n} cell(s) as SLURM job {array}; logs in {self.folder}")
         if self.detach:
             raise Detached(f"{len(submitted) + len(follow)} job(s) left running on the cluster")
         waiting = {t.run_dir: t for t in [*tasks, *follow]}

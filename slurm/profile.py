@@ -90,6 +90,8 @@ class Profile(BaseModel):
     cpus_per_task       1            CPUs per task; also the job's OMP/MKL threads
     mem_gb              null         memory per node in GB; null = the cluster's default
     time                60           the job's time limit, minutes
+    score_time          60           the time limit of a job that only scores a trained
+                                     run under its final protocol, minutes
     array_parallelism   64           cells of one array running at once
     signal              USR2         signal SLURM sends before a time limit or
                                      preemption (a name from Python's ``signal``
@@ -124,6 +126,7 @@ class Profile(BaseModel):
     cpus_per_task: int = Field(1, ge=1)
     mem_gb: float | None = Field(None, gt=0)
     time: int = Field(60, ge=1)
+    score_time: int = Field(60, ge=1)
     array_parallelism: int = Field(64, ge=1)
     signal: str = "USR2"
     signal_delay_s: int = Field(120, ge=1)

@@ -397,3 +397,42 @@ def test_submitting_from_inside_an_allocation_works(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     (d,) = run_dirs(tmp_path / "runs")
     assert rundir.read_status(d)["state"] == "done"
+
+
+def test_a_trained_cell_owing_its_final_scores_gets_a_short_scoring_job(tmp_path):
+    grid = write_grid(tmp_path, "fin", ["ttur"], steps=4)
+    text = grid.read_text() + "final: {metrics: [consistency], n_samples: 16}\n"
+    grid.write_text(text)
+    submit = (
+        "ablations.run",
+        str(grid),
+        "--out",
+        "runs",
+        "--executor",
+        "slurm",
+        "--profile",
+        "local",
+        "slurm.score_time=3",
+    )
+    r = cli(*submit, cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    (d,) = run_dirs(tmp_path / "runs")
+    finals = [r for r in rundir.read_jsonl(d / "eval.jsonl") if r.get("origin") == "final"]
+    assert len(finals) == 1, "the training job scored its run"
+    assert json.loads((d / "job.json").read_text())["kind"] == "train"
+
+    grid.write_text(text.replace("n_samples: 16", "n_samples: 24"))
+    r = cli(*submit, cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "0 to train, 1 to score" in r.stdout
+    record = json.loads((d / "job.json").read_text())
+    assert record["kind"] == "score"
+    limit = subprocess.run(
+        ["sacct", "-X", "-n", "-P", "-j", record["job_id"], "-o", "Timelimit"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert limit == ["00:03:00"], "the profile's score_time, not its training time"
+    finals = [r for r in rundir.read_jsonl(d / "eval.jsonl") if r.get("origin") == "final"]
+    assert [f["protocol"]["n_generated"] for f in finals] == [16, 24]
