@@ -254,16 +254,11 @@ def _run(args, argv, grid: Grid, cells: list[Cell], store: RunStore, executor: E
         return 2
     args.max_attempts = args.max_attempts or grid.spec.max_attempts
     plans = {c.run_id: plan(c, store, args, live.get(store.run_dir(c.run_id))) for c in cells}
-    if args.force and live:
-        for c in cells:
-            if (job := live.get(store.run_dir(c.run_id))) is not None:
-                print(
-                    f"error: --force: {c.label()} ({c.run_id}) belongs to job {job.job_id} "
-                    f"({job.state}); cancel it first (scancel {job.job_id}), or leave it out "
-                    "with --only.",
-                    file=sys.stderr,
-                )
-        print("nothing was moved or submitted.", file=sys.stderr)
+    refusals = force_refusals(cells, store, live) if args.force else []
+    if refusals:
+        for line in refusals:
+            print(f"error: --force: {line}, or leave it out with --only.", file=sys.stderr)
+        print("nothing was moved or started.", file=sys.stderr)
         return 2
     todo = [c for c in cells if plans[c.run_id].trains]
     follow = [c for c in cells if plans[c.run_id].action is Action.FOLLOW]
@@ -286,18 +281,6 @@ def _run(args, argv, grid: Grid, cells: list[Cell], store: RunStore, executor: E
         print("error: " + "\n".join(problems) + "\nnothing was started.", file=sys.stderr)
         return 2
     store.write_index(grid)
-    if args.force:
-        busy = [c for c in todo if is_locked(store.run_dir(c.run_id))]
-        if busy:
-            for c in busy:
-                print(
-                    f"error: --force: {c.label()} ({c.run_id}) is being trained by "
-                    f"{holder(store.run_dir(c.run_id))}; not moved. Stop it first, or leave it out "
-                    "with --only.",
-                    file=sys.stderr,
-                )
-            print("nothing was moved or started.", file=sys.stderr)
-            return 2
     tasks, refused = [], {}
     for c in todo:
         try:
@@ -346,6 +329,23 @@ def _run(args, argv, grid: Grid, cells: list[Cell], store: RunStore, executor: E
     for line in unfinished:
         print(line, file=sys.stderr)
     return 1 if unfinished else 0
+
+
+def force_refusals(cells: list[Cell], store: RunStore, live: dict[Path, JobView]) -> list[str]:
+    """Why ``--force`` may not move each of these cells aside: its job is queued or
+    running, or a process is training it. One line per such cell."""
+    out = []
+    for c in cells:
+        d = store.run_dir(c.run_id)
+        name = f"{c.label()} ({c.run_id})"
+        if (job := live.get(d)) is not None:
+            out.append(
+                f"{name} belongs to job {job.job_id} ({job.state}); "
+                f"cancel it first (scancel {job.job_id})"
+            )
+        elif is_locked(d):
+            out.append(f"{name} is being trained by {holder(d)}; not moved. Stop it first")
+    return out
 
 
 def summarize(
