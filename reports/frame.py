@@ -1,0 +1,147 @@
+"""A run store as one table: a row per run and evaluation, read from run directories alone.
+
+Whatever filled the store (the local or the SLURM executor, any number of grids),
+each ``OUT/<run_id>/`` holds the same files (see :mod:`sagan.rundir`), and the
+``OUT/grid-<name>.json`` indexes map run ids to their grids' axis levels. Columns:
+
+- ``run_id``, ``grid`` (the grids naming the run, comma-separated), ``state``,
+  ``step`` (G steps done), ``steps`` (asked for), ``attempts``, ``failures``,
+  ``diverged_step``, ``error``, ``train_s`` (training wall time, from the logged
+  throughput);
+- ``axis.<name>``: the run's level on each axis of its grids (seed included);
+- ``config.<dotted.key>``: the resolved config, flattened;
+- per evaluation record: ``eval_step``, ``origin`` (``train`` monitoring, ``final``
+  scoring, ``rescore``), ``checkpoint`` (``last``/``best`` for final scores),
+  ``protocol_id``, ``eval_s``, ``metric.<name>`` and ``protocol.<field>``.
+
+A run with no evaluation yet has one row with empty evaluation columns, and a cell
+a grid names whose run directory does not exist has one row with state
+``missing``: missing, running, failed and diverged runs stay visible.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from sagan import rundir
+from sagan.config import flatten
+
+RUN_COLUMNS = ("run_id", "grid", "state", "step", "steps", "attempts", "failures")
+
+
+def grid_levels(out: Path) -> dict[str, dict[str, Any]]:
+    """run id -> ``{"grid": names, "axis.<name>": level, ...}`` from the store's grid indexes."""
+    found: dict[str, dict[str, Any]] = {}
+    for index in sorted(Path(out).glob("grid-*.json")):
+        try:
+            data = json.loads(index.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        for cell in data.get("cells", []):
+            entry = found.setdefault(cell["run_id"], {"grid": []})
+            entry["grid"].append(data["name"])
+            for axis, level in cell.get("levels", {}).items():
+                entry.setdefault(f"axis.{axis}", level)
+    return {rid: {**e, "grid": ",".join(e["grid"])} for rid, e in found.items()}
+
+
+def _train_seconds(run_dir: Path) -> float | None:
+    """Training wall time, from each logged interval's steps and throughput."""
+    total, last = 0.0, 0
+    for rec in rundir.read_jsonl(run_dir / "metrics.jsonl"):
+        rate = rec.get("it_per_s")
+        if rate:
+            total += (rec["step"] - last) / rate
+        last = rec["step"]
+    return round(total, 3) if last else None
+
+
+def _flat(prefix: str, d: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for k, v in flatten(d).items():
+        # Lists and mappings left by flatten (attention placements) as text, hashable.
+        out[f"{prefix}{k}"] = json.dumps(v) if isinstance(v, list | dict) else v
+    return out
+
+
+def run_rows(run_dir: Path, levels: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """The rows of one run directory: one per evaluation record, at least one."""
+    run_dir = Path(run_dir)
+    status = rundir.read_status(run_dir)
+    try:
+        config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        config = {}
+    base: dict[str, Any] = {
+        "run_id": run_dir.name,
+        "grid": "",
+        "state": status.get("state", "pending"),
+        "step": int(status.get("step", 0)),
+        "steps": status.get("steps", config.get("train", {}).get("steps")),
+        "attempts": int(status.get("attempts", 0)),
+        "failures": int(status.get("failures", 0)),
+        "diverged_step": status.get("diverged_step"),
+        "error": status.get("error"),
+        "train_s": _train_seconds(run_dir),
+        **(levels or {}),
+        **_flat("config.", config),
+    }
+    records = rundir.read_jsonl(run_dir / "eval.jsonl")
+    if not records:
+        return [base]
+    rows = []
+    for r in records:
+        row = dict(base)
+        row.update(
+            eval_step=r.get("step"),
+            origin=r.get("origin", "train"),
+            checkpoint=r.get("checkpoint"),
+            protocol_id=r.get("protocol_id"),
+            eval_s=r.get("wall_s"),
+        )
+        row.update({f"metric.{k}": v for k, v in r.get("metrics", {}).items()})
+        row.update(_flat("protocol.", r.get("protocol", {})))
+        rows.append(row)
+    return rows
+
+
+def read_store(out: str | Path) -> pd.DataFrame:
+    """Every run of the store ``out`` as rows (see the module docstring); sorted by run id
+    and evaluation step. An empty store gives an empty frame with the run columns."""
+    out = Path(out)
+    levels = grid_levels(out)
+    rows: list[dict[str, Any]] = []
+    present = sorted(p for p in out.iterdir() if (p / "config.yaml").is_file())
+    for run_dir in present:
+        rows.extend(run_rows(run_dir, levels.get(run_dir.name)))
+    # Cells a grid names that were never started: shown as missing, not dropped.
+    for run_id in sorted(set(levels) - {p.name for p in present}):
+        rows.append({"run_id": run_id, "state": "missing", "step": 0, **levels[run_id]})
+    if not rows:
+        return pd.DataFrame(columns=list(RUN_COLUMNS))
+    df = pd.DataFrame(rows)
+    order = ["run_id", "eval_step"] if "eval_step" in df else ["run_id"]
+    return df.sort_values(order, kind="stable", na_position="first").reset_index(drop=True)
+
+
+def write_results(df: pd.DataFrame, folder: str | Path) -> list[Path]:
+    """``results.csv``, and ``results.parquet`` when pyarrow is installed."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = [folder / "results.csv"]
+    df.to_csv(written[0], index=False)
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        return written
+    df.to_parquet(folder / "results.parquet", index=False)
+    written.append(folder / "results.parquet")
+    return written
+
+
+__all__ = ["grid_levels", "read_store", "run_rows", "write_results"]

@@ -1,0 +1,145 @@
+"""Reports, the data layer: a run store as a table, and statistics over seeds."""
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from ablations import run as run_cli
+from ablations.grid import load_grid
+from reports.frame import read_store, write_results
+from reports.stats import per_run, summarize, versus
+from sagan import rundir
+
+GRID = {
+    "name": "rep",
+    "base": {
+        "data": {"name": "synthetic", "resolution": 32, "synthetic": {"n_images": 64}},
+        "model": {"ch": 8, "z_dim": 8},
+        "train": {
+            "steps": 4,
+            "batch_size": 4,
+            "log_every": 2,
+            "ckpt_every": 2,
+            "sample_every": 100,
+            "n_samples": 4,
+            "device": "cpu",
+        },
+        "eval": {"metrics": ["consistency"], "n_samples": 16, "every": 2},
+    },
+    "final": {"metrics": ["consistency"], "n_samples": 32},
+    "axes": {
+        "attention": {
+            "none": {"model.attn_g": [], "model.attn_d": []},
+            "feat16": {"model.attn_g": [16], "model.attn_d": [16]},
+        }
+    },
+    "seeds": [0, 1],
+}
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """A real store: 3 of the grid's 4 cells trained; one of them then marked failed."""
+    tmp = tmp_path_factory.mktemp("store")
+    grid = tmp / "rep.yaml"
+    grid.write_text(yaml.safe_dump(GRID, sort_keys=False))
+    assert run_cli.main([str(grid), "--jobs", "2", "--only", "seed=0"]) == 0
+    assert run_cli.main([str(grid), "--only", "attention=none,seed=1"]) == 0
+    cells = {c.label(): c.run_id for c in load_grid(grid).cells}
+    failed = tmp / "runs" / cells["attention=none,seed=1"]
+    status = rundir.read_status(failed)
+    rundir.write_status(failed, status | {"state": "failed", "failures": 1, "error": "boom"})
+    return tmp / "runs", cells
+
+
+def test_the_store_reads_as_a_row_per_run_and_evaluation(store):
+    out, cells = store
+    df = read_store(out)
+    missing = cells["attention=feat16,seed=1"]
+    assert df.loc[df.run_id == missing, "state"].tolist() == ["missing"]
+    trained = df[df.run_id == cells["attention=none,seed=0"]]
+    # Monitoring at steps 2 and 4, and the final score of the last checkpoint.
+    assert trained[["eval_step", "origin"]].values.tolist() == [
+        [2, "train"],
+        [4, "train"],
+        [4, "final"],
+    ]
+    assert set(trained["axis.attention"]) == {"none"} and set(trained["axis.seed"]) == {"0"}
+    assert (trained["config.train.steps"] == 4).all() and (trained["grid"] == "rep").all()
+    assert trained["protocol.n_generated"].tolist() == [16, 16, 32]
+    assert trained["protocol_id"].nunique() == 2 and (trained["train_s"] > 0).all()
+    records = rundir.read_jsonl(out / cells["attention=none,seed=0"] / "eval.jsonl")
+    assert trained["metric.consistency"].tolist() == [r["metrics"]["consistency"] for r in records]
+    failed = df[df.run_id == cells["attention=none,seed=1"]]
+    assert set(failed["state"]) == {"failed"} and set(failed["error"]) == {"boom"}
+
+
+def test_results_are_written_as_csv(store, tmp_path):
+    out, _ = store
+    df = read_store(out)
+    (csv, *_) = write_results(df, tmp_path)
+    back = pd.read_csv(csv)
+    assert back.shape == df.shape and list(back.columns) == list(df.columns)
+
+
+def test_one_value_per_run_keeps_final_best_and_last_apart(store):
+    out, cells = store
+    df = read_store(out)
+    rid = cells["attention=none,seed=0"]
+    records = rundir.read_jsonl(out / rid / "eval.jsonl")
+    monitored = [r["metrics"]["consistency"] for r in records if r["origin"] == "train"]
+    final = [r for r in records if r["origin"] == "final"][0]
+    pick = lambda kind: per_run(df, "consistency", kind).set_index("run_id").loc[rid]  # noqa: E731
+    assert pick("final")["value"] == final["metrics"]["consistency"]
+    assert pick("final")["protocol_id"] == final["protocol_id"]
+    assert pick("best")["value"] == max(monitored)
+    assert pick("last")["value"] == monitored[-1] and pick("last")["value_step"] == 4
+
+
+def _values(groups):
+    rows = [
+        {"run_id": f"{arm}-{i}", "arm": arm, "protocol_id": "p", "value": v}
+        for arm, vs in groups.items()
+        for i, v in enumerate(vs)
+    ]
+    return pd.DataFrame(rows)
+
+
+def test_summary_over_seeds_has_mean_std_n_and_a_bootstrap_ci():
+    s = summarize(_values({"a": [1.0, 2.0, 3.0, 4.0], "b": [5.0]}), ["arm"]).set_index("arm")
+    assert s.loc["a", "n"] == 4 and s.loc["a", "mean"] == 2.5
+    assert s.loc["a", "std"] == pytest.approx(np.std([1, 2, 3, 4], ddof=1))
+    assert 1.0 <= s.loc["a", "ci_low"] < 2.5 < s.loc["a", "ci_high"] <= 4.0
+    assert (
+        s.loc["b", "n"] == 1 and math.isnan(s.loc["b", "ci_low"]) and math.isnan(s.loc["b", "std"])
+    )
+    again = summarize(_values({"a": [1.0, 2.0, 3.0, 4.0]}), ["arm"])
+    assert again["ci_low"][0] == s.loc["a", "ci_low"], "seeded: the same CI every time"
+
+
+def test_a_difference_from_the_baseline_says_whether_seeds_explain_it():
+    values = _values(
+        {
+            "base": [1.0, 1.1, 0.9, 1.0],
+            "better": [2.0, 2.1, 1.9, 2.0],
+            "noise": [0.5, 1.6, 0.7, 1.3],
+        }
+    )
+    d = versus(values, ["arm"], {"arm": "base"}).set_index("arm")
+    assert d.loc["base", "diff"] == 0
+    assert d.loc["better", "diff"] == pytest.approx(1.0)
+    assert d.loc["better", "diff_ci_low"] > 0, "clearly better: the CI excludes 0"
+    assert d.loc["noise", "diff_ci_low"] < 0 < d.loc["noise", "diff_ci_high"]
+
+
+def test_different_protocols_are_never_pooled():
+    values = pd.concat(
+        [_values({"a": [1.0, 2.0]}), _values({"a": [50.0, 60.0]}).assign(protocol_id="q")]
+    )
+    s = summarize(values, ["arm"])
+    assert sorted(s["mean"]) == [1.5, 55.0] and set(s["protocol_id"]) == {"p", "q"}
+    json.dumps(s.to_dict("records"))  # plain numbers, ready for a template
