@@ -34,7 +34,7 @@ GRID = {
     "axes": {
         "attention": {
             "none": {"model.attn_g": [], "model.attn_d": []},
-            "feat16": {"model.attn_g": [16], "model.attn_d": [16]},
+            "<b>feat16</b>": {"model.attn_g": [16], "model.attn_d": [16]},  # markup: shown as text
         }
     },
     "seeds": [0, 1],
@@ -59,7 +59,7 @@ def store(tmp_path_factory):
 def test_the_store_reads_as_a_row_per_run_and_evaluation(store):
     out, cells = store
     df = read_store(out)
-    missing = cells["attention=feat16,seed=1"]
+    missing = cells["attention=<b>feat16</b>,seed=1"]
     assert df.loc[df.run_id == missing, "state"].tolist() == ["missing"]
     trained = df[df.run_id == cells["attention=none,seed=0"]]
     # Monitoring at steps 2 and 4, and the final score of the last checkpoint.
@@ -143,3 +143,70 @@ def test_different_protocols_are_never_pooled():
     s = summarize(values, ["arm"])
     assert sorted(s["mean"]) == [1.5, 55.0] and set(s["protocol_id"]) == {"p", "q"}
     json.dumps(s.to_dict("records"))  # plain numbers, ready for a template
+
+
+def _browser():
+    """Headless Chromium through Playwright, or a skip (a failure in CI) saying why."""
+    import os
+    import shutil
+
+    why = None
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        why = "playwright is not installed (pip install playwright)"
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if why is None and chromium is None:
+        why = "no chromium on PATH (apt-get install chromium)"
+    if why:
+        if os.environ.get("SAGAN_REQUIRE_BROWSER") == "1":
+            pytest.fail(f"browser tests cannot run: {why}")
+        pytest.skip(f"BROWSER TESTS SKIPPED: {why}")
+    return sync_playwright, chromium
+
+
+def test_the_report_renders_in_a_real_browser(store, tmp_path):
+    from reports.build import build
+
+    sync_playwright, chromium = _browser()
+    out, cells = store
+    index = build(out, tmp_path / "report")
+    df = read_store(out)
+    final = summarize(per_run(df, "consistency", "final"), ["axis.attention"])
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=chromium,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
+        )
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        errors = []
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.on(
+            "request",
+            lambda r: (
+                errors.append(f"network: {r.url}")
+                if not r.url.startswith(("file:", "data:"))
+                else None
+            ),
+        )
+        page.goto(index.as_uri())
+        images = page.evaluate("Array.from(document.images).map(i => i.complete && i.naturalWidth)")
+        text = page.inner_text("body")
+        bold = page.evaluate("document.querySelectorAll('td b').length")
+        page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
+        browser.close()
+    assert errors == []
+    assert images and all(w > 0 for w in images), "every figure loads"
+    assert "<b>feat16</b>" in text and bold == 0, "user strings are escaped, not markup"
+    for _, row in final.iterrows():
+        assert f"{row['mean']:.3g} ± " in text
+    assert "1 missing" in text and "failed" in text and "boom" in text
+    assert (tmp_path / "report.png").stat().st_size > 10_000

@@ -1,0 +1,319 @@
+"""Build a report of a run store: ``python -m reports.build STORE [--out DIR]``.
+
+Writes ``DIR/index.html`` (one self-contained file: figures are inline PNGs), and
+beside it ``results.csv`` (every run and evaluation, :mod:`reports.frame`) and
+``summary-<metric>.csv`` / ``.md`` (the cell tables). The report reads the store
+only, whichever executor filled it.
+
+Per metric, one table: a row per cell (its axis levels, seeds pooled), with how many
+of its runs are done, failed, diverged or missing, and for the final score, the best
+and the last monitored value: mean ± std over seeds, n, and a 95% bootstrap CI.
+Numbers made under different protocols are never pooled: each protocol gets its own
+table. The best mean of each column is highlighted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import io
+import math
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from jinja2 import Environment, PackageLoader, select_autoescape
+
+from reports.frame import read_store, write_results
+from reports.stats import per_run, summarize
+from sagan.rundir import HIGHER_IS_BETTER
+
+METRICS = ("fid", "is_mean", "kid_mean", "consistency", "precision", "recall")
+KINDS = (("final", "final score"), ("best", "best during training"), ("last", "last monitored"))
+
+
+def _fmt(x: float, digits: int = 3) -> str:
+    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}g}"
+
+
+def _cells(df: pd.DataFrame) -> list[str]:
+    """The axis columns that name a cell: every axis but the seed."""
+    return [c for c in df.columns if c.startswith("axis.") and c != "axis.seed"]
+
+
+def _state_counts(runs: pd.DataFrame) -> str:
+    counts = runs.groupby("state").size()
+    parts = []
+    for state, n in counts.items():
+        text = f"{n} {state}"
+        if state == "diverged":
+            steps = runs.loc[runs["state"] == "diverged", "diverged_step"].dropna().astype(int)
+            text += f" (at {', '.join(map(str, steps))})"
+        parts.append(text)
+    return ", ".join(parts)
+
+
+def metric_tables(df: pd.DataFrame, metric: str) -> list[dict[str, Any]]:
+    """The cell tables of one metric, one per protocol id of its final scores (or of
+    its monitoring when there is no final score)."""
+    axes = _cells(df)
+    runs = df.drop_duplicates("run_id")
+    values = {kind: per_run(df, metric, kind) for kind, _ in KINDS}
+    summaries = {kind: summarize(v, axes) if len(v) else None for kind, v in values.items()}
+    protocols = sorted(
+        {p for s in summaries.values() if s is not None for p in s["protocol_id"].dropna()}
+    )
+    tables = []
+    higher = HIGHER_IS_BETTER.get(metric, True)
+    groups = runs.groupby(axes, sort=True, dropna=False) if axes else [((), runs)]
+    for pid in protocols:
+        kinds = [
+            (kind, label)
+            for kind, label in KINDS
+            if summaries[kind] is not None and (summaries[kind]["protocol_id"] == pid).any()
+        ]
+        header = [a.removeprefix("axis.") for a in axes] + ["runs"]
+        header += [f"{label} (mean ± std, n, 95% CI)" for _, label in kinds]
+        best = {}
+        for kind, _ in kinds:
+            s = summaries[kind][summaries[kind]["protocol_id"] == pid]
+            best[kind] = s["mean"].max() if higher else s["mean"].min()
+        rows = []
+        for key, group in groups:
+            key = key if isinstance(key, tuple) else (key,)
+            row = [{"text": str(k), "cls": ""} for k in key]
+            row.append({"text": _state_counts(group), "cls": ""})
+            for kind, _ in kinds:
+                s = summaries[kind]
+                mask = s["protocol_id"] == pid
+                for a, k in zip(axes, key, strict=True):
+                    mask &= s[a] == k
+                hit = s[mask]
+                if hit.empty:
+                    row.append({"text": "no value", "cls": "num"})
+                    continue
+                r = hit.iloc[0]
+                text = f"{_fmt(r['mean'])} ± {_fmt(r['std'])}, n={r['n']}"
+                text += f", [{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}]"
+                cls = "num best" if r["mean"] == best[kind] else "num"
+                row.append({"text": text, "cls": cls})
+            rows.append(row)
+        tables.append(
+            {
+                "title": f"{metric} (protocol {pid})",
+                "metric": metric,
+                "protocol_id": pid,
+                "note": f"{'Higher' if higher else 'Lower'} is better; the best mean of each "
+                "column is in bold. Seeds are pooled per cell; the CI is a percentile "
+                "bootstrap of the mean over seeds (none with one seed).",
+                "header": header,
+                "rows": rows,
+            }
+        )
+    return tables
+
+
+def curves(df: pd.DataFrame, metric: str) -> dict[str, str] | None:
+    """The monitored metric against G steps, per cell: the mean over seeds with a 95%
+    CI band, as an inline PNG."""
+    col = f"metric.{metric}"
+    if col not in df or "origin" not in df:
+        return None
+    mon = df[(df["origin"] == "train") & df[col].notna()]
+    if mon.empty:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    axes = _cells(mon)
+    mon = mon.assign(cell=mon[axes].astype(str).agg(", ".join, axis=1) if axes else "all")
+    fig, ax = plt.subplots(figsize=(7, 3.6), dpi=100)
+    sns.lineplot(data=mon, x="eval_step", y=col, hue="cell", errorbar=("ci", 95), marker="o", ax=ax)
+    ax.set_xlabel("G steps")
+    ax.set_ylabel(metric)
+    ax.legend(fontsize=7, title=None)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    src = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    return {
+        "src": src,
+        "alt": f"{metric} against G steps",
+        "caption": f"{metric} during training (monitoring protocol), mean over seeds with 95% CI.",
+    }
+
+
+def runs_table(df: pd.DataFrame) -> dict[str, Any]:
+    runs = df.drop_duplicates("run_id")
+    axes = [c for c in df.columns if c.startswith("axis.")]
+    header = [
+        "run id",
+        *(a.removeprefix("axis.") for a in axes),
+        "state",
+        "step",
+        "attempts",
+        "note",
+    ]
+    rows = []
+    for _, r in runs.iterrows():
+        note = r.get("error") if isinstance(r.get("error"), str) else ""
+        if r["state"] == "diverged" and not pd.isna(r.get("diverged_step")):
+            note = f"diverged at G step {int(r['diverged_step'])}"
+        steps = r.get("steps")
+        step = f"{int(r['step'])}/{int(steps)}" if not pd.isna(steps) else "–"
+        rows.append(
+            [{"text": r["run_id"], "cls": ""}]
+            + [{"text": "" if pd.isna(r.get(a)) else str(r[a]), "cls": ""} for a in axes]
+            + [
+                {"text": r["state"], "cls": f"state-{r['state']}"},
+                {"text": step, "cls": "num"},
+                {
+                    "text": "" if pd.isna(r.get("attempts")) else str(int(r["attempts"])),
+                    "cls": "num",
+                },
+                {"text": note, "cls": ""},
+            ]
+        )
+    return {"header": header, "rows": rows}
+
+
+def protocols(df: pd.DataFrame) -> list[dict[str, str]]:
+    if "protocol_id" not in df:
+        return []
+    out = []
+    for pid, g in df.dropna(subset=["protocol_id"]).groupby("protocol_id"):
+        r = g.iloc[0]
+        ref = r.get("protocol.reference.split")
+        parts = [
+            f"{int(r['protocol.n_generated'])} samples" if "protocol.n_generated" in r else "",
+            f"{r.get('protocol.g')} G in {r.get('protocol.g_mode')} mode",
+            str(r.get("protocol.bn_statistics", "")),
+            f"reference: {ref} split, n={r.get('protocol.reference.n')}"
+            if isinstance(ref, str)
+            else "",
+            f"extractor {r['protocol.extractor']}, weights sha256 {str(r.get('protocol.weights_sha256'))[:12]}"
+            if isinstance(r.get("protocol.extractor"), str)
+            else "",
+            f"origins: {', '.join(sorted(g['origin'].dropna().unique()))}",
+        ]
+        out.append({"id": pid, "text": "; ".join(p for p in parts if p)})
+    return out
+
+
+def _markdown(df: pd.DataFrame) -> str:
+    """A pipe table (pandas' to_markdown needs tabulate; this needs nothing)."""
+    esc = lambda v: str(v).replace("|", "\\|")  # noqa: E731
+    lines = ["| " + " | ".join(map(esc, df.columns)) + " |", "|" + "---|" * len(df.columns)]
+    lines += ["| " + " | ".join(map(esc, row)) + " |" for row in df.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
+def _warnings(df: pd.DataFrame) -> list[str]:
+    out = []
+    col = "protocol.weights_canonical"
+    if col in df and (df[col] == False).any():  # noqa: E712 - NaN means no Inception metric
+        out.append(
+            "Some numbers were made with an Inception weights file that is not the canonical "
+            "pt_inception-2015-12-05 file: their FID/IS/KID values are not comparable with "
+            "published ones."
+        )
+    return out
+
+
+def _provenance(out: Path) -> list[tuple[str, str]]:
+    import torch
+    import torch_fidelity
+
+    from sagan.benchmarks.machine import describe, machine
+
+    try:
+        commit = (
+            subprocess.run(
+                ["git", "rev-parse", "--short", "HEAD"],
+                cwd=Path(__file__).parent,
+                capture_output=True,
+                text=True,
+                timeout=10,
+            ).stdout.strip()
+            or "unknown"
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        commit = "unknown"
+    return [
+        ("store", str(out)),
+        ("sagan-bench commit", commit),
+        (
+            "torch / torch-fidelity / pandas",
+            f"{torch.__version__} / {torch_fidelity.__version__} / {pd.__version__}",
+        ),
+        ("built on", describe(machine("cpu"))),
+    ]
+
+
+def build(store: str | Path, out: str | Path | None = None) -> Path:
+    """Write the report of ``store`` into ``out`` (default ``STORE/report``); returns
+    the path of ``index.html``."""
+    store = Path(store)
+    out = Path(out) if out is not None else store / "report"
+    df = read_store(store)
+    write_results(df, out)
+    tables, figures = [], []
+    for metric in METRICS:
+        if f"metric.{metric}" not in df:
+            continue
+        for table in metric_tables(df, metric):
+            tables.append(table)
+            name = f"summary-{metric}-{table['protocol_id']}"
+            flat = pd.DataFrame(
+                [[c["text"] for c in r] for r in table["rows"]], columns=table["header"]
+            )
+            flat.to_csv(out / f"{name}.csv", index=False)
+            (out / f"{name}.md").write_text(_markdown(flat))
+        fig = curves(df, metric)
+        if fig is not None:
+            figures.append(fig)
+    env = Environment(
+        loader=PackageLoader("reports", "templates"), autoescape=select_autoescape(["html", "j2"])
+    )
+    grids = sorted(
+        {g for gs in df.get("grid", pd.Series(dtype=str)).dropna() for g in str(gs).split(",") if g}
+    )
+    html = env.get_template("report.html.j2").render(
+        title=f"sagan-bench: {', '.join(grids) or store.name}",
+        store=str(store),
+        built=time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        n_runs=df["run_id"].nunique() if len(df) else 0,
+        grids=grids,
+        warnings=_warnings(df),
+        tables=tables,
+        figures=figures,
+        runs=runs_table(df) if len(df) else {"header": [], "rows": []},
+        protocols=protocols(df),
+        provenance=_provenance(store),
+    )
+    path = out / "index.html"
+    path.write_text(html)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m reports.build", description=__doc__.splitlines()[0])
+    p.add_argument("store", type=Path, help="a run store (the --out of ablations.run)")
+    p.add_argument("--out", type=Path, help="report folder (default: STORE/report)")
+    args = p.parse_args(argv)
+    if not args.store.is_dir():
+        print(f"error: {args.store}: no such run store", file=sys.stderr)
+        return 2
+    print(build(args.store, args.out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
