@@ -4,7 +4,8 @@ Expands the grid into cells, validates every one before anything starts, and tra
 what is not done yet: done runs are skipped, interrupted ones resume from their
 checkpoint, diverged ones are kept as results, failed ones are retried with
 ``--retry-failed``. Ends with a summary table; exits non-zero unless every selected
-cell ended done or diverged, and says which did not and why.
+cell ended done or diverged, and says which did not and why. The store's HTML report
+(``reports.build``) is rebuilt at the end, in ``STORE/report/``.
 
 With ``--executor slurm --profile NAME [slurm.KEY=VALUE ...]`` the cells go to SLURM
 as one job array; a cell whose job is still queued or running is followed, never
@@ -171,6 +172,9 @@ def parse_args(argv):
         "--retry-failed", action="store_true", help="retry failed runs (up to --max-attempts)"
     )
     p.add_argument(
+        "--no-report", action="store_true", help="do not rebuild STORE/report/index.html at the end"
+    )
+    p.add_argument(
         "--rescore",
         action="store_true",
         help="score every done cell again under the grid's final section (older records stay, "
@@ -325,10 +329,28 @@ def _run(args, argv, grid: Grid, cells: list[Cell], store: RunStore, executor: E
         return 130
     print()
     print(cell_table(grid, store, cells))
+    if not args.no_report:
+        _report(store)
     unfinished = summarize(cells, store, {o.task.run_id: o for o in outcomes}, refused)
     for line in unfinished:
         print(line, file=sys.stderr)
     return 1 if unfinished else 0
+
+
+def _report(store: RunStore) -> None:
+    """The store's HTML report (``reports.build``), rebuilt at the end of every run.
+
+    Imported here, not at the top: reports build on ablations, not the other way."""
+    try:
+        from reports.build import build
+
+        print(f"report: {build(store.out)}")
+    except Exception as e:  # noqa: BLE001 - the runs are done either way; say so and go on
+        print(
+            f"warning: the report could not be built ({type(e).__name__}: {e}); "
+            f"try: python -m reports.build {store.out}",
+            file=sys.stderr,
+        )
 
 
 def force_refusals(cells: list[Cell], store: RunStore, live: dict[Path, JobView]) -> list[str]:

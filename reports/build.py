@@ -2,7 +2,8 @@
 
 Writes ``DIR/index.html`` (one self-contained file: figures are inline PNGs), and
 beside it ``results.csv`` (every run and evaluation, :mod:`reports.frame`) and
-``summary-<metric>.csv`` / ``.md`` (the cell tables). The report reads the store
+``summary-<metric>-<protocol id>.csv`` / ``.md`` / ``.tex`` (the cell tables; the
+LaTeX is a booktabs tabular). The report reads the store
 only, whichever executor filled it.
 
 Per metric, one table: a row per cell (its axis levels, seeds pooled), with how many
@@ -215,6 +216,32 @@ def _markdown(df: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+_TEX = {c: "\\" + c for c in "&%$#_{}"} | {
+    "~": r"\textasciitilde{}",
+    "^": r"\^{}",
+    "\\": r"\textbackslash{}",
+}
+
+
+def _tex(v: object) -> str:
+    text = "".join(_TEX.get(ch, ch) for ch in str(v))
+    return text.replace("±", r"$\pm$").replace("–", "--")
+
+
+def _latex(df: pd.DataFrame) -> str:
+    """A booktabs tabular of a cell table (mean $\\pm$ std, n, CI as in the HTML)."""
+    cols = "".join("r" if "mean" in str(c) else "l" for c in df.columns)
+    lines = [
+        rf"\begin{{tabular}}{{{cols}}}",
+        r"\toprule",
+        " & ".join(map(_tex, df.columns)) + r" \\",
+    ]
+    lines.append(r"\midrule")
+    lines += [" & ".join(map(_tex, row)) + r" \\" for row in df.itertuples(index=False)]
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    return "\n".join(lines) + "\n"
+
+
 def _warnings(df: pd.DataFrame) -> list[str]:
     out = []
     col = "protocol.weights_canonical"
@@ -276,6 +303,7 @@ def build(store: str | Path, out: str | Path | None = None) -> Path:
             )
             flat.to_csv(out / f"{name}.csv", index=False)
             (out / f"{name}.md").write_text(_markdown(flat))
+            (out / f"{name}.tex").write_text(_latex(flat))
         fig = curves(df, metric)
         if fig is not None:
             figures.append(fig)

@@ -210,3 +210,7 @@ def test_the_report_renders_in_a_real_browser(store, tmp_path):
         assert f"{row['mean']:.3g} ± " in text
     assert "1 missing" in text and "failed" in text and "boom" in text
     assert (tmp_path / "report.png").stat().st_size > 10_000
+    (tex,) = (tmp_path / "report").glob(f"summary-consistency-{final['protocol_id'][0]}.tex")
+    latex = tex.read_text()
+    assert latex.startswith("\\begin{tabular}{llr}") and "\\toprule" in latex
+    assert f"{final['mean'][0]:.3g} $\\pm$" in latex and "95\\% CI" in latex

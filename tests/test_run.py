@@ -227,6 +227,9 @@ def test_smoke_grid_end_to_end(tmp_path):
         assert record["protocol"]["n_generated"] == 256
     table = proc.stdout.split("\n\n")[-1]
     assert table.count("done") == 8 and "consist." in table
+    report = out / "report" / "index.html"
+    assert f"report: {report}" in proc.stdout and report.is_file()
+    assert (out / "report" / "results.csv").read_text().count("\n") == 1 + 8
     rerun = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0 and "8 selected, 0 to train" in rerun.stdout
 
