@@ -214,3 +214,11 @@ def test_the_report_renders_in_a_real_browser(store, tmp_path):
     latex = tex.read_text()
     assert latex.startswith("\\begin{tabular}{llr}") and "\\toprule" in latex
     assert f"{final['mean'][0]:.3g} $\\pm$" in latex and "95\\% CI" in latex
+
+
+def test_the_report_benchmark_writes_reads_and_builds_a_store(capsys):
+    from reports import bench
+
+    assert bench.main(["--runs", "16"]) == 0
+    out = capsys.readouterr().out
+    assert "16 runs (96 rows)" in out and "machine: cpu" in out
