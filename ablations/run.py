@@ -377,9 +377,10 @@ def summarize(
     lines = []
     for c in cells:
         st = store.state(c)
-        if st.state == "done" and owed(c.config, store.run_dir(c.run_id)):
-            out = outcomes.get(c.run_id)
-            log = out.log if out and out.log else store.run_dir(c.run_id) / "train.log"
+        d = store.run_dir(c.run_id)
+        out = outcomes.get(c.run_id)
+        log = out.log if out and out.log else d / "train.log"
+        if st.state == "done" and owed(c.config, d):
             lines.append(
                 f"unscored: {c.label()} ({c.run_id}) is trained but its final scores are not "
                 f"made: {_last_line(log)}; log: {log}"
@@ -387,9 +388,7 @@ def summarize(
             continue
         if st.state in FINAL_STATES:
             continue
-        d = store.run_dir(c.run_id)
         name = f"{c.label()} ({c.run_id})"
-        out = outcomes.get(c.run_id)
         if (
             c.run_id in refused
             or (out is not None and out.state == "busy")
@@ -398,10 +397,8 @@ def summarize(
             lines.append(f"busy: {name} is being trained by {holder(d)}; not trained here")
         elif st.state == "failed":
             err = st.status.get("error", "see the log")
-            log = out.log if out and out.log else d / "train.log"
             lines.append(f"failed: {name}: {err}; log: {log}")
         else:
-            log = out.log if out and out.log else d / "train.log"
             why = f"the worker exited {out.returncode}: {_last_line(log)}" if out else "not trained"
             lines.append(f"untrained: {name} is {st.state}: {why}; log: {log}")
     return lines

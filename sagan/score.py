@@ -94,7 +94,7 @@ def score_final(
         CheckpointError, MetricsError, DataError: nothing could be scored.
     """
     from sagan.metrics import evaluate_generator
-    from sagan.metrics.evaluate import planned_protocol
+    from sagan.metrics.evaluate import planned_protocol, reference_set
     from sagan.metrics.protocol import protocol_id
 
     run_dir = Path(run_dir)
@@ -103,10 +103,12 @@ def score_final(
     ecfg = final_as_eval(cfg)
     device = torch.device(device)
     made = []
-    for role, step, path in _targets(cfg, run_dir):
+    targets = _targets(cfg, run_dir)
+    reference = reference_set(ecfg)  # built once, for every plan and score below
+    for role, step, path in targets:
         state = load_checkpoint(path)
         use_ema = ecfg.eval.use_ema and state.get("G_ema") is not None
-        pid = protocol_id(planned_protocol(ecfg, ema=use_ema, device=device))
+        pid = protocol_id(planned_protocol(ecfg, ema=use_ema, device=device, reference=reference))
         records = rundir.read_jsonl(run_dir / "eval.jsonl")
         if any(
             r.get("origin") == "final" and r.get("protocol_id") == pid and r["step"] == step
@@ -116,7 +118,9 @@ def score_final(
             continue
         G = Generator(cfg.model, cfg.data.resolution, state["num_classes"])
         G.load_state_dict(state["G_ema"] if use_ema else state["G"])
-        record = evaluate_generator(G.to(device), ecfg, step=step, device=device, ema=use_ema)
+        record = evaluate_generator(
+            G.to(device), ecfg, step=step, device=device, ema=use_ema, reference=reference
+        )
         record.update(origin="final", checkpoint=role, checkpoint_file=path.name)
         rundir.append_jsonl(run_dir / "eval.jsonl", record)
         _record_in_status(run_dir, cfg, record, role)

@@ -69,12 +69,13 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def record_failure(status: dict[str, Any], error: BaseException, **fields: Any) -> None:
-    """Mark ``status`` failed by ``error``: one more failure, the error in one line."""
+def record_failure(status: dict[str, Any], error: BaseException | str, **fields: Any) -> None:
+    """Mark ``status`` failed by ``error`` (an exception, or the reason in words): one
+    more failure, the error in one line."""
     status.update(
         state="failed",
         failures=status.get("failures", 0) + 1,
-        error=f"{type(error).__name__}: {error}",
+        error=error if isinstance(error, str) else f"{type(error).__name__}: {error}",
         **fields,
     )
 

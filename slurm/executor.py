@@ -124,6 +124,7 @@ class SlurmExecutor(Executor):
     def submit(self, tasks: list[Task]) -> dict[Path, JobView]:
         """Submit ``tasks`` as one array (two when some only score: those get the
         profile's ``score_time``); record each job in its run directory."""
+        self._hold_submission_lock()
         out = {}
         for kind in ("train", "score"):
             group = [t for t in tasks if t.kind == kind]
@@ -135,7 +136,6 @@ class SlurmExecutor(Executor):
     def _submit_array(self, tasks: list[Task], kind: str) -> dict[Path, JobView]:
         import submitit
 
-        self._hold_submission_lock()
         ex = self._submitit(kind)
         # Submitting from inside an allocation must not pass its SLURM_* to the jobs.
         with submitit.helpers.clean_env(), ex.batch():

@@ -17,6 +17,7 @@ from pathlib import Path
 from ablations.executors import JobView
 from ablations.store import is_locked, read_job
 from sagan import rundir
+from sagan.trainer import record_failure
 
 # SLURM's states, as this suite names them. A PREEMPTED or REQUEUED job is being
 # requeued, not failed.
@@ -109,10 +110,9 @@ def settle(run_dir: Path, job: JobView) -> str:
         return state  # stopped at a checkpoint; resumable
     if status.get("settled_job") == job.job_id:
         return state
-    status.update(
-        state="failed",
-        failures=status.get("failures", 0) + 1,
-        error=f"{job.reason()}; log: {job.log}",
+    record_failure(
+        status,
+        f"{job.reason()}; log: {job.log}",
         slurm_state=job.slurm_state or job.state,
         settled_job=job.job_id,
     )

@@ -117,6 +117,21 @@ def cli(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProc
     )
 
 
+def on_slurm(grid: Path, *extra: str, out: str = "runs", profile: str = "local") -> tuple:
+    """``ablations.run GRID --out OUT --executor slurm --profile PROFILE EXTRA...``."""
+    return (
+        "ablations.run",
+        str(grid),
+        "--out",
+        out,
+        "--executor",
+        "slurm",
+        "--profile",
+        profile,
+        *extra,
+    )
+
+
 def run_dirs(store: Path) -> list[Path]:
     return sorted(p.parent for p in store.glob("*/config.yaml"))
 
@@ -169,15 +184,7 @@ def sacct_times(job: str) -> list[tuple[float, float]]:
 def test_a_grid_through_slurm_equals_a_local_run_and_respects_array_parallelism(tmp_path):
     grid = write_grid(tmp_path, "three", ["ttur", "equal", "fast"])
     r = cli(
-        "ablations.run",
-        str(grid),
-        "--out",
-        "slurm-runs",
-        "--executor",
-        "slurm",
-        "--profile",
-        "local",
-        "slurm.array_parallelism=2",
+        *on_slurm(grid, "slurm.array_parallelism=2", out="slurm-runs"),
         cwd=tmp_path,
     )
     assert r.returncode == 0, r.stdout + r.stderr
@@ -205,16 +212,7 @@ def test_a_grid_through_slurm_equals_a_local_run_and_respects_array_parallelism(
 
 def test_usr2_mid_run_requeues_resumes_and_ends_as_an_uninterrupted_run(tmp_path):
     grid = write_grid(tmp_path, "pre", ["ttur"], steps=60)
-    submit = (
-        "ablations.run",
-        str(grid),
-        "--out",
-        "runs",
-        "--executor",
-        "slurm",
-        "--profile",
-        "local",
-    )
+    submit = on_slurm(grid)
     r = cli(*submit, "--detach", cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "Follow them with" in r.stderr
@@ -251,17 +249,7 @@ def test_a_cancelled_job_is_failed_with_its_reason_and_a_rerun_while_queued_subm
 ):
     grid = write_grid(tmp_path, "held", ["ttur"], steps=10)
     # Held in the queue for an hour: the job is certainly still queued below.
-    submit = (
-        "ablations.run",
-        str(grid),
-        "--out",
-        "runs",
-        "--executor",
-        "slurm",
-        "--profile",
-        "local",
-        "slurm.sbatch.begin=now+3600",
-    )
+    submit = on_slurm(grid, "slurm.sbatch.begin=now+3600")
     r = cli(*submit, "--detach", cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
     (d,) = run_dirs(tmp_path / "runs")
@@ -311,15 +299,7 @@ def test_a_malformed_profile_is_one_clear_error_and_submits_nothing(tmp_path):
     bad = tmp_path / "bad-profile.yaml"
     bad.write_text("partition: debug\ntime: 0\ncpus_per_task: many\n")
     r = cli(
-        "ablations.run",
-        str(grid),
-        "--out",
-        "runs",
-        "--executor",
-        "slurm",
-        "--profile",
-        str(bad),
-        "slurm.signal=NOPE",
+        *on_slurm(grid, "slurm.signal=NOPE", profile=str(bad)),
         cwd=tmp_path,
     )
     assert r.returncode == 2
@@ -343,8 +323,7 @@ def test_a_two_process_ddp_cell_matches_one_process_and_survives_a_requeue(tmp_p
     grid = write_grid(tmp_path, "ddp", ["ttur"], steps=24)
     text = grid.read_text().replace("log_every: 2", "log_every: 1")
     grid.write_text(text)
-    ddp = ("--executor", "slurm", "--profile", "local", "slurm.tasks_per_node=2")
-    stopped = ("ablations.run", str(grid), "--out", "stopped", *ddp)
+    stopped = on_slurm(grid, "slurm.tasks_per_node=2", out="stopped")
     r = cli(*stopped, "--detach", cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
     (d,) = run_dirs(tmp_path / "stopped")
@@ -357,7 +336,7 @@ def test_a_two_process_ddp_cell_matches_one_process_and_survives_a_requeue(tmp_p
     log = Path(json.loads((d / "job.json").read_text())["log"]).read_text()
     assert "rank 0 of 2" in log and "resuming from" in log
 
-    r = cli("ablations.run", str(grid), "--out", "whole", *ddp, cwd=tmp_path)
+    r = cli(*on_slurm(grid, "slurm.tasks_per_node=2", out="whole"), cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
     assert_same_run(d, tmp_path / "whole" / d.name)
 
@@ -374,17 +353,7 @@ def test_submitting_from_inside_an_allocation_works(tmp_path):
     """A grid submitted from within a job (srun) does not hand the job's SLURM_*
     variables to its own jobs (submitit's clean_env)."""
     grid = write_grid(tmp_path, "nested", ["ttur"], steps=4)
-    submit = (
-        "-m",
-        "ablations.run",
-        str(grid),
-        "--out",
-        "runs",
-        "--executor",
-        "slurm",
-        "--profile",
-        "local",
-    )
+    submit = ("-m", *on_slurm(grid))
     r = subprocess.run(
         ["srun", "--quiet", "-n1", "-c1", sys.executable, *submit, "--detach"],
         cwd=tmp_path,
@@ -403,17 +372,7 @@ def test_a_trained_cell_owing_its_final_scores_gets_a_short_scoring_job(tmp_path
     grid = write_grid(tmp_path, "fin", ["ttur"], steps=4)
     text = grid.read_text() + "final: {metrics: [consistency], n_samples: 16}\n"
     grid.write_text(text)
-    submit = (
-        "ablations.run",
-        str(grid),
-        "--out",
-        "runs",
-        "--executor",
-        "slurm",
-        "--profile",
-        "local",
-        "slurm.score_time=3",
-    )
+    submit = on_slurm(grid, "slurm.score_time=3")
     r = cli(*submit, cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
     (d,) = run_dirs(tmp_path / "runs")

@@ -99,6 +99,17 @@ class LazySplit(Dataset):
 _folder_splits: dict[tuple[str, str], tuple[str, int]] = {}
 
 
+def reference_set(cfg: Any) -> tuple[Dataset, str] | None:
+    """``(dataset, fingerprint)`` of the reference ``cfg.eval`` compares against, or
+    None when no metric needs one: for a caller that plans (:func:`planned_protocol`)
+    and then evaluates, so that the set is built once."""
+    inception = [m for m in cfg.eval.metrics if m in INCEPTION_METRICS]
+    if not any(m in REFERENCE_METRICS for m in inception):
+        return None
+    dataset, key_parts = _reference_source(cfg, None)
+    return dataset, key_parts["fingerprint"]
+
+
 def _reference_source(
     cfg: Any, reference: tuple[Dataset, str] | None
 ) -> tuple[Dataset, dict[str, Any]]:
@@ -334,4 +345,10 @@ def evaluate_generator(
     return record
 
 
-__all__ = ["evaluate_generator", "planned_protocol", "sample_batches", "sampling_mode"]
+__all__ = [
+    "evaluate_generator",
+    "planned_protocol",
+    "reference_set",
+    "sample_batches",
+    "sampling_mode",
+]
