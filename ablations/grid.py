@@ -16,6 +16,11 @@ A grid file::
     eval: {n_samples: 10000}          # defaults merged into every cell's eval section
     final: {n_samples: 50000, checkpoint: last}  # the scoring of record, once trained
     executor: {name: local, jobs: 2}  # or {name: slurm, profile: gpu, slurm: {time: 240}}
+    report:                           # how reports.build lays out this grid's tables
+      baseline: {attention: none}     # each arm's difference is taken from this one
+      tables:
+        - {rows: [attention], cols: [train.n_dis], metrics: [fid, is], value: final}
+        - {paper: table1}             # a layout of the paper, its values beside
 
 Every cell is validated against the training config before anything runs; each
 problem is one line naming the file and the path inside it.
@@ -52,6 +57,7 @@ from sagan.config import (
 )
 from sagan.data import DataError
 from sagan.data_identity import data_identity
+from sagan.rundir import HIGHER_IS_BETTER
 
 
 class GridError(ValueError):
@@ -86,6 +92,54 @@ class SlurmExecutorSpec(BaseModel):
 
 EXECUTORS = ("local", "slurm")
 
+# Metric names a report table may ask for: as recorded, or as in eval.metrics.
+METRIC_ALIASES = {"is": "is_mean", "kid": "kid_mean"}
+# The paper's layouts that reports.build knows, and the axes each lays out (as the
+# bundled paper_* grids name them); their values are in reports/paper.yaml.
+PAPER_LAYOUTS = {"table1": ("block", "placement"), "sn_ttur": ("arm",)}
+
+
+class TableSpec(BaseModel):
+    """One table of the report: a pivot of cells, or one of the paper's layouts.
+
+    ``rows``/``cols``: axes (seed excluded; seeds are pooled). An axis in neither is
+    added to the rows, so that arms are never pooled. ``value``: each run's ``final``
+    score, ``best`` or ``last`` monitored value; ``steps``: monitored values at these
+    G steps instead, a column per step. ``paper``: one of the paper's layouts, which
+    fixes rows, metrics and steps unless given here.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    title: str | None = None
+    paper: Literal[tuple(PAPER_LAYOUTS)] | None = None  # type: ignore[valid-type]
+    rows: list[str] | None = None
+    cols: list[str] = []
+    metrics: list[str] | None = None
+    value: Literal["final", "best", "last"] = "final"
+    steps: list[int] | None = None
+
+    @field_validator("metrics")
+    @classmethod
+    def _known_metrics(cls, metrics: list[str] | None) -> list[str] | None:
+        if metrics is None:
+            return None
+        out = []
+        for m in metrics:
+            name = METRIC_ALIASES.get(m, m)
+            if name not in HIGHER_IS_BETTER:
+                known = ", ".join([*HIGHER_IS_BETTER, *METRIC_ALIASES])
+                raise ValueError(f"no metric named {m!r} (metrics: {known})")
+            out.append(name)
+        return out
+
+
+class ReportSpec(BaseModel):
+    """``report:``: the baseline arm and the tables of the grid's report."""
+
+    model_config = ConfigDict(extra="forbid")
+    baseline: dict[str, Any] | None = None
+    tables: list[TableSpec] = []
+
 
 def _executor_name(spec: Any) -> str | None:
     """Which executor spec a grid's ``executor:`` is; a mapping without a name is local."""
@@ -117,6 +171,7 @@ class GridSpec(BaseModel):
     eval: dict[str, Any] = {}
     final: dict[str, Any] | None = None  # the scoring of record, merged into every cell
     max_attempts: int = Field(3, ge=1)
+    report: ReportSpec = ReportSpec()
 
     @field_validator("seeds")
     @classmethod
@@ -268,6 +323,7 @@ def load_grid(path: str | Path) -> Grid:
                     errors.append(
                         f"{where}: {kind}[{j}].{axis}: no level named '{w}' (levels: {', '.join(names)})"
                     )
+    errors += _report_errors(spec.report, axes, where)
     if errors:
         raise GridError("\n".join(errors))
 
@@ -315,6 +371,40 @@ def load_grid(path: str | Path) -> Grid:
     if not grid.cells:
         raise GridError(f"{where}: include/exclude leave no cell to run")
     return grid
+
+
+def _report_errors(report: ReportSpec, axes: dict[str, Any], where: str) -> list[str]:
+    """Axes and levels a ``report:`` section names that the grid does not have."""
+    errors = []
+    for axis, level in (report.baseline or {}).items():
+        if axis not in axes:
+            errors.append(
+                f"{where}: report.baseline: no axis named '{axis}' (axes: {', '.join(axes)})"
+            )
+        elif level_name(level) not in axes[axis]:
+            errors.append(
+                f"{where}: report.baseline.{axis}: no level named '{level_name(level)}' "
+                f"(levels: {', '.join(axes[axis])})"
+            )
+    for i, table in enumerate(report.tables):
+        for key in ("rows", "cols"):
+            for axis in getattr(table, key) or []:
+                if axis not in axes:
+                    errors.append(
+                        f"{where}: report.tables.{i}.{key}: no axis named '{axis}' "
+                        f"(axes: {', '.join(axes) or 'none'})"
+                    )
+        if table.paper is not None:
+            need = [a for a in PAPER_LAYOUTS[table.paper] if a not in axes]
+            if need:
+                errors.append(
+                    f"{where}: report.tables.{i}.paper: {table.paper} lays out the axes "
+                    f"{', '.join(PAPER_LAYOUTS[table.paper])}; the grid has no axis "
+                    f"{', '.join(repr(a) for a in need)} (axes: {', '.join(axes) or 'none'})"
+                )
+        elif table.rows is None and not table.cols:
+            errors.append(f"{where}: report.tables.{i}: give rows (axes), or a paper layout")
+    return errors
 
 
 def _spec_errors(err: ValidationError) -> list[ErrorDetails]:

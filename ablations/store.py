@@ -231,6 +231,7 @@ class RunStore:
             "written": rundir.now(),
             "axes": grid.axes,
             "cells": [{"run_id": c.run_id, "levels": c.levels} for c in grid.cells],
+            "report": grid.spec.report.model_dump(exclude_defaults=True),
         }
         path = self.out / f"grid-{grid.name}.json"
         atomic_write_text(path, json.dumps(index, indent=2) + "\n")

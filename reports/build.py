@@ -28,8 +28,9 @@ from typing import Any
 import pandas as pd
 from jinja2 import Environment, PackageLoader, select_autoescape
 
-from reports.frame import read_store, write_results
+from reports.frame import grid_indexes, read_store, write_results
 from reports.stats import per_run, summarize
+from reports.tables import pivot, resolve
 from sagan.rundir import HIGHER_IS_BETTER
 
 METRICS = ("fid", "is_mean", "kid_mean", "consistency", "precision", "recall")
@@ -284,26 +285,92 @@ def _provenance(out: Path) -> list[tuple[str, str]]:
     ]
 
 
-def build(store: str | Path, out: str | Path | None = None) -> Path:
+def _levels(v: Any) -> str:
+    """A level as the grid names it (``true``, ``none``, ``8-16``): see ablations.grid."""
+    from ablations.grid import level_name
+
+    return level_name(v)
+
+
+def grid_tables(
+    df: pd.DataFrame, index: dict[str, Any], extra: list[dict[str, Any]] | None = None
+) -> list[dict[str, Any]]:
+    """The laid-out tables of one grid: its ``report.tables`` (or one table with every
+    axis as rows), then ``extra`` specs (the command line's)."""
+    name = index["name"]
+    runs = df[df["grid"].fillna("").str.split(",").apply(lambda gs: name in gs)]
+    if runs.empty:
+        return []
+    axes = {a: [str(v) for v in lv] for a, lv in index.get("axes", {}).items() if a != "seed"}
+    report = index.get("report") or {}
+    baseline = {a: _levels(v) for a, v in (report.get("baseline") or {}).items()}
+    if not baseline and axes:
+        first = next(iter(axes))
+        baseline = {first: axes[first][0]}
+    present = [m for m in METRICS if f"metric.{m}" in runs and runs[f"metric.{m}"].notna().any()]
+    has_final = "origin" in runs and (runs["origin"] == "final").any()
+    specs = list(report.get("tables") or [])
+    if not specs:
+        specs = [
+            {"rows": list(axes), "metrics": present, "value": "final" if has_final else "last"}
+        ]
+    specs += extra or []
+    out = []
+    for spec in specs:
+        spec = dict(spec)
+        if not spec.get("metrics") and not spec.get("paper"):
+            spec["metrics"] = present
+        table = pivot(runs, resolve(spec, axes), axes, baseline)
+        table["grid"] = name
+        out.append(table)
+    return out
+
+
+def _export(flat: pd.DataFrame, out: Path, name: str) -> None:
+    flat.to_csv(out / f"{name}.csv", index=False)
+    (out / f"{name}.md").write_text(_markdown(flat))
+    (out / f"{name}.tex").write_text(_latex(flat))
+
+
+def build(
+    store: str | Path,
+    out: str | Path | None = None,
+    *,
+    grid: dict[str, Any] | None = None,
+    extra: list[dict[str, Any]] | None = None,
+) -> Path:
     """Write the report of ``store`` into ``out`` (default ``STORE/report``); returns
-    the path of ``index.html``."""
+    the path of ``index.html``.
+
+    Args:
+        grid: a grid's ``{"name", "report"}`` to lay out instead of the store's own
+            index of that grid (``--grid FILE``); other grids keep their own.
+        extra: more table specs (``--rows/--cols/...``), added to every grid's tables.
+    """
     store = Path(store)
     out = Path(out) if out is not None else store / "report"
     df = read_store(store)
     write_results(df, out)
+    indexes = grid_indexes(store)
+    if grid is not None:
+        indexes = [
+            i | {"report": grid["report"]} if i["name"] == grid["name"] else i for i in indexes
+        ]
+    layouts = []
+    for index in indexes:
+        for i, table in enumerate(grid_tables(df, index, extra)):
+            _export(table.pop("flat"), out, f"table-{index['name']}-{i + 1}")
+            layouts.append(table)
     tables, figures = [], []
     for metric in METRICS:
         if f"metric.{metric}" not in df:
             continue
         for table in metric_tables(df, metric):
             tables.append(table)
-            name = f"summary-{metric}-{table['protocol_id']}"
             flat = pd.DataFrame(
                 [[c["text"] for c in r] for r in table["rows"]], columns=table["header"]
             )
-            flat.to_csv(out / f"{name}.csv", index=False)
-            (out / f"{name}.md").write_text(_markdown(flat))
-            (out / f"{name}.tex").write_text(_latex(flat))
+            _export(flat, out, f"summary-{metric}-{table['protocol_id']}")
         fig = curves(df, metric)
         if fig is not None:
             figures.append(fig)
@@ -320,6 +387,7 @@ def build(store: str | Path, out: str | Path | None = None) -> Path:
         n_runs=df["run_id"].nunique() if len(df) else 0,
         grids=grids,
         warnings=_warnings(df),
+        layouts=layouts,
         tables=tables,
         figures=figures,
         runs=runs_table(df) if len(df) else {"header": [], "rows": []},
@@ -331,15 +399,61 @@ def build(store: str | Path, out: str | Path | None = None) -> Path:
     return path
 
 
+def _table_specs(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The command line's table (``--rows`` ...), checked as a grid's report table is."""
+    from pydantic import ValidationError
+
+    from ablations.grid import TableSpec
+
+    if not (args.rows or args.cols):
+        return []
+    raw: dict[str, Any] = {"rows": args.rows.split(",") if args.rows else None}
+    raw["cols"] = args.cols.split(",") if args.cols else []
+    if args.metrics:
+        raw["metrics"] = args.metrics.split(",")
+    raw["value"] = args.value
+    if args.steps:
+        raw["steps"] = [int(s) for s in args.steps.split(",")]
+    try:
+        return [TableSpec.model_validate(raw).model_dump(exclude_defaults=True)]
+    except ValidationError as e:
+        raise SystemExit(
+            "error: "
+            + "; ".join(f"--{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors())
+        ) from None
+
+
+def _grid_report(path: Path) -> dict[str, Any]:
+    """``--grid FILE``: the grid's name and report section, checked against its axes."""
+    from ablations.grid import GridError, load_grid
+
+    try:
+        g = load_grid(path)
+    except GridError as e:
+        raise SystemExit(f"error: {e}") from None
+    return {"name": g.name, "report": g.spec.report.model_dump(exclude_defaults=True)}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m reports.build", description=__doc__.splitlines()[0])
     p.add_argument("store", type=Path, help="a run store (the --out of ablations.run)")
     p.add_argument("--out", type=Path, help="report folder (default: STORE/report)")
+    p.add_argument(
+        "--grid", type=Path, help="lay out that grid's runs with this file's report: section"
+    )
+    t = p.add_argument_group("one more table, for every grid (axes comma-separated)")
+    t.add_argument("--rows", help="axes as rows, e.g. attention")
+    t.add_argument("--cols", help="axes as columns, e.g. sn,lr")
+    t.add_argument("--metrics", help="e.g. fid,is (default: every metric recorded)")
+    t.add_argument("--value", choices=("final", "best", "last"), default="final")
+    t.add_argument("--steps", help="monitored values at these G steps instead, e.g. 1000,2000")
     args = p.parse_args(argv)
     if not args.store.is_dir():
         print(f"error: {args.store}: no such run store", file=sys.stderr)
         return 2
-    print(build(args.store, args.out))
+    extra = _table_specs(args)
+    grid = _grid_report(args.grid) if args.grid else None
+    print(build(args.store, args.out, grid=grid, extra=extra))
     return 0
 
 

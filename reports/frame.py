@@ -36,14 +36,22 @@ _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 RUN_COLUMNS = ("run_id", "grid", "state", "step", "steps", "attempts", "failures")
 
 
+def grid_indexes(out: Path) -> list[dict[str, Any]]:
+    """The store's grid indexes (``OUT/grid-<name>.json``: name, axes in file order,
+    cells, and the grid's ``report`` section), by name."""
+    found = []
+    for index in sorted(Path(out).glob("grid-*.json")):
+        try:
+            found.append(json.loads(index.read_text()))
+        except (OSError, json.JSONDecodeError):
+            continue
+    return found
+
+
 def grid_levels(out: Path) -> dict[str, dict[str, Any]]:
     """run id -> ``{"grid": names, "axis.<name>": level, ...}`` from the store's grid indexes."""
     found: dict[str, dict[str, Any]] = {}
-    for index in sorted(Path(out).glob("grid-*.json")):
-        try:
-            data = json.loads(index.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
+    for data in grid_indexes(out):
         for cell in data.get("cells", []):
             entry = found.setdefault(cell["run_id"], {"grid": []})
             entry["grid"].append(data["name"])
@@ -146,4 +154,4 @@ def write_results(df: pd.DataFrame, folder: str | Path) -> list[Path]:
     return written
 
 
-__all__ = ["grid_levels", "read_store", "run_rows", "write_results"]
+__all__ = ["grid_indexes", "grid_levels", "read_store", "run_rows", "write_results"]
