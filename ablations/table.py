@@ -11,6 +11,7 @@ METRIC_COLUMNS = (
     ("fid", "FID"),
     ("is_mean", "IS"),
     ("kid_mean", "KID"),
+    ("swd", "SWD"),
     ("consistency", "consist."),
 )
 

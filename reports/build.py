@@ -33,7 +33,7 @@ from reports.stats import per_run, summarize
 from reports.tables import pivot, resolve
 from sagan.rundir import HIGHER_IS_BETTER
 
-METRICS = ("fid", "is_mean", "kid_mean", "consistency", "precision", "recall")
+METRICS = ("fid", "is_mean", "kid_mean", "swd", "consistency", "precision", "recall")
 KINDS = (("final", "final score"), ("best", "best during training"), ("last", "last monitored"))
 
 
@@ -58,11 +58,24 @@ def _state_counts(runs: pd.DataFrame) -> str:
     return ", ".join(parts)
 
 
-def metric_tables(df: pd.DataFrame, metric: str) -> list[dict[str, Any]]:
+def _in_grid_order(runs: pd.DataFrame, order: dict[str, list[str]]) -> pd.DataFrame:
+    """Runs sorted by their levels as the grid files list them (unknown levels last)."""
+    keys = [f"axis.{a}" for a in order if f"axis.{a}" in runs]
+
+    def rank(col: pd.Series) -> pd.Series:
+        levels = order[col.name.removeprefix("axis.")]
+        return col.map(lambda v: levels.index(v) if v in levels else len(levels))
+
+    return runs.sort_values(keys, key=rank, kind="stable") if keys else runs
+
+
+def metric_tables(
+    df: pd.DataFrame, metric: str, order: dict[str, list[str]] | None = None
+) -> list[dict[str, Any]]:
     """The cell tables of one metric, one per protocol id of its final scores (or of
-    its monitoring when there is no final score)."""
+    its monitoring when there is no final score); rows in the grids' level order."""
     axes = _cells(df)
-    runs = df.drop_duplicates("run_id")
+    runs = _in_grid_order(df.drop_duplicates("run_id"), order or {})
     values = {kind: per_run(df, metric, kind) for kind, _ in KINDS}
     summaries = {kind: summarize(v, axes) if len(v) else None for kind, v in values.items()}
     protocols = sorted(
@@ -70,7 +83,7 @@ def metric_tables(df: pd.DataFrame, metric: str) -> list[dict[str, Any]]:
     )
     tables = []
     higher = HIGHER_IS_BETTER.get(metric, True)
-    groups = runs.groupby(axes, sort=True, dropna=False) if axes else [((), runs)]
+    groups = runs.groupby(axes, sort=False, dropna=False) if axes else [((), runs)]
     for pid in protocols:
         kinds = [
             (kind, label)
@@ -98,8 +111,11 @@ def metric_tables(df: pd.DataFrame, metric: str) -> list[dict[str, Any]]:
                     row.append({"text": "no value", "cls": "num"})
                     continue
                 r = hit.iloc[0]
-                text = f"{_fmt(r['mean'])} ± {_fmt(r['std'])}, n={r['n']}"
-                text += f", [{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}]"
+                if r["n"] > 1:
+                    text = f"{_fmt(r['mean'])} ± {_fmt(r['std'])}, n={r['n']}"
+                    text += f", [{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}]"
+                else:
+                    text = f"{_fmt(r['mean'])}, n=1"
                 cls = "num best" if r["mean"] == best[kind] else "num"
                 row.append({"text": text, "cls": cls})
             rows.append(row)
@@ -356,6 +372,10 @@ def build(
         indexes = [
             i | {"report": grid["report"]} if i["name"] == grid["name"] else i for i in indexes
         ]
+    order: dict[str, list[str]] = {}
+    for index in indexes:
+        for axis, levels in index.get("axes", {}).items():
+            order.setdefault(axis, [str(v) for v in levels])
     layouts = []
     for index in indexes:
         for i, table in enumerate(grid_tables(df, index, extra)):
@@ -365,7 +385,7 @@ def build(
     for metric in METRICS:
         if f"metric.{metric}" not in df:
             continue
-        for table in metric_tables(df, metric):
+        for table in metric_tables(df, metric, order):
             tables.append(table)
             flat = pd.DataFrame(
                 [[c["text"] for c in r] for r in table["rows"]], columns=table["header"]

@@ -34,6 +34,7 @@ LABELS = {
     "fid": "FID",
     "is_mean": "IS",
     "kid_mean": "KID",
+    "swd": "SWD",
     "consistency": "consistency",
     "precision": "precision",
     "recall": "recall",

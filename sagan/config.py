@@ -129,7 +129,7 @@ class ProtocolConfig(_Strict):
     """How a number is made: what ``eval`` (monitoring) and ``final`` (scoring) share."""
 
     n_samples: int = Field(50_000, ge=2)
-    metrics: list[Literal["fid", "is", "kid", "prc", "consistency"]] = ["fid", "is"]
+    metrics: list[Literal["fid", "is", "kid", "prc", "swd", "consistency"]] = ["fid", "is"]
     reference: ReferenceConfig = ReferenceConfig()
     seed: int = 0
     batch_size: int = Field(100, ge=1)
@@ -154,6 +154,7 @@ BEST_BY = {
     "precision": "prc",
     "recall": "prc",
     "consistency": "consistency",
+    "swd": "swd",
 }
 
 
@@ -165,9 +166,9 @@ class FinalConfig(ProtocolConfig):
     """
 
     checkpoint: Literal["last", "best", "both"] = "last"
-    best_by: Literal["fid", "is_mean", "kid_mean", "precision", "recall", "consistency"] | None = (
-        None
-    )
+    best_by: (
+        Literal["fid", "is_mean", "kid_mean", "precision", "recall", "swd", "consistency"] | None
+    ) = None
 
 
 class Config(_Strict):

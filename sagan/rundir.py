@@ -79,6 +79,7 @@ HIGHER_IS_BETTER = {
     "precision": True,
     "recall": True,
     "consistency": True,
+    "swd": False,
 }
 
 

@@ -28,6 +28,7 @@ from sagan.metrics.protocol import (
     ISC_SPLITS,
     PRC_NEIGHBORHOOD,
     REFERENCE_METRICS,
+    REFERENCE_SUBSET_SEED,
     build_protocol,
     protocol_id,
 )
@@ -170,6 +171,36 @@ def _cuda_devices(device: torch.device) -> list[int]:
     return [device.index if device.index is not None else torch.cuda.current_device()]
 
 
+def _swd_protocol(cfg: Any, key_parts: dict[str, Any], n_available: int) -> dict[str, Any]:
+    """The SWD part of the protocol: equal numbers of real and generated images."""
+    from sagan.metrics import swd
+
+    n = min(cfg.eval.n_samples, key_parts["n"], n_available)
+    ref = {
+        **key_parts,
+        "n": n,
+        "subset": "all"
+        if n == n_available
+        else f"random, seed {REFERENCE_SUBSET_SEED}, of {n_available}",
+    }
+    return swd.protocol(cfg.data.resolution, n, cfg.eval.seed, ref)
+
+
+def _swd_real(dataset: Dataset, n: int, resolution: int, seed: int):
+    """SWD descriptors of ``n`` reference images (the same seeded subset rule as the
+    Inception statistics)."""
+    from sagan.metrics import swd
+    from sagan.metrics.reference import _images_only, _subset
+
+    if isinstance(dataset, LazySplit):
+        dataset = dataset.build()
+    acc = swd.Descriptors(resolution, seed)
+    subset = _subset(dataset, n) if n < len(dataset) else dataset
+    for start in range(0, n, 256):
+        acc.add(_images_only([subset[i] for i in range(start, min(n, start + 256))]))
+    return acc
+
+
 def _protocol(
     cfg: Any,
     weights: Any,
@@ -177,9 +208,11 @@ def _protocol(
     n_sample: int,
     ema: bool,
     device: torch.device | str,
+    swd: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     ev = cfg.eval
     return build_protocol(
+        swd=swd,
         weights=weights,
         reference=reference,
         n_generated=n_sample,
@@ -214,13 +247,16 @@ def planned_protocol(
     want_consistency = "consistency" in wanted and cfg.data.name == "synthetic"
     _check_counts(inception, ev.n_samples, ev.reference.n)
     weights = resolve_weights(ev.inception_weights) if inception else None
-    n_sample = ev.n_samples if inception or want_consistency else 0
-    ref = None
-    if any(m in REFERENCE_METRICS for m in inception):
+    n_sample = ev.n_samples if inception or want_consistency or "swd" in wanted else 0
+    ref = swd_protocol = None
+    if any(m in REFERENCE_METRICS for m in inception) or "swd" in wanted:
         dataset, key_parts = _reference_source(cfg, reference)
+    if any(m in REFERENCE_METRICS for m in inception):
         parts = cache_key_parts(key_parts, weights.sha256, len(dataset))
         ref = ReferenceStats(Path(), cache_key(parts), parts, hit=False).protocol()
-    return _protocol(cfg, weights, ref, n_sample, ema, device)
+    if "swd" in wanted:
+        swd_protocol = _swd_protocol(cfg, key_parts, len(dataset))
+    return _protocol(cfg, weights, ref, n_sample, ema, device, swd_protocol)
 
 
 def evaluate_generator(
@@ -278,8 +314,9 @@ def evaluate_generator(
         from sagan.synthetic import consistency
     _check_counts(inception, ev.n_samples, ev.reference.n)
     weights = resolve_weights(ev.inception_weights) if inception else None  # fail before any work
+    want_swd = "swd" in wanted
     # Nothing to compute (consistency asked for on non-synthetic data): do not sample either.
-    n_sample = ev.n_samples if inception or want_consistency else 0
+    n_sample = ev.n_samples if inception or want_consistency or want_swd else 0
 
     timing: dict[str, Any] = {}
     ref: ReferenceStats | None = None
@@ -297,9 +334,21 @@ def evaluate_generator(
             timing["reference_s"] = round(time.perf_counter() - t, 3)
             timing["reference_cache"] = "hit" if ref.hit else "miss"
 
+        swd_protocol = swd_real = swd_fake = None
+        if want_swd:
+            from sagan.metrics import swd
+
+            t = time.perf_counter()
+            dataset, key_parts = _reference_source(cfg, reference)
+            swd_protocol = _swd_protocol(cfg, key_parts, len(dataset))
+            n_swd = swd_protocol["n_images"]
+            swd_real = _swd_real(dataset, n_swd, cfg.data.resolution, ev.seed)
+            swd_fake = swd.Descriptors(cfg.data.resolution, ev.seed + 1)
+            timing["swd_reference_s"] = round(time.perf_counter() - t, 3)
+
         t = time.perf_counter()
         acc = FeatureAccumulator(feature_extractor(weights, device), device) if inception else None
-        consistent = 0
+        consistent = seen = 0
         with sampling_mode(G, ev.g_mode), torch.no_grad():
             for images in sample_batches(
                 G, n_sample, batch_size=ev.batch_size, seed=ev.seed, device=device
@@ -310,6 +359,9 @@ def evaluate_generator(
                     acc.add(images)
                 if want_consistency:
                     consistent += int(consistency(images.cpu()).sum())
+                if swd_fake is not None and seen < n_swd:
+                    swd_fake.add(images[: n_swd - seen])
+                seen += len(images)
         timing["generate_extract_s"] = round(time.perf_counter() - t, 3)
 
         t = time.perf_counter()
@@ -325,6 +377,8 @@ def evaluate_generator(
             )
         if want_consistency:
             metrics["consistency"] = consistent / n_sample
+        if swd_fake is not None:
+            metrics["swd"] = swd.swd(swd_real, swd_fake, ev.seed)
         timing["metrics_s"] = round(time.perf_counter() - t, 3)
 
     record: dict[str, Any] = {
@@ -334,7 +388,13 @@ def evaluate_generator(
         "wall_s": round(time.perf_counter() - t_start, 3),
         "metrics": metrics,
         "protocol": _protocol(
-            cfg, weights, ref.protocol() if ref is not None else None, n_sample, ema, device
+            cfg,
+            weights,
+            ref.protocol() if ref is not None else None,
+            n_sample,
+            ema,
+            device,
+            swd_protocol,
         ),
         "timing": timing,
     }

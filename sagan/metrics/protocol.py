@@ -89,6 +89,7 @@ def build_protocol(
     batch_size: int,
     device: str,
     bn_momentum: str | float = "official",
+    swd: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The protocol record of one evaluation (the "protocol" field of its record).
 
@@ -98,7 +99,9 @@ def build_protocol(
     ``weights``/``reference`` are ``None`` when only non-Inception metrics ran.
     """
     n_ref = reference["n"] if reference else None
-    return {
+    # Present only when the SWD was computed, so that records without it keep their ids.
+    extra = {"swd": swd} if swd is not None else {}
+    return extra | {
         "extractor": EXTRACTOR if weights else None,
         "weights_file": weights.path.name if weights else None,
         "weights_sha256": weights.sha256 if weights else None,
