@@ -16,8 +16,6 @@ table. The best mean of each column is highlighted.
 from __future__ import annotations
 
 import argparse
-import base64
-import io
 import math
 import subprocess
 import sys
@@ -28,7 +26,8 @@ from typing import Any
 import pandas as pd
 from jinja2 import Environment, PackageLoader, select_autoescape
 
-from reports.frame import grid_indexes, read_store, write_results
+from reports import figures as figs
+from reports.frame import grid_indexes, read_store, read_training, write_results
 from reports.stats import per_run, summarize
 from reports.tables import pivot, resolve
 from sagan.rundir import HIGHER_IS_BETTER
@@ -41,9 +40,7 @@ def _fmt(x: float, digits: int = 3) -> str:
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}g}"
 
 
-def _cells(df: pd.DataFrame) -> list[str]:
-    """The axis columns that name a cell: every axis but the seed."""
-    return [c for c in df.columns if c.startswith("axis.") and c != "axis.seed"]
+_cells = figs.cell_axes
 
 
 def _state_counts(runs: pd.DataFrame) -> str:
@@ -95,7 +92,12 @@ def metric_tables(
         best = {}
         for kind, _ in kinds:
             s = summaries[kind][summaries[kind]["protocol_id"] == pid]
-            best[kind] = s["mean"].max() if higher else s["mean"].min()
+            # All equal (or one cell): nothing stands out.
+            best[kind] = (
+                (s["mean"].max() if higher else s["mean"].min())
+                if s["mean"].nunique() > 1
+                else None
+            )
         rows = []
         for key, group in groups:
             key = key if isinstance(key, tuple) else (key,)
@@ -132,40 +134,6 @@ def metric_tables(
             }
         )
     return tables
-
-
-def curves(df: pd.DataFrame, metric: str) -> dict[str, str] | None:
-    """The monitored metric against G steps, per cell: the mean over seeds with a 95%
-    CI band, as an inline PNG."""
-    col = f"metric.{metric}"
-    if col not in df or "origin" not in df:
-        return None
-    mon = df[(df["origin"] == "train") & df[col].notna()]
-    if mon.empty:
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-    axes = _cells(mon)
-    mon = mon.assign(cell=mon[axes].astype(str).agg(", ".join, axis=1) if axes else "all")
-    fig, ax = plt.subplots(figsize=(7, 3.6), dpi=100)
-    sns.lineplot(data=mon, x="eval_step", y=col, hue="cell", errorbar=("ci", 95), marker="o", ax=ax)
-    ax.set_xlabel("G steps")
-    ax.set_ylabel(metric)
-    ax.legend(fontsize=7, title=None)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    src = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
-    return {
-        "src": src,
-        "alt": f"{metric} against G steps",
-        "caption": f"{metric} during training (monitoring protocol), mean over seeds with 95% CI.",
-    }
 
 
 def runs_table(df: pd.DataFrame) -> dict[str, Any]:
@@ -381,7 +349,7 @@ def build(
         for i, table in enumerate(grid_tables(df, index, extra)):
             _export(table.pop("flat"), out, f"table-{index['name']}-{i + 1}")
             layouts.append(table)
-    tables, figures = [], []
+    tables, figures, finals = [], [], []
     for metric in METRICS:
         if f"metric.{metric}" not in df:
             continue
@@ -391,9 +359,15 @@ def build(
                 [[c["text"] for c in r] for r in table["rows"]], columns=table["header"]
             )
             _export(flat, out, f"summary-{metric}-{table['protocol_id']}")
-        fig = curves(df, metric)
-        if fig is not None:
-            figures.append(fig)
+        figures += figs.curves(_in_grid_order(df, order), metric)
+        kind, label = next(
+            ((k, lab) for k, lab in KINDS if len(per_run(df, metric, k))), (None, None)
+        )
+        if kind is not None:
+            finals += figs.finals(_in_grid_order(per_run(df, metric, kind), order), metric, label)
+    runs = _in_grid_order(df.drop_duplicates("run_id"), order) if len(df) else df
+    present = [r for r in runs["run_id"] if (store / r).is_dir()] if len(df) else []
+    health = figs.health(_in_grid_order(read_training(store, present), order))
     env = Environment(
         loader=PackageLoader("reports", "templates"), autoescape=select_autoescape(["html", "j2"])
     )
@@ -410,6 +384,10 @@ def build(
         layouts=layouts,
         tables=tables,
         figures=figures,
+        finals=finals,
+        health=health,
+        samples=figs.sample_grids(runs, store, out) if len(df) else [],
+        attention=figs.attention_maps(runs, store) if len(df) else [],
         runs=runs_table(df) if len(df) else {"header": [], "rows": []},
         protocols=protocols(df),
         provenance=_provenance(store),

@@ -139,6 +139,29 @@ def read_store(out: str | Path) -> pd.DataFrame:
     return df.sort_values(order, kind="stable", na_position="first").reset_index(drop=True)
 
 
+HEALTH_KEYS = ("loss_d", "loss_g", "d_real", "d_fake")
+
+
+def read_training(out: str | Path, run_ids: list[str] | None = None) -> pd.DataFrame:
+    """The logged training records (``metrics.jsonl``) of the store's runs: a row per run
+    and logging step with ``run_id``, ``step``, the losses, mean D(x) and D(G(z)),
+    ``gamma_g``/``gamma_d`` (the mean over attention blocks; empty without attention)
+    and the axis levels."""
+    out = Path(out)
+    levels = grid_levels(out)
+    rows = []
+    dirs = [out / r for r in run_ids] if run_ids is not None else sorted(out.iterdir())
+    for d in dirs:
+        for rec in rundir.read_jsonl(d / "metrics.jsonl"):
+            row = {"run_id": d.name, "step": rec.get("step"), **levels.get(d.name, {})}
+            row.update({k: rec.get(k) for k in HEALTH_KEYS})
+            for key in ("gamma_g", "gamma_d"):
+                gammas = list((rec.get(key) or {}).values())
+                row[key] = sum(gammas) / len(gammas) if gammas else None
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def write_results(df: pd.DataFrame, folder: str | Path) -> list[Path]:
     """``results.csv``, and ``results.parquet`` when pyarrow is installed."""
     folder = Path(folder)
@@ -154,4 +177,11 @@ def write_results(df: pd.DataFrame, folder: str | Path) -> list[Path]:
     return written
 
 
-__all__ = ["grid_indexes", "grid_levels", "read_store", "run_rows", "write_results"]
+__all__ = [
+    "grid_indexes",
+    "grid_levels",
+    "read_training",
+    "read_store",
+    "run_rows",
+    "write_results",
+]

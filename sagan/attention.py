@@ -62,5 +62,22 @@ class SelfAttention(nn.Module):
         o = F.scaled_dot_product_attention(q, k, v, scale=1.0)
         return o.squeeze(1).transpose(1, 2).reshape(b, -1, h, w)
 
+    def weights(self, x: torch.Tensor) -> torch.Tensor:
+        """The attention matrix ``beta`` that :meth:`attend` applies, made explicit.
+
+        Row ``i`` holds the softmax over keys of ``q_i . k_j`` (unscaled, as the
+        official code), keys 2x2 max-pooled in the ``official`` variant as in
+        :meth:`attend`; positions are row-major. For visualisation only (the paper's
+        Figure 1): training goes through the fused kernel and never builds this.
+
+        Returns:
+            ``[B, N, M]`` with N = H*W queries and M = N/4 (``official``) or N keys.
+        """
+        q = self.query(x).flatten(2)  # B, C/8, N
+        k = self.key(x)
+        if self.pool:
+            k = F.max_pool2d(k, 2)
+        return torch.softmax(q.transpose(1, 2) @ k.flatten(2), dim=-1)
+
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         return x + self.gamma * self.out(self.attend(x))

@@ -80,6 +80,22 @@ def record_failure(status: dict[str, Any], error: BaseException | str, **fields:
     )
 
 
+def sample_inputs(
+    cfg: Config, num_classes: int, n: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fixed z and labels of a run's sample grids, on the CPU.
+
+    Drawn from a generator of their own, seeded by ``train.seed``, so that they never
+    move the training noise. Returns ``n`` (default ``train.n_samples``) rows; the
+    first ``min(n, train.n_samples)`` are those of the sample grids whatever ``n`` is.
+    """
+    tc = cfg.train
+    n = tc.n_samples if n is None else n
+    g = torch.Generator().manual_seed(tc.seed + 7919)
+    z = torch.randn(max(n, tc.n_samples), cfg.model.z_dim, generator=g)[:n]
+    return z, torch.arange(n) % max(num_classes, 1)
+
+
 class Trainer:
     """The loop of one run around its :class:`~sagan.step.TrainStep`: data, schedule,
     checkpoints, samples, evaluations, status and resume."""
@@ -120,10 +136,8 @@ class Trainer:
         self.best_step: int | None = None  # the checkpoint final.best_by keeps
         # Fixed sample inputs come from another: sampling never moves the training
         # noise, so changing sample_every cannot change the result.
-        g = torch.Generator().manual_seed(tc.seed + 7919)
-        self.sample_z = torch.randn(tc.n_samples, cfg.model.z_dim, generator=g).to(self.device)
-        nc = max(self.num_classes, 1)
-        self.sample_y = (torch.arange(tc.n_samples) % nc).to(self.device)
+        z, y = sample_inputs(cfg, self.num_classes)
+        self.sample_z, self.sample_y = z.to(self.device), y.to(self.device)
         self.progress = Progress(tc.steps, enabled=self.is_main, tty=progress)
 
     # -- state ---------------------------------------------------------------
@@ -228,6 +242,12 @@ class Trainer:
         tmp = out / f".step-{self.step:09d}.png"
         save_image(imgs.add(1).div(2).clamp(0, 1), tmp, nrow=int(len(imgs) ** 0.5))
         os.replace(tmp, out / f"step-{self.step:09d}.png")
+        if self.step == self.cfg.train.steps:
+            # The paper's Figure 1 for the final G: no RNG drawn, no state changed.
+            from sagan.attnmaps import N_IMAGES, write_attention_maps
+
+            k = N_IMAGES
+            write_attention_maps(self.run_dir, G, self.sample_z[:k], self.sample_y[:k], self.step)
 
     def _eval_due(self, step: int) -> bool:
         ev = self.cfg.eval

@@ -24,7 +24,7 @@ GRID = {
             "batch_size": 4,
             "log_every": 2,
             "ckpt_every": 2,
-            "sample_every": 100,
+            "sample_every": 4,
             "n_samples": 4,
             "device": "cpu",
         },
@@ -201,10 +201,20 @@ def test_the_report_renders_in_a_real_browser(store, tmp_path):
         images = page.evaluate("Array.from(document.images).map(i => i.complete && i.naturalWidth)")
         text = page.inner_text("body")
         bold = page.evaluate("document.querySelectorAll('td b').length")
+        n_attention = page.evaluate("document.querySelectorAll('img.attention').length")
         page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
         browser.close()
     assert errors == []
     assert images and all(w > 0 for w in images), "every figure loads"
+    for heading in ("Values per cell", "Curves", "Samples", "Attention maps", "Training health"):
+        assert heading in text
+    # Sample grids: one per cell that ran, copied beside the report; attention maps for
+    # the cell with attention only.
+    samples = sorted(p.name for p in (tmp_path / "report" / "samples").iterdir())
+    assert samples == sorted(
+        f"{cells[c]}.png" for c in ("attention=none,seed=0", "attention=<b>feat16</b>,seed=0")
+    )
+    assert n_attention == 1
     assert "<b>feat16</b>" in text and bold == 0, "user strings are escaped, not markup"
     for _, row in final.iterrows():
         assert f"{row['mean']:.3g} ± " in text
