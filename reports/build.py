@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -27,7 +26,7 @@ import pandas as pd
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from reports import figures as figs
-from reports.frame import grid_indexes, read_store, read_training, write_results
+from reports.frame import grid_indexes, read_envs, read_store, read_training, write_results
 from reports.stats import per_run, summarize
 from reports.tables import pivot, resolve
 from sagan.rundir import HIGHER_IS_BETTER
@@ -145,8 +144,11 @@ def runs_table(df: pd.DataFrame) -> dict[str, Any]:
         "state",
         "step",
         "attempts",
+        "train time",
+        "eval time",
         "note",
     ]
+    eval_s = df.groupby("run_id")["eval_s"].sum() if "eval_s" in df else pd.Series(dtype=float)
     rows = []
     for _, r in runs.iterrows():
         note = r.get("error") if isinstance(r.get("error"), str) else ""
@@ -162,6 +164,14 @@ def runs_table(df: pd.DataFrame) -> dict[str, Any]:
                 {"text": step, "cls": "num"},
                 {
                     "text": "" if pd.isna(r.get("attempts")) else str(int(r["attempts"])),
+                    "cls": "num",
+                },
+                {
+                    "text": _hours(r["train_s"]) if not pd.isna(r.get("train_s")) else "",
+                    "cls": "num",
+                },
+                {
+                    "text": _hours(eval_s[r["run_id"]]) if eval_s.get(r["run_id"], 0) else "",
                     "cls": "num",
                 },
                 {"text": note, "cls": ""},
@@ -239,34 +249,69 @@ def _warnings(df: pd.DataFrame) -> list[str]:
     return out
 
 
-def _provenance(out: Path) -> list[tuple[str, str]]:
-    import torch
+def _hours(seconds: float) -> str:
+    """A duration for people: seconds, minutes or hours."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+
+
+def _counted(values: pd.Series) -> str:
+    counts = values.value_counts()
+    return "; ".join(f"{v} ({n} attempt{'s' if n != 1 else ''})" for v, n in counts.items())
+
+
+def _provenance(
+    store: Path, df: pd.DataFrame, indexes: list[dict[str, Any]]
+) -> list[tuple[str, str]]:
+    """How the numbers were made: grids, code, packages, machines and time."""
     import torch_fidelity
 
     from sagan.benchmarks.machine import describe, machine
+    from sagan.provenance import code_version, versions
 
-    try:
-        commit = (
-            subprocess.run(
-                ["git", "rev-parse", "--short", "HEAD"],
-                cwd=Path(__file__).parent,
-                capture_output=True,
-                text=True,
-                timeout=10,
-            ).stdout.strip()
-            or "unknown"
+    rows = [("store", str(store))]
+    for index in indexes:
+        rows.append((f"grid {index['name']}", str(index.get("grid_file", "unknown file"))))
+    runs = df.drop_duplicates("run_id") if len(df) else df
+    present = [r for r in runs.get("run_id", []) if (store / r).is_dir()]
+    envs = read_envs(store, present)
+    if len(envs):
+        dirty = envs["dirty"].map({True: " (uncommitted changes)"}).fillna("")
+        rows.append(("trained with sagan-bench", _counted(envs["commit"].astype(str) + dirty)))
+        pkgs = "torch " + envs["torch"].astype(str)
+        if "torch_fidelity" in envs:
+            pkgs += ", torch-fidelity " + envs["torch_fidelity"].astype(str)
+        rows.append(("trained with packages", _counted(pkgs)))
+        gpu = envs["gpu"] if "gpu" in envs else pd.Series([None] * len(envs), index=envs.index)
+        world = envs["world_size"].map(lambda w: f" x{int(w)}" if w and w > 1 else "")
+        where = (
+            gpu.fillna(envs["cpu"]).astype(str) + " (" + envs["device"].astype(str) + world + ")"
         )
-    except (OSError, subprocess.TimeoutExpired):
-        commit = "unknown"
-    return [
-        ("store", str(out)),
-        ("sagan-bench commit", commit),
+        rows.append(("trained on", _counted(where)))
+    else:
+        rows.append(("trained with", "not recorded (runs older than env.jsonl)"))
+    if len(runs):
+        train = runs["train_s"].dropna().sum() if "train_s" in runs else 0.0
+        evals = df["eval_s"].dropna().sum() if "eval_s" in df else 0.0
+        rows.append(
+            (
+                "device time",
+                f"training {_hours(train)}, evaluation {_hours(evals)} over "
+                f"{len(present)} runs (per run: the Runs table)",
+            )
+        )
+    v = code_version()
+    rows.append(
         (
-            "torch / torch-fidelity / pandas",
-            f"{torch.__version__} / {torch_fidelity.__version__} / {pd.__version__}",
-        ),
-        ("built on", describe(machine("cpu"))),
-    ]
+            "report built with",
+            f"sagan-bench {v['commit']}{' (uncommitted changes)' if v['dirty'] else ''}, "
+            f"torch {versions()['torch']}, torch-fidelity {torch_fidelity.__version__}, "
+            f"pandas {pd.__version__}",
+        )
+    )
+    rows.append(("report built on", describe(machine("cpu"))))
+    return rows
 
 
 def _levels(v: Any) -> str:
@@ -390,7 +435,7 @@ def build(
         attention=figs.attention_maps(runs, store) if len(df) else [],
         runs=runs_table(df) if len(df) else {"header": [], "rows": []},
         protocols=protocols(df),
-        provenance=_provenance(store),
+        provenance=_provenance(store, df, indexes),
     )
     path = out / "index.html"
     path.write_text(html)

@@ -162,6 +162,17 @@ def read_training(out: str | Path, run_ids: list[str] | None = None) -> pd.DataF
     return pd.DataFrame(rows)
 
 
+def read_envs(out: str | Path, run_ids: list[str]) -> pd.DataFrame:
+    """Each attempt's code and machine (``env.jsonl``, :mod:`sagan.provenance`): a row
+    per run and attempt."""
+    rows = [
+        {"run_id": r, **rec}
+        for r in run_ids
+        for rec in rundir.read_jsonl(Path(out) / r / "env.jsonl")
+    ]
+    return pd.DataFrame(rows)
+
+
 def write_results(df: pd.DataFrame, folder: str | Path) -> list[Path]:
     """``results.csv``, and ``results.parquet`` when pyarrow is installed."""
     folder = Path(folder)
@@ -180,6 +191,7 @@ def write_results(df: pd.DataFrame, folder: str | Path) -> list[Path]:
 __all__ = [
     "grid_indexes",
     "grid_levels",
+    "read_envs",
     "read_training",
     "read_store",
     "run_rows",

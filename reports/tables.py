@@ -140,6 +140,22 @@ def why_empty(runs: pd.DataFrame, step: int | None = None) -> tuple[str, str]:
     return "no value", "na"
 
 
+def _unwell(runs: pd.DataFrame) -> str:
+    """Runs of a cell that did not end done, e.g. ``1 diverged at 1200, 1 failed``:
+    said beside the cell's value, which may include a diverged run's best value."""
+    parts = []
+    for state in ("diverged", "failed", "running", "missing", "pending", "interrupted"):
+        sel = runs[runs["state"] == state]
+        if sel.empty:
+            continue
+        text = f"{len(sel)} {state}"
+        if state == "diverged":
+            steps = sel["diverged_step"].dropna().astype(int)
+            text += f" at {', '.join(map(str, sorted(steps)))}" if len(steps) else ""
+        parts.append(text)
+    return ", ".join(parts)
+
+
 def _text(v: Any) -> str:
     """A config value as text; 128.0 (a number in a column with gaps) is 128."""
     return str(int(v)) if isinstance(v, float) and v.is_integer() else str(v)
@@ -285,6 +301,9 @@ def pivot(
             text = _fmt(h["mean"]) + (f" ± {_fmt(h['std'])}" if h["n"] > 1 else "")
             n_runs = len(mine)
             sub = f"n={h['n']}" + (f" of {n_runs}" if n_runs > h["n"] else "")
+            unwell = _unwell(mine)
+            if unwell:
+                sub += f" ({unwell})"
             title = (
                 f"95% bootstrap CI [{_fmt(h['ci_low'])}, {_fmt(h['ci_high'])}]"
                 if h["n"] > 1

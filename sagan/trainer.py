@@ -311,6 +311,11 @@ class Trainer:
         status.update(state="running", steps=tc.steps, attempts=status.get("attempts", 0) + 1)
         status.pop("error", None)
         self._write_status(status)
+        if self.is_main:
+            from sagan.provenance import environment
+
+            env = environment(self.device, self.world)
+            rundir.append_jsonl(self.run_dir / "env.jsonl", {"attempt": status["attempts"], **env})
         writer = None
         try:
             self.restore()

@@ -127,8 +127,8 @@ def test_table1_sets_the_papers_values_beside_a_study_of_the_papers_setup(tmp_pa
     assert _cell(t, ("residual", "none"), 0)["text"] == "not in grid"
     assert _cell(t, ("residual", "feat16"), 0)["text"] == "2 of 2 failed"
     sixteen = _cell(t, ("attention", "feat16"), 0)
-    assert sixteen["text"] == "28" and sixteen["sub"].startswith("n=1 of 2")
-    assert _cell(t, ("residual", "feat64"), 0)["sub"].startswith("n=1 of 2")
+    assert sixteen["text"] == "28" and sixteen["sub"].startswith("n=1 of 2 (1 diverged at 1200)")
+    assert _cell(t, ("residual", "feat64"), 0)["sub"].startswith("n=1 of 2 (1 missing)")
     # Differences from the baseline (attention/none, FID 30 and 31), with a CI.
     assert "baseline" in _cell(t, ("attention", "none"), 0)["sub"]
     assert _cell(t, ("attention", "feat32"), 0)["sub"] == "n=2 · Δ -3 [-4, -2]"

@@ -202,6 +202,13 @@ def test_the_report_renders_in_a_real_browser(store, tmp_path):
         text = page.inner_text("body")
         bold = page.evaluate("document.querySelectorAll('td b').length")
         n_attention = page.evaluate("document.querySelectorAll('img.attention').length")
+        # The runs table sorts by a clicked header, both ways.
+        first_ids = "Array.from(document.querySelectorAll('table.sortable')).pop().tBodies[0].rows[0].cells[0].textContent"
+        header = page.locator("table.sortable").last.locator("th").first
+        header.click()
+        ascending = page.evaluate(first_ids)
+        header.click()
+        descending = page.evaluate(first_ids)
         page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
         browser.close()
     assert errors == []
@@ -215,6 +222,12 @@ def test_the_report_renders_in_a_real_browser(store, tmp_path):
         f"{cells[c]}.png" for c in ("attention=none,seed=0", "attention=<b>feat16</b>,seed=0")
     )
     assert n_attention == 1
+    assert (ascending, descending) == (min(cells.values()), max(cells.values()))
+    # Provenance: the code and machine each run trained with (env.jsonl), and the time.
+    from sagan.provenance import code_version
+
+    assert f"trained with sagan-bench\t{code_version()['commit']}" in text
+    assert "device time\ttraining" in text
     assert "<b>feat16</b>" in text and bold == 0, "user strings are escaped, not markup"
     for _, row in final.iterrows():
         assert f"{row['mean']:.3g} ± " in text
@@ -232,3 +245,13 @@ def test_the_report_benchmark_writes_reads_and_builds_a_store(capsys):
     assert bench.main(["--runs", "16"]) == 0
     out = capsys.readouterr().out
     assert "16 runs (96 rows)" in out and "machine: cpu" in out
+
+
+def test_each_attempt_records_its_code_and_machine(store):
+    from sagan.provenance import code_version
+
+    out, cells = store
+    (env,) = rundir.read_jsonl(out / cells["attention=none,seed=0"] / "env.jsonl")
+    assert env["attempt"] == 1 and env["commit"] == code_version()["commit"]
+    assert env["device"] == "cpu" and env["world_size"] == 1
+    assert env["torch"] and env["torch_fidelity"] and env["cpu"] and env["host"]
