@@ -30,6 +30,7 @@ import yaml
 
 from sagan import rundir
 from sagan.config import flatten
+from sagan.metrics.protocol import protocol_id
 
 # libyaml's safe loader when PyYAML was built with it: 1,000 configs in well under a second.
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -111,7 +112,8 @@ def run_rows(run_dir: Path, levels: dict[str, Any] | None = None) -> list[dict[s
             eval_step=r.get("step"),
             origin=r.get("origin", "train"),
             checkpoint=r.get("checkpoint"),
-            protocol_id=r.get("protocol_id"),
+            # Records older than protocol ids get theirs from the protocol they carry.
+            protocol_id=r.get("protocol_id") or protocol_id(r.get("protocol") or {}),
             eval_s=r.get("wall_s"),
         )
         row.update({f"metric.{k}": v for k, v in r.get("metrics", {}).items()})

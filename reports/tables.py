@@ -39,6 +39,9 @@ LABELS = {
     "precision": "precision",
     "recall": "recall",
 }
+# Below this many seeds a percentile bootstrap is narrower than the truth (it only
+# resamples the few values it has): the report says so.
+FEW_SEEDS = 5
 VALUE_LABELS = {"final": "final score", "best": "best during training", "last": "last monitored"}
 
 
@@ -260,6 +263,7 @@ def pivot(
     flat_rows = []
     best: dict[int, float] = {}
     cells: dict[tuple[int, int], float] = {}
+    few = False
     for r, row_combo in enumerate(_combos(axes, layout.rows)):
         out_row = [{"text": v, "cls": "level", "sub": "", "title": ""} for v in row_combo]
         flat = list(row_combo)
@@ -324,6 +328,7 @@ def pivot(
                     if not math.isnan(dr["diff_ci_low"]):
                         sub += f" [{dr['diff_ci_low']:+.3g}, {dr['diff_ci_high']:+.3g}]"
             cells[(r, j)] = float(h["mean"])
+            few |= 1 < h["n"] < FEW_SEEDS
             out_row.append({"text": text, "sub": sub, "cls": "num", "title": title})
             flat.append(f"{text} (n={h['n']})")
         body.append(out_row)
@@ -336,6 +341,12 @@ def pivot(
     for (r, j), v in cells.items():
         if best.get(j) == v:
             body[r][len(layout.rows) + j]["cls"] += " best"
+    if few:
+        notes.append(
+            f"Some cells have fewer than {FEW_SEEDS} seeds: a bootstrap over so few values "
+            "resamples only what it saw, so their CIs (and those of their Δ) are too narrow. "
+            "Read them as hints, not findings."
+        )
     if layout.paper:
         src = f"Paper values: {layout.paper['source']} ({layout.paper['protocol']})."
         if paper_misses:

@@ -133,6 +133,7 @@ def test_table1_sets_the_papers_values_beside_a_study_of_the_papers_setup(tmp_pa
     assert "baseline" in _cell(t, ("attention", "none"), 0)["sub"]
     assert _cell(t, ("attention", "feat32"), 0)["sub"] == "n=2 · Δ -3 [-4, -2]"
     assert any("Zhang" in n and "52.52" in n for n in t["notes"])
+    assert any("fewer than 5 seeds" in n and "too narrow" in n for n in t["notes"])
 
 
 def test_a_table_of_one_diverged_seed_says_so(tmp_path):
