@@ -219,17 +219,25 @@ def test_smoke_grid_end_to_end(tmp_path):
     g = load_grid(REPO / "ablations" / "grids" / "smoke.yaml")
     store = RunStore(out)
     assert len(g.cells) == 8
+    swd = []
     for c in g.cells:
         st = store.state(c)
         assert st.state == "done" and st.step == 30, c.label()
-        record = rundir.read_jsonl(store.run_dir(c.run_id) / "eval.jsonl")[-1]
-        assert record["step"] == 30 and 0.0 <= record["metrics"]["consistency"] <= 1.0
-        assert record["protocol"]["n_generated"] == 256
+        records = rundir.read_jsonl(store.run_dir(c.run_id) / "eval.jsonl")
+        # Monitoring at steps 15 and 30, then the final score of record.
+        assert [(r["step"], r["origin"]) for r in records] == [(15, "train"), (30, "train"), (30, "final")]
+        final = records[-1]
+        assert 0.0 <= final["metrics"]["consistency"] <= 1.0 and final["metrics"]["swd"] > 0
+        assert final["protocol"]["n_generated"] == 256
+        swd.append(final["metrics"]["swd"])
+    # The smoke grid's numbers differ between cells (no column of equal values).
+    assert len({round(v, 3) for v in swd}) == 8
     table = proc.stdout.split("\n\n")[-1]
-    assert table.count("done") == 8 and "consist." in table
+    assert table.count("done") == 8 and "SWD" in table
     report = out / "report" / "index.html"
     assert f"report: {report}" in proc.stdout and report.is_file()
-    assert (out / "report" / "results.csv").read_text().count("\n") == 1 + 8
+    assert (out / "report" / "results.csv").read_text().count("\n") == 1 + 8 * 3
+    assert f"{min(swd):.4g}" in (out / "report" / "table-smoke-1.md").read_text()
     rerun = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0 and "8 selected, 0 to train" in rerun.stdout
 
