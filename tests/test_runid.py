@@ -152,5 +152,6 @@ def test_the_legacy_values_of_new_keys_give_the_old_ids():
         if c.label() in SMOKE_BEFORE_FIDELITY:
             cfg = c.config.model_copy(deep=True)
             cfg.model.bn_momentum, cfg.model.sn_g_step = 0.1, "advance"
+            cfg.train.ema = 0.999  # the smoke grid's EMA back then
             assert run_id(cfg) == SMOKE_BEFORE_FIDELITY[c.label()]
             assert c.run_id != SMOKE_BEFORE_FIDELITY[c.label()]
