@@ -21,6 +21,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from ablations.cost import CostError
 from ablations.executors import Detached, Executor, JobView, Outcome, Task, make_executor
 from ablations.grid import Cell, Grid, GridError, load_grid, parse_only, select
 from ablations.store import RunBusy, RunStore, holder, is_locked
@@ -165,6 +166,18 @@ def parse_args(argv):
     p.add_argument(
         "--dry-run", action="store_true", help="print the cells and what would run, then exit"
     )
+    cost = p.add_mutually_exclusive_group()
+    cost.add_argument(
+        "--cost-from",
+        type=Path,
+        metavar="BENCH.json",
+        help="with --dry-run: device hours per cell from a `python -m sagan.bench --out` file",
+    )
+    cost.add_argument(
+        "--cost",
+        action="store_true",
+        help="with --dry-run: device hours per cell, timing each distinct cell here",
+    )
     p.add_argument(
         "--force", action="store_true", help="move selected runs aside and train them anew"
     )
@@ -275,7 +288,14 @@ def _run(args, argv, grid: Grid, cells: list[Cell], store: RunStore, executor: E
         + f"; store {store.out}"
     )
     if args.dry_run:
-        print(cell_table(grid, store, cells, {k: str(v) for k, v in plans.items()}))
+        cost = None
+        if args.cost_from or args.cost:
+            try:
+                cost = _cost(args, [c for c in cells if plans[c.run_id].trains], store)
+            except CostError as e:
+                print(f"error: --cost-from {e}", file=sys.stderr)
+                return 2
+        print(cell_table(grid, store, cells, {k: str(v) for k, v in plans.items()}, cost=cost))
         script = executor.preview(len(todo)) if todo else ""
         if script:
             print(f"\nsbatch script for {len(todo)} cell(s):\n{script}")
@@ -335,6 +355,28 @@ def _run(args, argv, grid: Grid, cells: list[Cell], store: RunStore, executor: E
     for line in unfinished:
         print(line, file=sys.stderr)
     return 1 if unfinished else 0
+
+
+def _cost(args, todo: list[Cell], store: RunStore) -> dict[str, str]:
+    """``--cost-from`` / ``--cost``: each cell's training hours, and a total line."""
+    from ablations import cost
+
+    table, where = cost.load_bench(args.cost_from) if args.cost_from else cost.measure(todo)
+    done = {c.run_id: store.state(c).step for c in todo}
+    secs = cost.estimate(todo, done, table)
+    known = [s for s in secs.values() if s is not None]
+    unknown = [c.label() for c in todo if secs[c.run_id] is None]
+    source = f"{args.cost_from}" if args.cost_from else "timed here"
+    print(
+        f"estimated training: {sum(known) / 3600:.3g} device hours for {len(known)} cell(s), "
+        f"from {source} ({where}); evaluation and scoring come on top"
+    )
+    if unknown:
+        print(
+            f"no estimate for {len(unknown)} cell(s) (no benchmark case with their step: "
+            f"resolution, ch, attention, batch, n_dis, amp, channels_last): {', '.join(unknown)}"
+        )
+    return {rid: cost.hours(s) for rid, s in secs.items()}
 
 
 def _report(store: RunStore) -> None:

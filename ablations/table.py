@@ -34,6 +34,7 @@ def cell_table(
     cells: list[Cell],
     actions: dict[str, str] | None = None,
     jobs: dict[str, JobView] | None = None,
+    cost: dict[str, str] | None = None,
 ) -> str:
     """One row per cell: its levels, run id, state, step and latest metrics, then
     what to do with it (``actions``) or its job (``jobs``: id, scheduler state, log)."""
@@ -43,6 +44,8 @@ def cell_table(
     header = [*axes, "run_id", "state", "step", *(h for _, h in shown)]
     if actions is not None:
         header.append("action")
+    if cost is not None:
+        header.append("est. hours")
     if jobs is not None:
         header += ["job", "job state", "log"]
     rows = []
@@ -52,6 +55,8 @@ def cell_table(
         row += [_fmt(metrics[c.run_id].get(k)) for k, _ in shown]
         if actions is not None:
             row.append(actions.get(c.run_id, ""))
+        if cost is not None:
+            row.append(cost.get(c.run_id, "-"))
         if jobs is not None:
             job = jobs.get(c.run_id)
             row += [job.job_id, job.state, str(job.log)] if job else ["-", "-", "-"]

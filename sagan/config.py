@@ -106,9 +106,9 @@ class TrainConfig(_Strict):
     ema: float | None = Field(None, gt=0, lt=1)
     ema_start: int = Field(0, ge=0)
     seed: int = 0
-    amp: bool = False  # bf16 autocast, CUDA only
+    amp: bool = False  # bf16 autocast (CUDA and CPU); losses and spectral norm in fp32
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    channels_last: bool = True  # CUDA only
+    channels_last: bool = True  # NHWC memory format for both networks and the inputs
     # Several devices (DDP): batch-norm statistics per device, as the official code
     # computes them, unless this is set (SyncBatchNorm, CUDA only).
     sync_bn: bool = False

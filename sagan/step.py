@@ -15,6 +15,7 @@ of every global batch, so the stream of examples does not depend on the world si
 from __future__ import annotations
 
 import copy
+import logging
 from contextlib import nullcontext
 from typing import Any
 
@@ -24,6 +25,8 @@ from sagan.config import Config, ConfigError
 from sagan.layers import held_power_iteration
 from sagan.losses import LOSSES
 from sagan.models import build_models
+
+log = logging.getLogger(__name__)
 
 
 class TrainStep:
@@ -52,7 +55,19 @@ class TrainStep:
         # This rank's slice of every global batch.
         self.local = slice(rank * tc.batch_size // world, (rank + 1) * tc.batch_size // world)
         G, D = build_models(cfg.model, cfg.data.resolution, num_classes)
-        fmt = torch.channels_last if (self.cuda and tc.channels_last) else torch.contiguous_format
+        # NHWC activations and weights, on the CPU as on CUDA: oneDNN's and cuDNN's
+        # fast convolution paths (see sagan.bench for what it buys).
+        self.channels_last = tc.channels_last
+        if tc.amp and not self.cuda:
+            from sagan.benchmarks.machine import cpu_has_bf16
+
+            if not cpu_has_bf16():
+                log.warning(
+                    "train.amp: true on a CPU without native bf16 (no avx512_bf16 or amx_bf16 "
+                    "flag): bf16 is emulated here and much slower than fp32; "
+                    "`python -m sagan.bench --sweep train.amp=false,true` measures it"
+                )
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         self.G = G.to(device, memory_format=fmt)
         self.D = D.to(device, memory_format=fmt)
         if tc.sync_bn and world > 1:
@@ -80,9 +95,10 @@ class TrainStep:
         self.noise = torch.Generator(device).manual_seed(tc.seed + 104729)
 
     def autocast(self):
-        """bf16 autocast on CUDA when ``train.amp``; nothing otherwise."""
-        if self.cuda and self.cfg.train.amp:
-            return torch.autocast("cuda", dtype=torch.bfloat16)
+        """bf16 autocast when ``train.amp``, on CUDA and on the CPU alike; the losses
+        and spectral norm's power iteration stay in fp32 (``SpectralNormFP32``)."""
+        if self.cfg.train.amp:
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return nullcontext()
 
     def draw(self) -> tuple[torch.Tensor, torch.Tensor]:

@@ -329,7 +329,7 @@ class Trainer:
                 self.device,
                 consumed=self.consumed,
                 num_workers=self.cfg.data.num_workers,
-                channels_last=self.cuda and tc.channels_last,
+                channels_last=self.update.channels_last,
                 shard=(self.rank, self.world),
             )
             writer = self._tensorboard()

@@ -35,6 +35,35 @@ def test_explicit_weights_times_values_is_the_fused_attention(variant, keys):
     torch.testing.assert_close(o, m.attend(x), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("variant", ["official", "paper"])
+@pytest.mark.parametrize("size", [8, 16, 32])
+def test_the_fused_attention_has_the_gradients_of_the_matmul_reference(variant, size):
+    """SDPA (what training runs) against matmul-softmax-matmul, at every placement's map
+    size: the same output, and the same gradients for the input and every weight."""
+    torch.manual_seed(0)
+    m = SelfAttention(16, Layers(sn=False, init="xavier"), variant).double()
+    x = torch.randn(2, 16, size, size, dtype=torch.float64, requires_grad=True)
+    upstream = torch.randn(2, 16, size, size, dtype=torch.float64)
+
+    def reference(x):
+        v = m.value(x)
+        if m.pool:
+            v = torch.nn.functional.max_pool2d(v, 2)
+        o = (m.weights(x) @ v.flatten(2).transpose(1, 2)).transpose(1, 2)
+        return x + m.gamma * m.out(o.reshape(2, -1, size, size))
+
+    with torch.no_grad():
+        m.gamma.fill_(0.7)  # 0 at init would hide the attention branch's gradients
+    grads = []
+    for f in (m, reference):
+        m.zero_grad()
+        x.grad = None
+        (f(x) * upstream).sum().backward()
+        grads.append([x.grad.clone()] + [p.grad.clone() for p in m.parameters()])
+    for fused, ref in zip(*grads, strict=True):
+        torch.testing.assert_close(fused, ref, rtol=1e-9, atol=1e-10)
+
+
 def _tiny_g(attn_g=(16,), variant="official"):
     torch.manual_seed(0)
     cfg = ModelConfig(ch=8, z_dim=16, attn_g=list(attn_g), attention_variant=variant)

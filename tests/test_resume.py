@@ -83,6 +83,9 @@ CASES = {
     "imagefolder-workers2": {"data.name": "imagefolder", "data.num_workers": 2},
     "n_dis-2": {"train.n_dis": 2},
     "ema-starting-after-the-resume": {"train.ema": 0.9, "train.ema_start": 10},
+    # The CPU fast paths, each at a fixed setting (channels_last is the default).
+    "contiguous-fp32": {"train.channels_last": False},
+    "channels_last-bf16-autocast": {"train.amp": True},
 }
 
 

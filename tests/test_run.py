@@ -225,7 +225,11 @@ def test_smoke_grid_end_to_end(tmp_path):
         assert st.state == "done" and st.step == 30, c.label()
         records = rundir.read_jsonl(store.run_dir(c.run_id) / "eval.jsonl")
         # Monitoring at steps 15 and 30, then the final score of record.
-        assert [(r["step"], r["origin"]) for r in records] == [(15, "train"), (30, "train"), (30, "final")]
+        assert [(r["step"], r["origin"]) for r in records] == [
+            (15, "train"),
+            (30, "train"),
+            (30, "final"),
+        ]
         final = records[-1]
         assert 0.0 <= final["metrics"]["consistency"] <= 1.0 and final["metrics"]["swd"] > 0
         assert final["protocol"]["n_generated"] == 256

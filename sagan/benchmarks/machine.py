@@ -21,6 +21,16 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown"
 
 
+def cpu_has_bf16() -> bool:
+    """Whether the CPU computes bf16 natively (AVX512-BF16 or AMX); without it, torch
+    emulates bf16 matmuls and convolutions, far slower than fp32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def machine(device: torch.device | str | None = None) -> dict[str, Any]:
     """CPU model, core count, torch threads, torch/Python versions and the device.
 
@@ -44,6 +54,8 @@ def machine(device: torch.device | str | None = None) -> dict[str, Any]:
         "python": platform.python_version(),
         "device": str(device),
     }
+    if device.type == "cpu":
+        info["cpu_bf16"] = cpu_has_bf16()
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
         info["cuda"] = torch.version.cuda
@@ -55,4 +67,4 @@ def describe(info: dict[str, Any]) -> str:
     return ", ".join(f"{key} {value}" for key, value in info.items())
 
 
-__all__ = ["cpu_model", "describe", "machine"]
+__all__ = ["cpu_has_bf16", "cpu_model", "describe", "machine"]

@@ -1,0 +1,111 @@
+"""sagan.bench: the speed benchmark runs the real step on a tiny config and says what it
+measured; the CPU fast paths (channels_last, bf16 autocast) train and resume exactly.
+
+No test here asserts a speed: speed is shown by the benchmark, not by tests.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from sagan.bench import cases, main, matmul_ceiling
+
+TINY = ["model.ch=8", "model.z_dim=8", "train.batch_size=4", "data.synthetic.n_images=64"]
+
+
+def test_the_benchmark_writes_every_field_for_every_case(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    argv = [*TINY, "--sweep", "train.channels_last=false,true", "--steps", "2", "--warmup", "1"]
+    assert main([*argv, "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert set(result["ceiling_flops"]) == {"fp32", "bf16"}
+    assert all(v > 0 for v in result["ceiling_flops"].values())
+    assert [c["channels_last"] for c in result["cases"]] == [False, True]
+    for c in result["cases"]:
+        assert c["ms_per_step"] > 0 and c["img_per_s"] > 0 and c["peak_mem_gib"] > 0
+        assert c["flops_per_step"] > 0 and c["achieved_tflops"] > 0
+        assert 0 < c["fraction_of_ceiling"] < 10
+        assert c["machine"]["device"] == "cpu" and c["peak_mem_kind"] == "peak RSS"
+    # The same step has the same FLOPs in either memory format.
+    assert result["cases"][0]["flops_per_step"] == result["cases"][1]["flops_per_step"]
+    printed = capsys.readouterr().out
+    assert "1.00x" in printed and "machine: cpu" in printed and f"wrote {out}" in printed
+
+
+def test_sweeps_multiply_out_and_lists_are_written_with_semicolons():
+    got = cases(["a=1"], ["train.amp=false,true", "model.attn_g=[];[8,16]"])
+    assert got == [
+        ["a=1", "train.amp=false", "model.attn_g=[]"],
+        ["a=1", "train.amp=false", "model.attn_g=[8,16]"],
+        ["a=1", "train.amp=true", "model.attn_g=[]"],
+        ["a=1", "train.amp=true", "model.attn_g=[8,16]"],
+    ]
+    with pytest.raises(SystemExit, match="expected KEY=VALUE"):
+        cases([], ["train.amp"])
+
+
+def test_a_bad_case_is_refused_before_anything_is_timed(capsys):
+    assert main([*TINY, "--sweep", "train.batch_size=4,five"]) == 2
+    err = capsys.readouterr().err
+    assert "train.batch_size" in err and "five" in err
+
+
+def test_the_matmul_ceiling_is_a_rate():
+    assert matmul_ceiling(torch.device("cpu"), torch.float32, n=128) > 1e6
+
+
+def _bench_file(tmp_path, cells, ms):
+    """A sagan.bench file with one case: the step of ``cells[0]`` at ``ms`` per step."""
+    from ablations.cost import MATCH
+
+    cfg = cells[0].config
+    case = dict(
+        zip(
+            MATCH,
+            [cfg.data.resolution, cfg.model.ch, cfg.model.attn_g, cfg.model.attn_d,
+             cfg.train.batch_size, cfg.train.n_dis, cfg.train.amp, cfg.train.channels_last],
+            strict=True,
+        ),
+        ms_per_step=ms,
+    )  # fmt: skip
+    path = tmp_path / "bench.json"
+    path.write_text(json.dumps({"cases": [case], "machine": {"gpu": "a test GPU"}}))
+    return path
+
+
+def test_the_cost_estimate_multiplies_steps_left_by_the_benchmarked_step(tmp_path):
+    from ablations.cost import estimate, load_bench
+    from ablations.grid import load_grid
+
+    cells = load_grid("ablations/grids/smoke.yaml").cells
+    feat16 = [c for c in cells if c.levels["attention"] == "feat16"]
+    table, machine = load_bench(_bench_file(tmp_path, feat16, 1000.0))
+    assert machine == "gpu a test GPU"
+    secs = estimate(cells, {feat16[0].run_id: 10}, table)
+    assert secs[feat16[0].run_id] == 20.0  # 30 steps, 10 done, 1 s each
+    assert all(secs[c.run_id] == 30.0 for c in feat16[1:])
+    assert all(secs[c.run_id] is None for c in cells if c not in feat16)  # another step
+
+
+def test_a_dry_run_prints_hours_per_cell_and_in_total(tmp_path, capsys):
+    from ablations import run as run_cli
+    from ablations.grid import load_grid
+
+    cells = load_grid("ablations/grids/smoke.yaml").cells
+    feat16 = [c for c in cells if c.levels["attention"] == "feat16"]
+    bench = _bench_file(tmp_path, feat16, 3_600_000.0)  # an hour per step: 30 h per cell
+    argv = ["smoke", "--out", str(tmp_path / "runs"), "--dry-run", "--cost-from", str(bench)]
+    assert run_cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert (
+        f"estimated training: 120 device hours for 4 cell(s), from {bench} (gpu a test GPU)" in out
+    )
+    assert "no estimate for 4 cell(s)" in out and "est. hours" in out
+    assert out.count("  run     30\n") == 4 and not (tmp_path / "runs").exists()
+    (tmp_path / "bad.json").write_text("{")
+    argv[-1] = str(tmp_path / "bad.json")
+    assert run_cli.main(argv) == 2
+    assert f"--cost-from {tmp_path / 'bad.json'}: not JSON" in capsys.readouterr().err
