@@ -215,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n-images", type=int, default=N_IMAGES, help="images (default: %(default)s)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     args = p.parse_args(argv)
-    from sagan.models import Generator
+    from sagan.models import load_generator
     from sagan.trainer import pick_device, sample_inputs
 
     try:
@@ -232,10 +232,11 @@ def main(argv: list[str] | None = None) -> int:
                 f"model.attn_block: {cfg.model.attn_block}); there are no maps to draw"
             )
         state = _checkpoint(args.run_dir, args.step)
-        G = Generator(cfg.model, cfg.data.resolution, state["num_classes"])
-        # G_ema when the run keeps one, as the trainer's sample grids.
-        G.load_state_dict(state["G_ema"] if state.get("G_ema") is not None else state["G"])
-        G.to(pick_device(args.device))
+        # G_ema when the run keeps one, as the trainer's sample grids; in the memory
+        # format the run trained in, so that these are the trainer's maps bit for bit.
+        G = load_generator(
+            cfg, state, ema=state.get("G_ema") is not None, device=pick_device(args.device)
+        )
         z, y = sample_inputs(cfg, state["num_classes"], args.n_images)
         path = write_attention_maps(args.run_dir, G, z, y, state["step"])
     except (ConfigError, CheckpointError) as e:

@@ -23,7 +23,7 @@ from sagan import rundir
 from sagan.checkpoint import CheckpointError, list_checkpoints, load_checkpoint
 from sagan.config import ConfigError, load_config, parse_overrides
 from sagan.data import DataError
-from sagan.models import Generator
+from sagan.models import load_generator
 from sagan.trainer import pick_device
 
 
@@ -32,10 +32,8 @@ def score_checkpoint(cfg, path: Path, device: torch.device) -> dict:
     from sagan.metrics import evaluate_generator
 
     state = load_checkpoint(path)
-    G = Generator(cfg.model, cfg.data.resolution, state["num_classes"])
     use_ema = cfg.eval.use_ema and state.get("G_ema") is not None
-    G.load_state_dict(state["G_ema"] if use_ema else state["G"])
-    G.to(device)
+    G = load_generator(cfg, state, ema=use_ema, device=device)
     record = evaluate_generator(G, cfg, step=state["step"], device=device, ema=use_ema)
     record["origin"] = "rescore"
     record["checkpoint"] = path.name

@@ -199,3 +199,13 @@ def build_models(
 ) -> tuple[Generator, Discriminator]:
     """G and D for a model config. ``num_classes == 0`` builds unconditional models."""
     return Generator(cfg, resolution, num_classes), Discriminator(cfg, resolution, num_classes)
+
+
+def load_generator(cfg, state: dict, *, ema: bool, device: torch.device | str) -> Generator:
+    """G (or G_ema) from a checkpoint's ``state``, on ``device``, in the memory format
+    the run trained in (``train.channels_last``): a checkpoint scored later gives the
+    numbers its run gave, not numbers rounded another way."""
+    G = Generator(cfg.model, cfg.data.resolution, state["num_classes"])
+    G.load_state_dict(state["G_ema"] if ema else state["G"])
+    fmt = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
+    return G.to(device, memory_format=fmt)

@@ -26,7 +26,7 @@ import torch
 from sagan import rundir
 from sagan.checkpoint import CheckpointError, list_checkpoints, load_checkpoint
 from sagan.config import Config, EvalConfig, to_dict
-from sagan.models import Generator
+from sagan.models import load_generator
 
 log = logging.getLogger("sagan.score")
 
@@ -116,10 +116,9 @@ def score_final(
         ):
             log.info("final %s (step %d) under protocol %s: already scored", role, step, pid)
             continue
-        G = Generator(cfg.model, cfg.data.resolution, state["num_classes"])
-        G.load_state_dict(state["G_ema"] if use_ema else state["G"])
+        G = load_generator(cfg, state, ema=use_ema, device=device)
         record = evaluate_generator(
-            G.to(device), ecfg, step=step, device=device, ema=use_ema, reference=reference
+            G, ecfg, step=step, device=device, ema=use_ema, reference=reference
         )
         record.update(origin="final", checkpoint=role, checkpoint_file=path.name)
         rundir.append_jsonl(run_dir / "eval.jsonl", record)
