@@ -181,10 +181,10 @@ def _paper_applies(layout: Layout, runs: pd.DataFrame) -> list[str]:
 
 
 def _paper_value(layout: Layout, key: dict[str, str], metric: str) -> float | None:
+    """The paper's value of ``metric`` for the cell ``key``, when it quotes one."""
     for entry in (layout.paper or {}).get("values", []):
-        if entry["levels"] == {a: key[a] for a in entry["levels"] if a in key} and metric in entry:
-            if all(a in key for a in entry["levels"]):
-                return float(entry[metric])
+        if metric in entry and all(key.get(a) == v for a, v in entry["levels"].items()):
+            return float(entry[metric])
     return None
 
 

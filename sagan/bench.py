@@ -155,16 +155,22 @@ def ceilings(device: torch.device) -> dict[str, float]:
     }
 
 
-def table(result: dict[str, Any]) -> str:
-    base = result["cases"][0]["ms_per_step"]
-    rows = [["case", "ms/step", "img/s", "speed-up", "peak GiB", "GFLOP/step", "of ceiling"]]
+def add_fractions(result: dict[str, Any]) -> None:
+    """Each case's ``fraction_of_ceiling``: its FLOP/s over the machine's dense rate in
+    its precision. Under autocast that is the best of bf16 and fp32: bf16 where it is
+    faster (GPUs, AMX or AVX512-BF16 CPUs), fp32 where bf16 is emulated (AVX2 CPUs)."""
     fp32, bf16 = result["ceiling_flops"]["fp32"], result["ceiling_flops"]["bf16"]
     for c in result["cases"]:
-        # Under autocast, the machine's best dense rate: bf16 where it is faster (GPUs,
-        # AMX or AVX512-BF16 CPUs), fp32 where bf16 is emulated (100x slower on AVX2).
         ceiling = max(fp32, bf16) if c["amp"] else fp32
-        frac = c["achieved_tflops"] * 1e12 / ceiling
-        c["fraction_of_ceiling"] = round(frac, 4)
+        c["fraction_of_ceiling"] = round(c["achieved_tflops"] * 1e12 / ceiling, 4)
+
+
+def table(result: dict[str, Any]) -> str:
+    """The cases as a text table, with speed-ups against the first case."""
+    base = result["cases"][0]["ms_per_step"]
+    rows = [["case", "ms/step", "img/s", "speed-up", "peak GiB", "GFLOP/step", "of ceiling"]]
+    for c in result["cases"]:
+        frac = c["fraction_of_ceiling"]
         rows.append(
             [
                 " ".join(c["overrides"]) or "(config as is)",
@@ -214,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     result["ceiling_flops"] = ceilings(device)
     result["cases"] = run_cases(args.config, todo, args.steps, args.warmup)
     result["machine"] = result["cases"][0]["machine"]
+    add_fractions(result)
     print(table(result))
     print(
         f"ceiling: fp32 {result['ceiling_flops']['fp32'] / 1e12:.2f} TFLOP/s, "
