@@ -112,7 +112,7 @@ def _fmt(x: float) -> str:
     return f"{x:.4g}" if abs(x) < 1000 else f"{x:.0f}"
 
 
-def why_empty(runs: pd.DataFrame, step: int | None = None) -> tuple[str, str]:
+def why_empty(runs: pd.DataFrame, step: int | None = None, value: str = "final") -> tuple[str, str]:
     """(text, css class) for a cell without a value, from its runs' states."""
     if runs.empty:
         return "not in grid", "na"
@@ -140,6 +140,8 @@ def why_empty(runs: pd.DataFrame, step: int | None = None) -> tuple[str, str]:
         if (runs["step"] < step).all():
             return f"not yet at step {step}", "wait"
         return f"not evaluated at step {step}", "na"
+    if (runs["state"] == "done").all():
+        return ("not scored (no final section)" if value == "final" else "not monitored"), "na"
     return "no value", "na"
 
 
@@ -296,8 +298,19 @@ def pivot(
                 for a, v in key.items():
                     m &= s[f"axis.{a}"].astype(str) == v
                 hit = s[m]
+            if (hit is None or hit.empty) and s is not None:
+                m = s["protocol_id"] != c["pid"]
+                for a, v in key.items():
+                    m &= s[f"axis.{a}"].astype(str) == v
+                if m.any():
+                    others = ", ".join(sorted(s.loc[m, "protocol_id"]))
+                    out_row.append(
+                        {"text": f"only under {others}", "sub": "", "cls": "num na", "title": ""}
+                    )
+                    flat.append(f"only under {others}")
+                    continue
             if hit is None or hit.empty:
-                text, cls = why_empty(mine, c["step"])
+                text, cls = why_empty(mine, c["step"], layout.value)
                 out_row.append({"text": text, "sub": "", "cls": f"num {cls}", "title": ""})
                 flat.append(text)
                 continue

@@ -184,6 +184,16 @@ def test_monitored_values_at_chosen_steps(tmp_path):
     assert [h["text"] for h in t["header"][1]] == ["step 50", "step 100"]
     assert _cell(t, ("attention", "none"), 0)["text"] == "35.5 ± 0.7071"
     assert _cell(t, ("attention", "none"), 1)["text"] == "not evaluated at step 100"
+    layout_best = resolve(
+        {"rows": ["block", "placement"], "metrics": ["is_mean"], "value": "best"}, axes
+    )
+    assert _cell(pivot(df, layout_best, axes), ("attention", "none"), 0)["text"] == "not monitored"
+    layout_final = resolve({"rows": ["block", "placement"], "metrics": ["fid"]}, axes)
+    d = tmp_path / "attnone0"
+    (d / "eval.jsonl").write_text(json.dumps(_monitored(50, 33.0)) + "\n")
+    (d.with_name("attnone1") / "eval.jsonl").write_text("")
+    t = pivot(read_store(tmp_path), layout_final, axes)
+    assert _cell(t, ("attention", "none"), 0)["text"] == "not scored (no final section)"
     d = tmp_path / "attnone0"
     rundir.write_status(d, rundir.read_status(d) | {"state": "running", "step": 60})
     t = pivot(read_store(tmp_path), layout, axes)
@@ -205,7 +215,7 @@ def test_a_metric_under_two_protocols_gets_two_columns(tmp_path):
     (t,) = _tables(tmp_path)
     heads = [h["text"] for h in t["header"][1]]
     assert heads[:2] == ["protocol p50k", "protocol p5k"]
-    assert _cell(t, ("a",), 0)["text"] == "no value" and _cell(t, ("a",), 1)["text"] == "10"
+    assert _cell(t, ("a",), 0)["text"] == "only under p5k" and _cell(t, ("a",), 1)["text"] == "10"
     assert any("2 protocols" in n and "never pooled" in n for n in t["notes"])
 
 
