@@ -53,6 +53,12 @@ def cache_dir(cfg: Any = None) -> Path:
     return Path.home() / ".cache" / "sagan-bench" / "reference"
 
 
+def subset_rule(n: int, n_available: int) -> str:
+    """Which reference images a number used: the whole split, or the seeded subset
+    :func:`_subset` draws."""
+    return "all" if n == n_available else f"random, seed {REFERENCE_SUBSET_SEED}, of {n_available}"
+
+
 def cache_key_parts(
     key_parts: dict[str, Any], weights_sha256: str, n_available: int
 ) -> dict[str, Any]:
@@ -64,9 +70,7 @@ def cache_key_parts(
     return {
         **{k: key_parts[k] for k in REQUIRED_PARTS},
         "n": n,
-        "subset": "all"
-        if n == n_available
-        else f"random, seed {REFERENCE_SUBSET_SEED}, of {n_available}",
+        "subset": subset_rule(n, n_available),
         "weights_sha256": weights_sha256,
         "extractor": EXTRACTOR,
         "layer": FEATURE_LAYERS["fid"],
