@@ -161,6 +161,15 @@ def _unwell(runs: pd.DataFrame) -> str:
     return ", ".join(parts)
 
 
+def _in_cell(frame: pd.DataFrame, key: dict[str, str]) -> pd.Series:
+    """Which rows of ``frame`` (runs, or a summary) have the levels ``key``."""
+    mask = pd.Series(True, index=frame.index)
+    for a, v in key.items():
+        col = f"axis.{a}"
+        mask &= (frame[col].astype(str) == v) if col in frame else False
+    return mask
+
+
 def _text(v: Any) -> str:
     """A config value as text; 128.0 (a number in a column with gaps) is 128."""
     return str(int(v)) if isinstance(v, float) and v.is_integer() else str(v)
@@ -284,31 +293,20 @@ def pivot(
                 flat.append(_fmt(v) if v is not None else "")
                 continue
             key |= dict(zip(layout.cols, c["col"], strict=True))
-            mine = runs
-            for a, v in key.items():
-                mine = (
-                    mine[mine[f"axis.{a}"].astype(str) == v]
-                    if f"axis.{a}" in mine
-                    else mine.iloc[0:0]
-                )
+            mine = runs[_in_cell(runs, key)]
             s = sums[(c["metric"], c["step"], c["pid"])]
             hit = None
             if s is not None:
-                m = s["protocol_id"] == c["pid"]
-                for a, v in key.items():
-                    m &= s[f"axis.{a}"].astype(str) == v
-                hit = s[m]
-            if (hit is None or hit.empty) and s is not None:
-                m = s["protocol_id"] != c["pid"]
-                for a, v in key.items():
-                    m &= s[f"axis.{a}"].astype(str) == v
-                if m.any():
-                    others = ", ".join(sorted(s.loc[m, "protocol_id"]))
-                    out_row.append(
-                        {"text": f"only under {others}", "sub": "", "cls": "num na", "title": ""}
-                    )
-                    flat.append(f"only under {others}")
-                    continue
+                at_cell = _in_cell(s, key)
+                hit = s[at_cell & (s["protocol_id"] == c["pid"])]
+                elsewhere = at_cell & (s["protocol_id"] != c["pid"])
+            if hit is not None and hit.empty and elsewhere.any():
+                others = ", ".join(sorted(s.loc[elsewhere, "protocol_id"]))
+                out_row.append(
+                    {"text": f"only under {others}", "sub": "", "cls": "num na", "title": ""}
+                )
+                flat.append(f"only under {others}")
+                continue
             if hit is None or hit.empty:
                 text, cls = why_empty(mine, c["step"], layout.value)
                 out_row.append({"text": text, "sub": "", "cls": f"num {cls}", "title": ""})
@@ -328,10 +326,7 @@ def pivot(
             )
             d = diffs[(c["metric"], c["step"], c["pid"])]
             if d is not None and baseline:
-                dm = d["protocol_id"] == c["pid"]
-                for a, v in key.items():
-                    dm &= d[f"axis.{a}"].astype(str) == v
-                drow = d[dm]
+                drow = d[_in_cell(d, key) & (d["protocol_id"] == c["pid"])]
                 is_base = all(key.get(a) == v for a, v in baseline.items())
                 if is_base:
                     sub += " · baseline"
