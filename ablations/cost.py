@@ -16,10 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from ablations.grid import Cell
+from sagan.bench import STEP_FIELDS as MATCH
+from sagan.bench import step_fields
 from sagan.config import to_yaml
-
-# What makes two steps cost the same: the fields sagan.bench records per case.
-MATCH = ("resolution", "ch", "attn_g", "attn_d", "batch_size", "n_dis", "amp", "channels_last")
 
 
 class CostError(ValueError):
@@ -27,17 +26,8 @@ class CostError(ValueError):
 
 
 def step_key(cell: Cell) -> tuple:
-    cfg = cell.config
-    return (
-        cfg.data.resolution,
-        cfg.model.ch,
-        tuple(cfg.model.attn_g),
-        tuple(cfg.model.attn_d),
-        cfg.train.batch_size,
-        cfg.train.n_dis,
-        cfg.train.amp,
-        cfg.train.channels_last,
-    )
+    """The cell's step as a benchmark case records it (:func:`sagan.bench.step_fields`)."""
+    return _case_key(step_fields(cell.config))
 
 
 def _case_key(case: dict[str, Any]) -> tuple:

@@ -52,6 +52,34 @@ def matmul_ceiling(device: torch.device, dtype: torch.dtype, n: int | None = Non
     return 2 * n**3 / best
 
 
+STEP_FIELDS = (
+    "resolution",
+    "ch",
+    "attn_g",
+    "attn_d",
+    "batch_size",
+    "n_dis",
+    "amp",
+    "channels_last",
+)
+
+
+def step_fields(cfg: Any) -> dict[str, Any]:
+    """What makes two training steps cost the same (:data:`STEP_FIELDS`): the fields
+    each case records, and what ``ablations.run --cost-from`` matches cells on."""
+    values = (
+        cfg.data.resolution,
+        cfg.model.ch,
+        list(cfg.model.attn_g),
+        list(cfg.model.attn_d),
+        cfg.train.batch_size,
+        cfg.train.n_dis,
+        cfg.train.amp,
+        cfg.train.channels_last,
+    )
+    return dict(zip(STEP_FIELDS, values, strict=True))
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -106,14 +134,7 @@ def time_step(config: str, overrides: list[str], steps: int, warmup: int) -> dic
     )
     return {
         "overrides": overrides,
-        "resolution": cfg.data.resolution,
-        "ch": cfg.model.ch,
-        "attn_g": cfg.model.attn_g,
-        "attn_d": cfg.model.attn_d,
-        "batch_size": tc.batch_size,
-        "n_dis": tc.n_dis,
-        "amp": tc.amp,
-        "channels_last": update.channels_last,
+        **step_fields(cfg),
         "ms_per_step": round(ms, 3),
         "img_per_s": round(tc.batch_size * tc.n_dis / (ms / 1000), 2),
         "peak_mem_gib": round(peak, 3),

@@ -59,18 +59,9 @@ def test_the_matmul_ceiling_is_a_rate():
 
 def _bench_file(tmp_path, cells, ms):
     """A sagan.bench file with one case: the step of ``cells[0]`` at ``ms`` per step."""
-    from ablations.cost import MATCH
+    from sagan.bench import step_fields
 
-    cfg = cells[0].config
-    case = dict(
-        zip(
-            MATCH,
-            [cfg.data.resolution, cfg.model.ch, cfg.model.attn_g, cfg.model.attn_d,
-             cfg.train.batch_size, cfg.train.n_dis, cfg.train.amp, cfg.train.channels_last],
-            strict=True,
-        ),
-        ms_per_step=ms,
-    )  # fmt: skip
+    case = step_fields(cells[0].config) | {"ms_per_step": ms}
     path = tmp_path / "bench.json"
     path.write_text(json.dumps({"cases": [case], "machine": {"gpu": "a test GPU"}}))
     return path
