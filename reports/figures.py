@@ -171,14 +171,12 @@ def health(train: pd.DataFrame) -> Figure | None:
 
 
 def sample_grids(df: pd.DataFrame, store: Path, out: Path) -> list[Figure]:
-    """Per cell, the newest sample grid (the run's fixed z) of its first seed, copied
-    into ``out/samples/``."""
+    """Per cell, the newest sample grid (the run's fixed z) of its first seed in the
+    order of ``df`` (the grids' level order), copied into ``out/samples/``."""
     runs = _with_cell(df.drop_duplicates("run_id"))
     figs = []
     for cell, group in runs.groupby("cell", sort=False):
-        for run_id in group.sort_values("axis.seed" if "axis.seed" in group else "run_id")[
-            "run_id"
-        ]:
+        for run_id in group["run_id"]:
             found = sorted((store / run_id / "samples").glob("step-*.png"))
             if not found:
                 continue
