@@ -2,7 +2,7 @@
 
 A cell's training time is its remaining G steps times the median ms per step that
 ``python -m sagan.bench`` measured for the same step: the same resolution, width,
-attention placements, batch, D steps per G step, precision and memory format. The
+attention placements, batch, D steps per G step, precision, memory format and compilation. The
 benchmark file can come from the target machine (run ``sagan.bench --out`` on one of
 its GPUs), or ``--cost`` measures each distinct cell here with a few steps. Only
 training steps are counted: evaluation and scoring come on top.
@@ -51,6 +51,9 @@ def load_bench(path: str | Path) -> tuple[dict[tuple, float], str]:
         raise CostError(f"{path}: no 'cases' list: is this a `python -m sagan.bench --out` file?")
     table = {}
     for i, case in enumerate(data["cases"]):
+        if isinstance(case, dict):
+            # Files written before train.compile existed timed eager steps.
+            case.setdefault("compile", False)
         missing = [k for k in (*MATCH, "ms_per_step") if k not in case]
         if missing:
             raise CostError(f"{path}: cases[{i}] lacks {', '.join(missing)}")

@@ -21,7 +21,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from ablations.cost import CostError
+from ablations.cost import MATCH, CostError
 from ablations.executors import Detached, Executor, JobView, Outcome, Task, make_executor
 from ablations.grid import Cell, Grid, GridError, load_grid, parse_only, select
 from ablations.store import RunBusy, RunStore, holder, is_locked
@@ -374,7 +374,7 @@ def _cost(args, todo: list[Cell], store: RunStore) -> dict[str, str]:
     if unknown:
         print(
             f"no estimate for {len(unknown)} cell(s) (no benchmark case with their step: "
-            f"resolution, ch, attention, batch, n_dis, amp, channels_last): {', '.join(unknown)}"
+            f"{', '.join(MATCH)}): {', '.join(unknown)}"
         )
     return {rid: cost.hours(s) for rid, s in secs.items()}
 

@@ -61,6 +61,7 @@ STEP_FIELDS = (
     "n_dis",
     "amp",
     "channels_last",
+    "compile",
 )
 
 
@@ -76,6 +77,7 @@ def step_fields(cfg: Any) -> dict[str, Any]:
         cfg.train.n_dis,
         cfg.train.amp,
         cfg.train.channels_last,
+        cfg.train.compile,
     )
     return dict(zip(STEP_FIELDS, values, strict=True))
 

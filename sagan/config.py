@@ -109,6 +109,9 @@ class TrainConfig(_Strict):
     amp: bool = False  # bf16 autocast (CUDA and CPU); losses and spectral norm in fp32
     device: Literal["auto", "cpu", "cuda"] = "auto"
     channels_last: bool = True  # NHWC memory format for both networks and the inputs
+    # torch.compile of G and D (inductor). For CUDA: on the CPU it is no faster at the
+    # sizes measured, and with more than one thread not bit-reproducible (README).
+    compile: bool = False
     # Several devices (DDP): batch-norm statistics per device, as the official code
     # computes them, unless this is set (SyncBatchNorm, CUDA only).
     sync_bn: bool = False

@@ -85,6 +85,16 @@ class TrainStep:
         self.G_ema = (
             copy.deepcopy(self.G).eval().requires_grad_(False) if tc.ema is not None else None
         )
+        if tc.compile:
+            # After the EMA copy: a deep copy of a compiled module would call the
+            # original's compiled forward. In place (Module.compile), so state-dict keys
+            # and the DDP wrappers stay as they are. Neither network breaks the graph
+            # (spectral norm's parametrization, the held power iteration and SDPA
+            # attention trace whole: tests/test_compile.py); each compiles once per mode
+            # (D's update, G's no-grad pass, the G update through D with its power
+            # iteration held, and eval).
+            self.G.compile()
+            self.D.compile()
         # One fused kernel per optimizer step on CUDA; torch's default (foreach) elsewhere.
         fused = True if self.cuda else None
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=tc.lr_g, betas=tc.betas, fused=fused)

@@ -6,6 +6,7 @@ No test here asserts a speed: speed is shown by the benchmark, not by tests.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -79,6 +80,23 @@ def test_the_cost_estimate_multiplies_steps_left_by_the_benchmarked_step(tmp_pat
     assert secs[feat16[0].run_id] == 20.0  # 30 steps, 10 done, 1 s each
     assert all(secs[c.run_id] == 30.0 for c in feat16[1:])
     assert all(secs[c.run_id] is None for c in cells if c not in feat16)  # another step
+
+
+def test_a_bench_file_from_before_train_compile_costs_eager_steps(tmp_path):
+    from ablations.cost import estimate, load_bench
+    from ablations.grid import load_grid
+
+    cells = load_grid("ablations/grids/smoke.yaml").cells
+    path = _bench_file(tmp_path, cells, 1000.0)
+    old = json.loads(path.read_text())
+    del old["cases"][0]["compile"]  # written before the field existed
+    path.write_text(json.dumps(old))
+    table, _ = load_bench(path)
+    assert estimate(cells[:1], {}, table)[cells[0].run_id] == 30.0
+    compiled = cells[0].config.model_copy(deep=True)
+    compiled.train.compile = True
+    cell = dataclasses.replace(cells[0], config=compiled)
+    assert estimate([cell], {}, table)[cell.run_id] is None  # a compiled step: not benchmarked
 
 
 def test_a_dry_run_prints_hours_per_cell_and_in_total(tmp_path, capsys):
