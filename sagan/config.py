@@ -109,8 +109,9 @@ class TrainConfig(_Strict):
     amp: bool = False  # bf16 autocast (CUDA and CPU); losses and spectral norm in fp32
     device: Literal["auto", "cpu", "cuda"] = "auto"
     channels_last: bool = True  # NHWC memory format for both networks and the inputs
-    # torch.compile of G and D (inductor). For CUDA: on the CPU it is no faster at the
-    # sizes measured, and with more than one thread not bit-reproducible (README).
+    # torch.compile of G and D (inductor), meant for GPUs. Compiled kernels round
+    # differently from eager ones, and on the CPU not the same way in every process:
+    # a compiled run resumes to within rounding, not bit for bit (README, Measured).
     compile: bool = False
     # Several devices (DDP): batch-norm statistics per device, as the official code
     # computes them, unless this is set (SyncBatchNorm, CUDA only).

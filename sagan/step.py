@@ -93,6 +93,10 @@ class TrainStep:
             # attention trace whole: tests/test_compile.py); each compiles once per mode
             # (D's update, G's no-grad pass, the G update through D with its power
             # iteration held, and eval).
+            log.info(
+                "train.compile: the first steps compile G and D (minutes on a CPU); a "
+                "compiled run resumes to within rounding, not bit for bit"
+            )
             self.G.compile()
             self.D.compile()
         # One fused kernel per optimizer step on CUDA; torch's default (foreach) elsewhere.
