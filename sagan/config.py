@@ -380,6 +380,7 @@ LEGACY_DEFAULTS: dict[str, Any] = {
     "model.bn_group": None,
     "model.sn_g_step": "advance",
     "train.sync_bn": False,
+    "train.compile": False,
 }
 
 

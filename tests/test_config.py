@@ -118,6 +118,7 @@ def test_a_checkpoint_older_than_a_key_stands_for_what_the_code_did_then():
         ("model", "bn_group"),
         ("model", "sn_g_step"),
         ("train", "sync_bn"),
+        ("train", "compile"),
     ]:
         del old[section][key]
     # Before these keys: PyTorch's BN momentum 0.1 and u moved in the G step.

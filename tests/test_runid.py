@@ -155,3 +155,20 @@ def test_the_legacy_values_of_new_keys_give_the_old_ids():
             cfg.train.ema = 0.999  # the smoke grid's EMA back then
             assert run_id(cfg) == SMOKE_BEFORE_FIDELITY[c.label()]
             assert c.run_id != SMOKE_BEFORE_FIDELITY[c.label()]
+
+
+def test_every_key_newer_than_the_frozen_table_says_what_it_meant_before():
+    """A checkpoint written before a key existed resumes only if the key's old meaning
+    is known (sagan.config.LEGACY_DEFAULTS): without it, every older run would be
+    refused as 'changed' the day the key is added."""
+    from sagan.config import LEGACY_DEFAULTS, RESUME_SAFE, key_matches
+
+    unknown = [
+        k
+        for k in current_defaults()
+        if not k.startswith("data.")  # the data's identity stands for these
+        and not key_matches(k, RESUME_SAFE)
+        and k not in FROZEN_DEFAULTS
+        and k not in LEGACY_DEFAULTS
+    ]
+    assert unknown == []
