@@ -2,7 +2,7 @@
 
 A cell's training time is its remaining G steps times the median ms per step that
 ``python -m sagan.bench`` measured for the same step: the same resolution, width,
-attention placements, batch, D steps per G step, precision, memory format and compilation. The
+attention placements, batch, D steps per G step, precision, memory format, compilation and attention kernel. The
 benchmark file can come from the target machine (run ``sagan.bench --out`` on one of
 its GPUs), or ``--cost`` measures each distinct cell here with a few steps. Only
 training steps are counted: evaluation and scoring come on top.
@@ -19,6 +19,9 @@ from ablations.grid import Cell
 from sagan.bench import STEP_FIELDS as MATCH
 from sagan.bench import step_fields
 from sagan.config import to_yaml
+
+# What a benchmark case timed before it recorded these fields.
+BEFORE_FIELDS = {"compile": False, "attention_kernel": "sdpa"}
 
 
 class CostError(ValueError):
@@ -52,8 +55,9 @@ def load_bench(path: str | Path) -> tuple[dict[tuple, float], str]:
     table = {}
     for i, case in enumerate(data["cases"]):
         if isinstance(case, dict):
-            # Files written before train.compile existed timed eager steps.
-            case.setdefault("compile", False)
+            # Files written before these fields existed timed what their defaults do.
+            for k, v in BEFORE_FIELDS.items():
+                case.setdefault(k, v)
         missing = [k for k in (*MATCH, "ms_per_step") if k not in case]
         if missing:
             raise CostError(f"{path}: cases[{i}] lacks {', '.join(missing)}")

@@ -30,13 +30,16 @@ class SelfAttention(nn.Module):
         ch: channels C of the input (at least 8).
         layers: the network's layer constructors (spectral norm, init).
         variant: ``"official"`` or ``"paper"``.
+        kernel: ``"sdpa"`` (fused where the device has a kernel) or ``"matmul"``
+            (the explicit softmax(q k^T) v, for comparison).
     """
 
-    def __init__(self, ch: int, layers: Layers, variant: str = "official"):
+    def __init__(self, ch: int, layers: Layers, variant: str = "official", kernel: str = "sdpa"):
         super().__init__()
         if ch < 8:
             raise ValueError(f"self-attention needs at least 8 channels, got {ch}")
         self.variant = variant
+        self.kernel = kernel
         self.pool = variant == "official"
         qk = ch // 8
         v = ch // 2 if variant == "official" else ch // 8
@@ -59,7 +62,10 @@ class SelfAttention(nn.Module):
         q = q.flatten(2).transpose(1, 2).unsqueeze(1)
         k = k.flatten(2).transpose(1, 2).unsqueeze(1)
         v = v.flatten(2).transpose(1, 2).unsqueeze(1)
-        o = F.scaled_dot_product_attention(q, k, v, scale=1.0)
+        if self.kernel == "sdpa":
+            o = F.scaled_dot_product_attention(q, k, v, scale=1.0)
+        else:
+            o = torch.softmax(q @ k.transpose(-2, -1), dim=-1) @ v
         return o.squeeze(1).transpose(1, 2).reshape(b, -1, h, w)
 
     def weights(self, x: torch.Tensor) -> torch.Tensor:

@@ -62,6 +62,7 @@ STEP_FIELDS = (
     "amp",
     "channels_last",
     "compile",
+    "attention_kernel",
 )
 
 
@@ -78,6 +79,7 @@ def step_fields(cfg: Any) -> dict[str, Any]:
         cfg.train.amp,
         cfg.train.channels_last,
         cfg.train.compile,
+        cfg.model.attention_kernel,
     )
     return dict(zip(STEP_FIELDS, values, strict=True))
 

@@ -77,6 +77,10 @@ class ModelConfig(_Strict):
     attn_block: Literal["attention", "residual"] = "attention"
     # official: f, g C/8, h C/2, 2x2 max-pooled keys and values; paper: h C/8, no pooling.
     attention_variant: Literal["official", "paper"] = "official"
+    # How the attention's weighted sum is computed: sdpa (scaled_dot_product_attention,
+    # a fused kernel that never holds the N x N/4 weights where one exists) or matmul
+    # (softmax(q k^T) v, explicit: the reference the benchmark compares against).
+    attention_kernel: Literal["sdpa", "matmul"] = "sdpa"
     sn_g: bool = True
     sn_d: bool = True
     init: Literal["xavier", "ortho"] = "xavier"
@@ -381,6 +385,7 @@ LEGACY_DEFAULTS: dict[str, Any] = {
     "model.sn_g_step": "advance",
     "train.sync_bn": False,
     "train.compile": False,
+    "model.attention_kernel": "sdpa",
 }
 
 

@@ -97,7 +97,7 @@ def _stack(
             placed.add(b.size)
             c = b.out_mult * cfg.ch
             if cfg.attn_block == "attention":
-                blocks.append(SelfAttention(c, layers, cfg.attention_variant))
+                blocks.append(SelfAttention(c, layers, cfg.attention_variant, cfg.attention_kernel))
             else:
                 blocks.append(make_residual(c))
     return nn.ModuleList(blocks)

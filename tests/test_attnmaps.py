@@ -35,13 +35,16 @@ def test_explicit_weights_times_values_is_the_fused_attention(variant, keys):
     torch.testing.assert_close(o, m.attend(x), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("kernel", ["sdpa", "matmul"])
 @pytest.mark.parametrize("variant", ["official", "paper"])
 @pytest.mark.parametrize("size", [8, 16, 32])
-def test_the_fused_attention_has_the_gradients_of_the_matmul_reference(variant, size):
-    """SDPA (what training runs) against matmul-softmax-matmul, at every placement's map
-    size: the same output, and the same gradients for the input and every weight."""
+def test_the_fused_attention_has_the_gradients_of_the_matmul_reference(variant, size, kernel):
+    """SDPA (what training runs) and the benchmark's matmul kernel
+    (``model.attention_kernel``) against matmul-softmax-matmul built from the explicit
+    weights, at every placement's map size: the same output, and the same gradients
+    for the input and every weight."""
     torch.manual_seed(0)
-    m = SelfAttention(16, Layers(sn=False, init="xavier"), variant).double()
+    m = SelfAttention(16, Layers(sn=False, init="xavier"), variant, kernel).double()
     x = torch.randn(2, 16, size, size, dtype=torch.float64, requires_grad=True)
     upstream = torch.randn(2, 16, size, size, dtype=torch.float64)
 
