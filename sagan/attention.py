@@ -58,11 +58,21 @@ class SelfAttention(nn.Module):
         if self.pool:
             k = F.max_pool2d(k, 2)
             v = F.max_pool2d(v, 2)
-        # [B, C', H, W] -> [B, 1 head, positions, C']
-        q = q.flatten(2).transpose(1, 2).unsqueeze(1)
-        k = k.flatten(2).transpose(1, 2).unsqueeze(1)
-        v = v.flatten(2).transpose(1, 2).unsqueeze(1)
+        # [B, C', H, W] -> [B, 1 head, positions, C'], channels innermost as the fused
+        # kernels need (a no-op for channels_last maps, a small copy otherwise).
+        q = q.flatten(2).transpose(1, 2).unsqueeze(1).contiguous()
+        k = k.flatten(2).transpose(1, 2).unsqueeze(1).contiguous()
+        v = v.flatten(2).transpose(1, 2).unsqueeze(1).contiguous()
         if self.kernel == "sdpa":
+            # The flash kernels (CPU and CUDA) need one head size for q, k and v; the
+            # official variant's values are 4x wider than its queries and keys. Zero
+            # columns added to q and k leave every q.k, and so the softmax and the
+            # output, as they were, and turn the math fallback (which holds the
+            # B x N x N/4 weights) into a fused kernel: 3.2x faster and half the peak
+            # memory for a feat64-sized layer on a 2-core CPU (README, Measured).
+            pad = v.shape[-1] - q.shape[-1]
+            if pad > 0:
+                q, k = F.pad(q, (0, pad)), F.pad(k, (0, pad))
             o = F.scaled_dot_product_attention(q, k, v, scale=1.0)
         else:
             o = torch.softmax(q @ k.transpose(-2, -1), dim=-1) @ v

@@ -67,6 +67,33 @@ def test_the_fused_attention_has_the_gradients_of_the_matmul_reference(variant, 
         torch.testing.assert_close(fused, ref, rtol=1e-9, atol=1e-10)
 
 
+@pytest.mark.parametrize("variant", ["official", "paper"])
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_training_attention_runs_the_fused_cpu_kernel(variant, channels_last):
+    """SDPA picks its flash kernel only when q, k and v share a head size and keep
+    channels innermost; otherwise it falls back to the math path, which holds the
+    N x N/4 weights. Both variants, in both memory formats, must reach the kernel."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.add(func._schema.name)
+            return func(*args, **(kwargs or {}))
+
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    m = SelfAttention(32, Layers(sn=True, init="xavier"), variant).to(memory_format=fmt)
+    x = torch.randn(2, 32, 16, 16).to(memory_format=fmt).requires_grad_()
+    with Ops() as ops:
+        m(x).sum().backward()
+    assert "aten::_scaled_dot_product_flash_attention_for_cpu" in ops.names
+    assert "aten::_scaled_dot_product_flash_attention_for_cpu_backward" in ops.names
+    assert "aten::_softmax" not in ops.names and "aten::_safe_softmax" not in ops.names
+
+
 def _tiny_g(attn_g=(16,), variant="official"):
     torch.manual_seed(0)
     cfg = ModelConfig(ch=8, z_dim=16, attn_g=list(attn_g), attention_variant=variant)

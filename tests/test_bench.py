@@ -118,3 +118,22 @@ def test_a_dry_run_prints_hours_per_cell_and_in_total(tmp_path, capsys):
     argv[-1] = str(tmp_path / "bad.json")
     assert run_cli.main(argv) == 2
     assert f"--cost-from {tmp_path / 'bad.json'}: not JSON" in capsys.readouterr().err
+
+
+def test_the_flop_count_includes_the_cpu_attention_kernel():
+    """torch's counter has no formula for SDPA's CPU flash kernel; the benchmark adds
+    the CUDA one, so attention counts as 2 products of N x M x head size each way."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from sagan.attention import SelfAttention
+    from sagan.bench import _cpu_attention_flops
+    from sagan.layers import Layers
+
+    m = SelfAttention(64, Layers(sn=False, init="xavier"), "official")
+    x = torch.randn(2, 64, 32, 32).to(memory_format=torch.channels_last)
+    m = m.to(memory_format=torch.channels_last)
+    with FlopCounterMode(display=False, custom_mapping=_cpu_attention_flops()) as counter:
+        m(x)
+    counts = {str(k): v for k, v in counter.get_flop_counts()["Global"].items()}
+    b, n, keys, head = 2, 32 * 32, 16 * 16, 64 // 2  # q and k zero-padded to v's C/2
+    assert counts["aten._scaled_dot_product_flash_attention_for_cpu"] == 2 * 2 * b * n * keys * head
