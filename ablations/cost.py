@@ -4,8 +4,9 @@ A cell's training time is its remaining G steps times the median ms per step tha
 ``python -m sagan.bench`` measured for the same step: the same resolution, width,
 attention placements, batch, D steps per G step, precision, memory format,
 compilation and attention kernel. The benchmark file can come from the target
-machine (run ``sagan.bench --out`` on one of its GPUs), or ``--cost`` measures each distinct cell here with a few steps. Only
-training steps are counted: evaluation and scoring come on top.
+machine (run ``sagan.bench --out`` on one of its GPUs), or ``--cost`` measures each
+distinct cell here with a few steps. Only training steps are counted: evaluation and
+scoring come on top.
 """
 
 from __future__ import annotations
