@@ -37,7 +37,6 @@ def _graph_breaks(module, *args):
         ("official", "feat8-16-32"),
         ("paper", "feat8-16-32"),
         ("official", "feat64"),
-        ("official", "none"),
     ],
 )
 def test_g_and_d_trace_without_graph_breaks_in_every_mode(variant, placement):
