@@ -107,7 +107,7 @@ def test_a_compiled_run_computes_the_eager_step_and_resumes(tmp_path):
         return torch.tensor([[r["step"], r["loss_d"], r["loss_g"]] for r in recs])
 
     # With an EMA the sample grids come from the (eager) EMA copy, so no eval-mode graph
-    # is compiled: a minute less of compiling on 2 cores.
+    # is compiled, only the four the training step needs.
     compiled = {"train.compile": True, "train.steps": 4, "train.ckpt_every": 2, "train.ema": 0.9}
     try:
         eager, split = tmp_path / "eager", tmp_path / "split"
