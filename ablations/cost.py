@@ -19,10 +19,14 @@ from typing import Any
 from ablations.grid import Cell
 from sagan.bench import STEP_FIELDS as MATCH
 from sagan.bench import step_fields
-from sagan.config import to_yaml
+from sagan.config import LEGACY_DEFAULTS, to_yaml
 
-# What a benchmark case timed before it recorded these fields.
-BEFORE_FIELDS = {"compile": False, "attention_kernel": "sdpa"}
+# What a benchmark case timed before it recorded these fields: what the config keys
+# meant before they existed.
+BEFORE_FIELDS = {
+    "compile": LEGACY_DEFAULTS["train.compile"],
+    "attention_kernel": LEGACY_DEFAULTS["model.attention_kernel"],
+}
 
 
 class CostError(ValueError):
