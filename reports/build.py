@@ -1,22 +1,23 @@
 """Build a report of a run store: ``python -m reports.build STORE [--out DIR]``.
 
 Writes ``DIR/index.html`` (one self-contained file: figures are inline PNGs), and
-beside it ``results.csv`` (every run and evaluation, :mod:`reports.frame`) and
-``summary-<metric>-<protocol id>.csv`` / ``.md`` / ``.tex`` (the cell tables; the
-LaTeX is a booktabs tabular). The report reads the store
-only, whichever executor filled it.
+beside it ``results.csv`` (every run and evaluation, :mod:`reports.frame`) and every
+table three ways: ``<name>.csv`` for machines (a row per value cell, every number in
+its own column), ``<name>.md`` and ``<name>.tex`` (a booktabs tabular) for people,
+each cell with n of N and why, its CI and its difference from the baseline, and the
+table's notes as footnotes. ``<name>`` is ``table-<grid>-<i>`` for a grid's laid-out
+tables and ``summary-<grid>-<metric>`` for the per-metric summaries; the data behind
+each figure is written as ``figure-<grid>-<metric>-<what>.csv``. The report reads the
+store only, whichever executor filled it.
 
-Per metric, one table: a row per cell (its axis levels, seeds pooled), with how many
-of its runs are done, failed, diverged or missing, and for the final score, the best
-and the last monitored value: mean ± std over seeds, n, and a 95% bootstrap CI.
-Numbers made under different protocols are never pooled: each protocol gets its own
-table. The best mean of each column is highlighted.
+Every table and figure is of one grid: a cell is a cell of one grid (runs that no
+grid names are a section of their own, each run its own cell), and a run that two
+grids share counts once in each.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 from pathlib import Path
@@ -26,32 +27,30 @@ import pandas as pd
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from reports import figures as figs
-from reports.frame import grid_indexes, read_envs, read_store, read_training, write_results
-from reports.stats import per_run, summarize
-from reports.tables import pivot, resolve
+from reports.frame import (
+    NO_GRID,
+    grid_indexes,
+    grid_runs,
+    no_grid_index,
+    read_envs,
+    read_store,
+    read_training,
+    write_results,
+)
+from reports.stats import has_value, recorded_nan
+from reports.tables import (
+    LABELS,
+    Layout,
+    export_frame,
+    pivot,
+    resolve,
+    wide_frame,
+)
 from sagan.rundir import HIGHER_IS_BETTER
 
 METRICS = ("fid", "is_mean", "kid_mean", "swd", "consistency", "precision", "recall")
 KINDS = (("final", "final score"), ("best", "best during training"), ("last", "last monitored"))
-
-
-def _fmt(x: float, digits: int = 3) -> str:
-    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}g}"
-
-
-_cells = figs.cell_axes
-
-
-def _state_counts(runs: pd.DataFrame) -> str:
-    counts = runs.groupby("state").size()
-    parts = []
-    for state, n in counts.items():
-        text = f"{n} {state}"
-        if state == "diverged":
-            steps = runs.loc[runs["state"] == "diverged", "diverged_step"].dropna().astype(int)
-            text += f" (at {', '.join(map(str, steps))})"
-        parts.append(text)
-    return ", ".join(parts)
+CANONICAL_INCEPTION = "weights-inception-2015-12-05-6726825d.pth"
 
 
 def _in_grid_order(runs: pd.DataFrame, order: dict[str, list[str]]) -> pd.DataFrame:
@@ -65,74 +64,33 @@ def _in_grid_order(runs: pd.DataFrame, order: dict[str, list[str]]) -> pd.DataFr
     return runs.sort_values(keys, key=rank, kind="stable") if keys else runs
 
 
-def metric_tables(
-    df: pd.DataFrame, metric: str, order: dict[str, list[str]] | None = None
-) -> list[dict[str, Any]]:
-    """The cell tables of one metric, one per protocol id of its final scores (or of
-    its monitoring when there is no final score); rows in the grids' level order."""
-    axes = _cells(df)
-    runs = _in_grid_order(df.drop_duplicates("run_id"), order or {})
-    values = {kind: per_run(df, metric, kind) for kind, _ in KINDS}
-    summaries = {kind: summarize(v, axes) if len(v) else None for kind, v in values.items()}
-    protocols = sorted(
-        {p for s in summaries.values() if s is not None for p in s["protocol_id"].dropna()}
+def _present_metrics(runs: pd.DataFrame) -> list[str]:
+    """The metrics the runs recorded (a NaN value counts as recorded)."""
+    return [m for m in METRICS if has_value(runs, m).any()]
+
+
+def constant_value(runs: pd.DataFrame, metric: str) -> float | None:
+    """The one value ``metric`` has in every record of these runs, if it has one."""
+    col = f"metric.{metric}"
+    values = runs[col].dropna() if col in runs else pd.Series(dtype=float)
+    if values.empty or recorded_nan(runs, metric).any():
+        return None
+    return float(values.iloc[0]) if values.nunique() == 1 else None
+
+
+def summary_table(runs: pd.DataFrame, axes: dict[str, list[str]], metric: str, baseline):
+    """The per-metric summary of one grid: a row per cell (every axis), the cell's
+    runs, and its final score (a column per checkpoint role), its best and its last
+    monitored value, each under its protocol id."""
+    layout = Layout(
+        title=f"{LABELS.get(metric, metric)}: every cell",
+        rows=list(axes),
+        cols=[],
+        metrics=[metric],
+        values=["final", "best", "last"],
+        runs_column=True,
     )
-    tables = []
-    higher = HIGHER_IS_BETTER.get(metric, True)
-    groups = runs.groupby(axes, sort=False, dropna=False) if axes else [((), runs)]
-    for pid in protocols:
-        kinds = [
-            (kind, label)
-            for kind, label in KINDS
-            if summaries[kind] is not None and (summaries[kind]["protocol_id"] == pid).any()
-        ]
-        header = [a.removeprefix("axis.") for a in axes] + ["runs"]
-        header += [f"{label} (mean ± std, n, 95% CI)" for _, label in kinds]
-        best = {}
-        for kind, _ in kinds:
-            s = summaries[kind][summaries[kind]["protocol_id"] == pid]
-            # All equal (or one cell): nothing stands out.
-            best[kind] = (
-                (s["mean"].max() if higher else s["mean"].min())
-                if s["mean"].nunique() > 1
-                else None
-            )
-        rows = []
-        for key, group in groups:
-            key = key if isinstance(key, tuple) else (key,)
-            row = [{"text": str(k), "cls": ""} for k in key]
-            row.append({"text": _state_counts(group), "cls": ""})
-            for kind, _ in kinds:
-                s = summaries[kind]
-                mask = s["protocol_id"] == pid
-                for a, k in zip(axes, key, strict=True):
-                    mask &= s[a] == k
-                hit = s[mask]
-                if hit.empty:
-                    row.append({"text": "no value", "cls": "num"})
-                    continue
-                r = hit.iloc[0]
-                if r["n"] > 1:
-                    text = f"{_fmt(r['mean'])} ± {_fmt(r['std'])}, n={r['n']}"
-                    text += f", [{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}]"
-                else:
-                    text = f"{_fmt(r['mean'])}, n=1"
-                cls = "num best" if r["mean"] == best[kind] else "num"
-                row.append({"text": text, "cls": cls})
-            rows.append(row)
-        tables.append(
-            {
-                "title": f"{metric} (protocol {pid})",
-                "metric": metric,
-                "protocol_id": pid,
-                "note": f"{'Higher' if higher else 'Lower'} is better; the best mean of each "
-                "column is in bold. Seeds are pooled per cell; the CI is a percentile "
-                "bootstrap of the mean over seeds (none with one seed).",
-                "header": header,
-                "rows": rows,
-            }
-        )
-    return tables
+    return pivot(runs, layout, axes, baseline)
 
 
 def runs_table(df: pd.DataFrame) -> dict[str, Any]:
@@ -190,6 +148,9 @@ def protocols(df: pd.DataFrame) -> list[dict[str, str]]:
         parts = [
             f"{int(r['protocol.n_generated'])} samples" if "protocol.n_generated" in r else "",
             f"{r.get('protocol.g')} G in {r.get('protocol.g_mode')} mode",
+            f"sample seed {int(r['protocol.eval_seed'])}"
+            if not pd.isna(r.get("protocol.eval_seed"))
+            else "",
             str(r.get("protocol.bn_statistics", "")),
             f"reference: {ref} split, n={r.get('protocol.reference.n')}"
             if isinstance(ref, str)
@@ -203,11 +164,15 @@ def protocols(df: pd.DataFrame) -> list[dict[str, str]]:
     return out
 
 
-def _markdown(df: pd.DataFrame) -> str:
-    """A pipe table (pandas' to_markdown needs tabulate; this needs nothing)."""
+def _markdown(df: pd.DataFrame, notes: list[str] = ()) -> str:
+    """A pipe table (pandas' to_markdown needs tabulate; this needs nothing), and the
+    table's notes as numbered footnotes under it."""
     esc = lambda v: str(v).replace("|", "\\|")  # noqa: E731
     lines = ["| " + " | ".join(map(esc, df.columns)) + " |", "|" + "---|" * len(df.columns)]
     lines += ["| " + " | ".join(map(esc, row)) + " |" for row in df.itertuples(index=False)]
+    if notes:
+        lines.append("")
+        lines += [f"{i}. {n}" for i, n in enumerate(notes, 1)]
     return "\n".join(lines) + "\n"
 
 
@@ -220,12 +185,21 @@ _TEX = {c: "\\" + c for c in "&%$#_{}"} | {
 
 def _tex(v: object) -> str:
     text = "".join(_TEX.get(ch, ch) for ch in str(v))
-    return text.replace("±", r"$\pm$").replace("–", "--")
+    return (
+        text.replace("±", r"$\pm$")
+        .replace("–", "--")
+        .replace("Δ", r"$\Delta$")
+        .replace("·", r"$\cdot$")
+        .replace("↑", r"$\uparrow$")
+        .replace("↓", r"$\downarrow$")
+    )
 
 
-def _latex(df: pd.DataFrame) -> str:
-    """A booktabs tabular of a cell table (mean $\\pm$ std, n, CI as in the HTML)."""
-    cols = "".join("r" if "mean" in str(c) else "l" for c in df.columns)
+def _latex(df: pd.DataFrame, notes: list[str] = ()) -> str:
+    """A booktabs tabular of a table (each cell as in the HTML: mean $\\pm$ std, n of N
+    and why, CI, $\\Delta$), the notes as rows under the rule, so they travel with it."""
+    value_cols = {c for c in df.columns if df[c].astype(str).str.contains(r"n=\d", regex=True).any()}
+    cols = "".join("r" if c in value_cols else "l" for c in df.columns)
     lines = [
         rf"\begin{{tabular}}{{{cols}}}",
         r"\toprule",
@@ -233,7 +207,13 @@ def _latex(df: pd.DataFrame) -> str:
     ]
     lines.append(r"\midrule")
     lines += [" & ".join(map(_tex, row)) + r" \\" for row in df.itertuples(index=False)]
-    lines += [r"\bottomrule", r"\end{tabular}"]
+    lines.append(r"\bottomrule")
+    width = max(len(df.columns), 1)
+    lines += [
+        rf"\multicolumn{{{width}}}{{p{{0.95\linewidth}}}}{{\footnotesize ({i}) {_tex(n)}}} \\"
+        for i, n in enumerate(notes, 1)
+    ]
+    lines.append(r"\end{tabular}")
     return "\n".join(lines) + "\n"
 
 
@@ -243,7 +223,8 @@ def _warnings(df: pd.DataFrame) -> list[str]:
     if col in df and (df[col] == False).any():  # noqa: E712 - NaN means no Inception metric
         out.append(
             "Some numbers were made with an Inception weights file that is not the canonical "
-            "pt_inception-2015-12-05 file: their FID/IS/KID values are not comparable with "
+            f"one (torch-fidelity's {CANONICAL_INCEPTION}, a port of the TF graph of the "
+            "original FID/IS code): their FID/IS/KID values are not comparable with "
             "published ones."
         )
     return out
@@ -327,16 +308,13 @@ def grid_tables(
     """The laid-out tables of one grid: its ``report.tables`` (or one table with every
     axis as rows), then ``extra`` specs (the command line's)."""
     name = index["name"]
-    runs = df[df["grid"].fillna("").str.split(",").apply(lambda gs: name in gs)]
+    runs = grid_runs(df, index)
     if runs.empty:
         return []
-    axes = {a: [str(v) for v in lv] for a, lv in index.get("axes", {}).items() if a != "seed"}
+    axes = grid_axes(index)
     report = index.get("report") or {}
-    baseline = {a: _levels(v) for a, v in (report.get("baseline") or {}).items()}
-    if not baseline and axes:
-        first = next(iter(axes))
-        baseline = {first: axes[first][0]}
-    present = [m for m in METRICS if f"metric.{m}" in runs and runs[f"metric.{m}"].notna().any()]
+    baseline = _baseline(index)
+    present = _present_metrics(runs)
     has_final = "origin" in runs and (runs["origin"] == "final").any()
     specs = list(report.get("tables") or [])
     if not specs:
@@ -349,16 +327,104 @@ def grid_tables(
         spec = dict(spec)
         if not spec.get("metrics") and not spec.get("paper"):
             spec["metrics"] = present
+        if not spec.get("metrics") and not spec.get("paper"):
+            continue
         table = pivot(runs, resolve(spec, axes), axes, baseline)
         table["grid"] = name
         out.append(table)
     return out
 
 
-def _export(flat: pd.DataFrame, out: Path, name: str) -> None:
-    flat.to_csv(out / f"{name}.csv", index=False)
-    (out / f"{name}.md").write_text(_markdown(flat))
-    (out / f"{name}.tex").write_text(_latex(flat))
+def grid_axes(index: dict[str, Any]) -> dict[str, list[str]]:
+    """A grid's axes (seed excluded) and their levels, in file order."""
+    return {a: [str(v) for v in lv] for a, lv in index.get("axes", {}).items() if a != "seed"}
+
+
+def _baseline(index: dict[str, Any]) -> dict[str, str]:
+    axes = grid_axes(index)
+    report = index.get("report") or {}
+    baseline = {a: _levels(v) for a, v in (report.get("baseline") or {}).items()}
+    if not baseline and axes and index["name"] != NO_GRID:
+        first = next(iter(axes))
+        baseline = {first: axes[first][0]}
+    return baseline
+
+
+def _export(table: dict[str, Any], out: Path, name: str) -> None:
+    """One table as CSV (for machines), Markdown and LaTeX (for people)."""
+    export_frame(table, table.get("grid", "")).to_csv(out / f"{name}.csv", index=False)
+    wide = wide_frame(table)
+    (out / f"{name}.md").write_text(_markdown(wide, table["notes"]))
+    (out / f"{name}.tex").write_text(_latex(wide, table["notes"]))
+
+
+def _slug(name: str) -> str:
+    return name or "nogrid"
+
+
+def grid_section(
+    df: pd.DataFrame,
+    index: dict[str, Any],
+    store: Path,
+    out: Path,
+    extra: list[dict[str, Any]] | None,
+    training: pd.DataFrame,
+) -> dict[str, Any]:
+    """Everything the report shows of one grid: its laid-out tables, a summary per
+    metric (or one line for a metric constant in every record), the figures of its
+    cells, and their samples, attention maps and training health."""
+    name = index["name"]
+    runs = grid_runs(df, index)
+    axes = grid_axes(index)
+    order = {**axes, "seed": [str(v) for v in index.get("axes", {}).get("seed", [])]}
+    runs = _in_grid_order(runs, order)
+    baseline = _baseline(index)
+    section: dict[str, Any] = {
+        "name": name,
+        "label": f"grid {name}" if name != NO_GRID else "runs in no grid",
+        "layouts": [],
+        "summaries": [],
+        "constants": [],
+        "finals": [],
+        "curves": [],
+    }
+    for i, table in enumerate(grid_tables(df, index, extra)):
+        _export(table, out, f"table-{_slug(name)}-{i + 1}")
+        section["layouts"].append(table)
+    cell_axes = [f"axis.{a}" for a in axes]
+    for metric in _present_metrics(runs):
+        value = constant_value(runs, metric)
+        n_runs = runs.loc[runs[f"metric.{metric}"].notna(), "run_id"].nunique()
+        if value is not None:
+            section["constants"].append(
+                f"{LABELS.get(metric, metric)} is {value:g} in every record of this grid "
+                f"({n_runs} runs, every evaluation and final score): no table or figure."
+            )
+            continue
+        table = summary_table(runs, axes, metric, baseline)
+        table["grid"] = name
+        _export(table, out, f"summary-{_slug(name)}-{metric}")
+        section["summaries"].append(table)
+        stem = f"figure-{_slug(name)}-{metric}"
+        fig, data = figs.finals(runs, metric, cell_axes)
+        if fig is not None:
+            data.to_csv(out / f"{stem}-values.csv", index=False)
+            section["finals"].append(fig)
+        curves, data = figs.curves(runs, metric, cell_axes)
+        if curves:
+            data.to_csv(out / f"{stem}-curves.csv", index=False)
+            section["curves"] += curves
+    present = [r for r in runs.drop_duplicates("run_id")["run_id"] if (store / r).is_dir()]
+    cells = runs.drop_duplicates("run_id")
+    section["samples"] = figs.sample_grids(cells, store, out, cell_axes)
+    section["attention"] = figs.attention_maps(cells, store, cell_axes)
+    train = training[training["run_id"].isin(present)] if len(training) else training
+    if len(train):
+        train = train.drop(columns=[c for c in train if c.startswith("axis.")])
+        if cell_axes:
+            train = train.join(cells.set_index("run_id")[cell_axes], on="run_id")
+    section["health"] = figs.health(train, cell_axes) if len(train) else None
+    return section
 
 
 def build(
@@ -385,61 +451,47 @@ def build(
         indexes = [
             i | {"report": grid["report"]} if i["name"] == grid["name"] else i for i in indexes
         ]
-    order: dict[str, list[str]] = {}
-    for index in indexes:
-        for axis, levels in index.get("axes", {}).items():
-            order.setdefault(axis, [str(v) for v in levels])
-    layouts = []
-    for index in indexes:
-        for i, table in enumerate(grid_tables(df, index, extra)):
-            _export(table.pop("flat"), out, f"table-{index['name']}-{i + 1}")
-            layouts.append(table)
-    tables, figures, finals = [], [], []
-    for metric in METRICS:
-        if f"metric.{metric}" not in df:
-            continue
-        for table in metric_tables(df, metric, order):
-            tables.append(table)
-            flat = pd.DataFrame(
-                [[c["text"] for c in r] for r in table["rows"]], columns=table["header"]
-            )
-            _export(flat, out, f"summary-{metric}-{table['protocol_id']}")
-        figures += figs.curves(_in_grid_order(df, order), metric)
-        kind, label = next(
-            ((k, lab) for k, lab in KINDS if len(per_run(df, metric, k))), (None, None)
-        )
-        if kind is not None:
-            finals += figs.finals(_in_grid_order(per_run(df, metric, kind), order), metric, label)
-    runs = _in_grid_order(df.drop_duplicates("run_id"), order) if len(df) else df
+    loose = no_grid_index(df)
+    if loose is not None:
+        indexes.append(loose)
+    runs = df.drop_duplicates("run_id") if len(df) else df
     present = [r for r in runs["run_id"] if (store / r).is_dir()] if len(df) else []
-    health = figs.health(_in_grid_order(read_training(store, present), order))
+    training = read_training(store, present)
+    sections = [grid_section(df, index, store, out, extra, training) for index in indexes]
     env = Environment(
         loader=PackageLoader("reports", "templates"), autoescape=select_autoescape(["html", "j2"])
     )
-    grids = sorted(
-        {g for gs in df.get("grid", pd.Series(dtype=str)).dropna() for g in str(gs).split(",") if g}
-    )
+    grids = [i["name"] for i in indexes if i["name"] != NO_GRID]
+    started = int((runs["state"] != "missing").sum()) if len(runs) else 0
     html = env.get_template("report.html.j2").render(
         title=f"sagan-bench: {', '.join(grids) or store.name}",
         store=str(store),
         built=time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         n_runs=df["run_id"].nunique() if len(df) else 0,
+        n_started=started,
         grids=grids,
+        empty=_empty_text(len(runs), started),
         warnings=_warnings(df),
-        layouts=layouts,
-        tables=tables,
-        figures=figures,
-        finals=finals,
-        health=health,
-        samples=figs.sample_grids(runs, store, out) if len(df) else [],
-        attention=figs.attention_maps(runs, store) if len(df) else [],
-        runs=runs_table(df) if len(df) else {"header": [], "rows": []},
+        sections=sections,
+        runs=runs_table(_in_grid_order(runs, {})) if len(df) else {"header": [], "rows": []},
         protocols=protocols(df),
-        provenance=_provenance(store, df, indexes),
+        provenance=_provenance(store, df, [i for i in indexes if i["name"] != NO_GRID]),
     )
     path = out / "index.html"
     path.write_text(html)
     return path
+
+
+def _empty_text(n_runs: int, started: int) -> str | None:
+    """What the report says when there is nothing to tabulate."""
+    if n_runs == 0:
+        return "This store holds no runs yet: no run directory and no grid index."
+    if started == 0:
+        return (
+            f"No run of this store has started yet: its grids name {n_runs} runs, all "
+            "missing. Start them with python -m ablations.run GRID.yaml."
+        )
+    return None
 
 
 def _table_specs(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -455,6 +507,8 @@ def _table_specs(args: argparse.Namespace) -> list[dict[str, Any]]:
     if args.metrics:
         raw["metrics"] = args.metrics.split(",")
     raw["value"] = args.value
+    if args.checkpoint:
+        raw["checkpoint"] = args.checkpoint
     if args.steps:
         raw["steps"] = [int(s) for s in args.steps.split(",")]
     try:
@@ -489,6 +543,11 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--cols", help="axes as columns, e.g. sn,lr")
     t.add_argument("--metrics", help="e.g. fid,is (default: every metric recorded)")
     t.add_argument("--value", choices=("final", "best", "last"), default="final")
+    t.add_argument(
+        "--checkpoint",
+        choices=("last", "best"),
+        help="with --value final: this checkpoint role only (default: every role scored)",
+    )
     t.add_argument("--steps", help="monitored values at these G steps instead, e.g. 1000,2000")
     args = p.parse_args(argv)
     if not args.store.is_dir():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import io
+import math
 import shutil
 from pathlib import Path
 
@@ -41,8 +42,8 @@ def cell_axes(df: pd.DataFrame) -> list[str]:
     return [c for c in df.columns if c.startswith("axis.") and c != "axis.seed"]
 
 
-def _with_cell(df: pd.DataFrame) -> pd.DataFrame:
-    axes = cell_axes(df)
+def _with_cell(df: pd.DataFrame, axes: list[str] | None = None) -> pd.DataFrame:
+    axes = cell_axes(df) if axes is None else [a for a in axes if a in df]
     if df.empty:
         return df.assign(cell=pd.Series(dtype=str))
     if not axes:
@@ -57,22 +58,97 @@ def _legend(ax, n: int) -> None:
         ax.get_legend().remove()
 
 
-def curves(df: pd.DataFrame, metric: str) -> list[Figure]:
+def _first_kind(runs: pd.DataFrame, metric: str) -> tuple[pd.DataFrame, str]:
+    """The values a figure of one value per run shows: the final score (last
+    checkpoint, else best), else the best monitored value; with its label."""
+    from reports.stats import per_run
+
+    for kind, role, label in (
+        ("final", "last", "final score, last checkpoint"),
+        ("final", "best", "final score, best checkpoint"),
+        ("best", "last", "best during training"),
+    ):
+        values = per_run(runs, metric, kind, role)
+        values = values[values["run_id"].isin(runs["run_id"])]
+        if len(values):
+            return values, label
+    return pd.DataFrame(), ""
+
+
+def finals(
+    runs: pd.DataFrame, metric: str, axes: list[str]
+) -> tuple[Figure | None, pd.DataFrame]:
+    """One value per run as a point per cell with the tables' 95% CI
+    (:func:`reports.stats.summarize`), and the seeds themselves; a plot per protocol
+    id. Returns the figure and the data it draws (a row per cell and protocol)."""
+    from reports.stats import summarize
+
+    values, label = _first_kind(runs, metric)
+    if values.empty:
+        return None, pd.DataFrame()
+    summary = summarize(values, axes)
+    summary = _with_cell(summary, axes).assign(value_kind=label)
+    values = _with_cell(values, axes)
+    plt = _plt()
+    pids = list(dict.fromkeys(summary["protocol_id"]))
+    cells = list(dict.fromkeys(summary["cell"]))
+    fig, axs = plt.subplots(
+        len(pids), 1, figsize=(7, (0.9 + 0.32 * len(cells)) * len(pids)), dpi=90, squeeze=False
+    )
+    for ax, pid in zip(axs[:, 0], pids, strict=True):
+        s = summary[summary["protocol_id"] == pid].set_index("cell").reindex(cells)
+        y = range(len(cells))
+        seeds = values[values["protocol_id"] == pid]
+        finite = seeds[seeds["finite"]]
+        ax.scatter(finite["value"], finite["cell"].map(cells.index), s=12, color="#999", zorder=1)
+        err = [
+            (s["mean"] - s["ci_low"]).fillna(0).clip(lower=0),
+            (s["ci_high"] - s["mean"]).fillna(0).clip(lower=0),
+        ]
+        ax.errorbar(s["mean"], y, xerr=err, fmt="o", color="#2a4d8f", capsize=3, zorder=2)
+        ax.set_yticks(list(y), cells, fontsize=7)
+        ax.invert_yaxis()
+        ax.set_xlabel(LABELS.get(metric, metric) + (f" (protocol {pid})" if len(pids) > 1 else ""))
+    fig.tight_layout()
+    name = LABELS.get(metric, metric)
+    figure = {
+        "src": _png(fig),
+        "alt": f"{name} per cell",
+        "caption": f"{name}, {label} (protocol {', '.join(pids)}): each finite seed in grey, "
+        "the mean with the 95% bootstrap CI of the tables in blue.",
+    }
+    return figure, summary
+
+
+def curves(
+    runs: pd.DataFrame, metric: str, axes: list[str]
+) -> tuple[list[Figure], pd.DataFrame]:
     """The monitored ``metric`` against G steps, one plot per protocol id: per cell, the
-    mean over seeds with a 95% CI band."""
-    import seaborn as sns
+    mean over seeds with the tables' 95% CI as a band. Returns the figures and the
+    data they draw (a row per cell, step and protocol)."""
+    from reports.stats import summarize
 
     col = f"metric.{metric}"
-    if col not in df or "origin" not in df:
-        return []
-    mon = _with_cell(df[(df["origin"] == "train") & df[col].notna()])
+    if col not in runs or "origin" not in runs:
+        return [], pd.DataFrame()
+    mon = runs[(runs["origin"] == "train") & runs[col].notna()]
+    if mon.empty:
+        return [], pd.DataFrame()
+    values = mon.assign(value=mon[col].astype(float), value_step=mon["eval_step"])
+    values = values.assign(finite=values["value"].map(math.isfinite))
+    summary = _with_cell(summarize(values, [*axes, "eval_step"]), axes)
     out = []
-    for pid, part in mon.groupby("protocol_id", sort=True):
-        fig, ax = _plt().subplots(figsize=(8, 3.4), dpi=90)
-        sns.lineplot(
-            data=part, x="eval_step", y=col, hue="cell", hue_order=list(dict.fromkeys(part["cell"])),
-            errorbar=("ci", 95), marker="o", ax=ax,
-        )  # fmt: skip
+    plt = _plt()
+    for pid, part in summary.groupby("protocol_id", sort=True):
+        fig, ax = plt.subplots(figsize=(8, 3.4), dpi=90)
+        for cell, line in part.groupby("cell", sort=False):
+            line = line.sort_values("eval_step")
+            (drawn,) = ax.plot(line["eval_step"], line["mean"], marker="o", label=cell)
+            band = line.dropna(subset=["ci_low"])
+            ax.fill_between(
+                band["eval_step"], band["ci_low"], band["ci_high"], alpha=0.2,
+                color=drawn.get_color(), linewidth=0,
+            )  # fmt: skip
         ax.set_xlabel("G steps")
         ax.set_ylabel(LABELS.get(metric, metric))
         _legend(ax, part["cell"].nunique())
@@ -83,43 +159,10 @@ def curves(df: pd.DataFrame, metric: str) -> list[Figure]:
                 "src": _png(fig),
                 "alt": f"{name} against G steps",
                 "caption": f"{name} during training (monitoring protocol {pid}): mean over "
-                "seeds per cell, with a 95% CI band.",
+                "seeds per cell, with the 95% bootstrap CI of the tables as a band.",
             }
         )
-    return out
-
-
-def finals(values: pd.DataFrame, metric: str, kind_label: str) -> list[Figure]:
-    """One value per run (``reports.stats.per_run``) as a point per cell with 95% CI
-    error bars over seeds, and the seeds themselves; one plot per protocol id."""
-    import seaborn as sns
-
-    if values.empty:
-        return []
-    values = _with_cell(values)
-    out = []
-    for pid, part in values.groupby("protocol_id", sort=True):
-        cells = list(dict.fromkeys(part["cell"]))
-        fig, ax = _plt().subplots(figsize=(7, 0.9 + 0.32 * len(cells)), dpi=90)
-        sns.pointplot(
-            data=part, y="cell", x="value", order=cells, errorbar=("ci", 95),
-            linestyle="none", capsize=0.3, color="#2a4d8f", ax=ax,
-        )  # fmt: skip
-        sns.stripplot(data=part, y="cell", x="value", order=cells, color="#999", size=4, ax=ax)
-        ax.set_xlabel(LABELS.get(metric, metric))
-        ax.set_ylabel("")
-        ax.tick_params(axis="y", labelsize=7)
-        fig.tight_layout()
-        name = LABELS.get(metric, metric)
-        out.append(
-            {
-                "src": _png(fig),
-                "alt": f"{name} per cell",
-                "caption": f"{name}, {kind_label} (protocol {pid}): each seed in grey, the mean "
-                "with its 95% bootstrap CI in blue.",
-            }
-        )
-    return out
+    return out, summary
 
 
 HEALTH = (
@@ -129,14 +172,14 @@ HEALTH = (
 )
 
 
-def health(train: pd.DataFrame) -> Figure | None:
+def health(train: pd.DataFrame, axes: list[str] | None = None) -> Figure | None:
     """Training health from ``metrics.jsonl``: mean D(x) and D(G(z)), the losses, and the
     attention gammas (each block's gamma, mean over blocks), per cell over G steps."""
     import seaborn as sns
 
     if train.empty:
         return None
-    train = _with_cell(train)
+    train = _with_cell(train, axes)
     rows = [r for r in HEALTH if any(k in train and train[k].notna().any() for k, _ in r)]
     if not rows:
         return None
@@ -170,10 +213,12 @@ def health(train: pd.DataFrame) -> Figure | None:
     }
 
 
-def sample_grids(df: pd.DataFrame, store: Path, out: Path) -> list[Figure]:
+def sample_grids(
+    df: pd.DataFrame, store: Path, out: Path, axes: list[str] | None = None
+) -> list[Figure]:
     """Per cell, the newest sample grid (the run's fixed z) of its first seed in the
-    order of ``df`` (the grids' level order), copied into ``out/samples/``."""
-    runs = _with_cell(df.drop_duplicates("run_id"))
+    order of ``df`` (the grid's level order), copied into ``out/samples/``."""
+    runs = _with_cell(df.drop_duplicates("run_id"), axes)
     figs = []
     for cell, group in runs.groupby("cell", sort=False):
         for run_id in group["run_id"]:
@@ -195,11 +240,11 @@ def sample_grids(df: pd.DataFrame, store: Path, out: Path) -> list[Figure]:
     return figs
 
 
-def attention_maps(df: pd.DataFrame, store: Path) -> list[Figure]:
+def attention_maps(df: pd.DataFrame, store: Path, axes: list[str] | None = None) -> list[Figure]:
     """Per cell with attention, the first seed's newest attention maps (``attention/``)."""
     from reports.attention import attention_figure
 
-    runs = _with_cell(df.drop_duplicates("run_id"))
+    runs = _with_cell(df.drop_duplicates("run_id"), axes)
     figs = []
     for cell, group in runs.groupby("cell", sort=False):
         for run_id in group["run_id"]:

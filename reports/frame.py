@@ -6,13 +6,16 @@ each ``OUT/<run_id>/`` holds the same files (see :mod:`sagan.rundir`), and the
 
 - ``run_id``, ``grid`` (the grids naming the run, comma-separated), ``state``,
   ``step`` (G steps done), ``steps`` (asked for), ``attempts``, ``failures``,
-  ``diverged_step``, ``error``, ``train_s`` (training wall time, from the logged
-  throughput);
+  ``diverged_step``, ``error``, ``has_final`` (whether its config has a ``final``
+  section), ``final_error`` (why its final scoring failed, if it did), ``train_s``
+  (training wall time, from the logged throughput);
 - ``axis.<name>``: the run's level on each axis of its grids (seed included);
 - ``config.<dotted.key>``: the resolved config, flattened;
 - per evaluation record: ``eval_step``, ``origin`` (``train`` monitoring, ``final``
   scoring, ``rescore``), ``checkpoint`` (``last``/``best`` for final scores),
-  ``protocol_id``, ``eval_s``, ``metric.<name>`` and ``protocol.<field>``.
+  ``protocol_id``, ``eval_s``, ``metric.<name>`` and ``protocol.<field>``, and
+  ``metric_nan`` (``|fid|is_mean|``: the metrics recorded as NaN, which pandas cannot
+  tell from a metric the record lacks).
 
 A run with no evaluation yet has one row with empty evaluation columns, and a cell
 a grid names whose run directory does not exist has one row with state
@@ -22,6 +25,7 @@ a grid names whose run directory does not exist has one row with state
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +38,20 @@ from sagan.metrics.protocol import protocol_id
 
 # libyaml's safe loader when PyYAML was built with it: 1,000 configs in well under a second.
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-RUN_COLUMNS = ("run_id", "grid", "state", "step", "steps", "attempts", "failures")
+RUN_COLUMNS = (
+    "run_id",
+    "grid",
+    "state",
+    "step",
+    "steps",
+    "attempts",
+    "failures",
+    "diverged_step",
+    "error",
+    "has_final",
+    "final_error",
+    "train_s",
+)
 
 
 def grid_indexes(out: Path) -> list[dict[str, Any]]:
@@ -98,6 +115,8 @@ def run_rows(run_dir: Path, levels: dict[str, Any] | None = None) -> list[dict[s
         "failures": int(status.get("failures", 0)),
         "diverged_step": status.get("diverged_step"),
         "error": status.get("error"),
+        "has_final": config.get("final") is not None,
+        "final_error": (status.get("final_error") or {}).get("error"),
         "train_s": _train_seconds(run_dir),
         **(levels or {}),
         **_flat("config.", config),
@@ -116,7 +135,10 @@ def run_rows(run_dir: Path, levels: dict[str, Any] | None = None) -> list[dict[s
             protocol_id=r.get("protocol_id") or protocol_id(r.get("protocol") or {}),
             eval_s=r.get("wall_s"),
         )
-        row.update({f"metric.{k}": v for k, v in r.get("metrics", {}).items()})
+        metrics = r.get("metrics", {})
+        row.update({f"metric.{k}": v for k, v in metrics.items()})
+        nan = [k for k, v in metrics.items() if isinstance(v, float) and math.isnan(v)]
+        row["metric_nan"] = "|" + "|".join(nan) + "|" if nan else None
         row.update(_flat("protocol.", r.get("protocol", {})))
         rows.append(row)
     return rows
@@ -134,11 +156,45 @@ def read_store(out: str | Path) -> pd.DataFrame:
     # Cells a grid names that were never started: shown as missing, not dropped.
     for run_id in sorted(set(levels) - {p.name for p in present}):
         rows.append({"run_id": run_id, "state": "missing", "step": 0, **levels[run_id]})
-    if not rows:
-        return pd.DataFrame(columns=list(RUN_COLUMNS))
     df = pd.DataFrame(rows)
+    for col in RUN_COLUMNS:
+        if col not in df:
+            df[col] = pd.Series(dtype=object)
+    if df.empty:
+        return df
     order = ["run_id", "eval_step"] if "eval_step" in df else ["run_id"]
     return df.sort_values(order, kind="stable", na_position="first").reset_index(drop=True)
+
+
+NO_GRID = ""
+
+
+def grid_runs(df: pd.DataFrame, index: dict[str, Any]) -> pd.DataFrame:
+    """The rows of one grid's runs, with that grid's own levels as the ``axis.*``
+    columns (and no other grid's): a cell is a cell of one grid, and a run that two
+    grids share counts once in each. ``index["name"] == NO_GRID`` stands for the runs
+    that no grid names, each its own cell (axis ``run``)."""
+    if index["name"] == NO_GRID:
+        rows = df[df["grid"].fillna("") == ""]
+        rows = rows.drop(columns=[c for c in rows if c.startswith("axis.")])
+        return rows.assign(**{"axis.run": rows["run_id"]})
+    levels = {c["run_id"]: c.get("levels", {}) for c in index.get("cells", [])}
+    rows = df[df["run_id"].isin(levels)]
+    rows = rows.drop(columns=[c for c in rows if c.startswith("axis.")])
+    axes = [*index.get("axes", {})]
+    extra = {
+        f"axis.{a}": rows["run_id"].map(lambda r, a=a: levels[r].get(a)).astype(object)
+        for a in axes
+    }
+    return rows.assign(**extra) if extra else rows
+
+
+def no_grid_index(df: pd.DataFrame) -> dict[str, Any] | None:
+    """A stand-in index for the runs no grid names (None when there are none)."""
+    ids = sorted(set(df.loc[df["grid"].fillna("") == "", "run_id"])) if len(df) else []
+    if not ids:
+        return None
+    return {"name": NO_GRID, "axes": {"run": ids}, "cells": []}
 
 
 HEALTH_KEYS = ("loss_d", "loss_g", "d_real", "d_fake")
@@ -191,7 +247,10 @@ def write_results(df: pd.DataFrame, folder: str | Path) -> list[Path]:
 
 
 __all__ = [
+    "NO_GRID",
     "grid_indexes",
+    "grid_runs",
+    "no_grid_index",
     "grid_levels",
     "read_envs",
     "read_training",

@@ -2,149 +2,249 @@
 cell, and each arm's difference from a baseline arm with its own CI.
 
 One value per run comes from :func:`per_run`: its ``final`` score (the scoring of
-record, checkpoint ``last``), its ``best`` monitored value, or its ``last``
-monitored value. Values are grouped by protocol id as well, so a column never mixes
-numbers made under different protocols.
+record, at the ``last`` or the ``best`` checkpoint), its ``best`` monitored value, or
+its ``last`` monitored value. Values are grouped by protocol id as well, so a column
+never mixes numbers made under different protocols.
+
+A non-finite value (NaN or infinity: a collapsed G) is a result, not a gap: it is
+counted (``n_nonfinite``) and said with its step, and left out of the mean, the std
+and the CI, which are over the finite values (``n``).
+
+Every interval is a percentile bootstrap of the mean with :data:`RESAMPLES` resamples
+and a fixed seed, so the same values give the same interval in every table, figure
+and export, build after build. A difference from the baseline is *paired* (a
+bootstrap of the per-seed differences) when both arms have a finite value for the
+same seeds, which then share their data order and noise; otherwise it is *unpaired*
+(each arm resampled on its own).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Literal
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from sagan.rundir import HIGHER_IS_BETTER
 
 Kind = Literal["final", "best", "last"]
+CONFIDENCE = 0.95
+RESAMPLES = 9999
+SEED = 0
+VALUE_COLUMNS = ["run_id", "protocol_id", "value", "value_step", "finite"]
 
 
-def per_run(df: pd.DataFrame, metric: str, kind: Kind = "final") -> pd.DataFrame:
-    """One row per (run, protocol id) with ``value`` (and ``value_step``) of ``metric``.
+def recorded_nan(df: pd.DataFrame, metric: str) -> pd.Series:
+    """Rows whose record gives ``metric`` as NaN (``metric_nan``, :mod:`reports.frame`)."""
+    if "metric_nan" not in df or df.empty:
+        return pd.Series(False, index=df.index)
+    return df["metric_nan"].astype("string").fillna("").str.contains(f"|{metric}|", regex=False)
 
-    ``final``: the record of origin ``final`` on the last checkpoint; ``best``: the
-    best monitored value over training (by the metric's direction); ``last``: the
-    newest monitored value. Runs without such a record are left out.
+
+def has_value(df: pd.DataFrame, metric: str) -> pd.Series:
+    """Rows that hold a value of ``metric``, NaN values included."""
+    col = f"metric.{metric}"
+    present = df[col].notna() if col in df else pd.Series(False, index=df.index)
+    return present | recorded_nan(df, metric)
+
+
+def per_run(
+    df: pd.DataFrame, metric: str, kind: Kind = "final", checkpoint: str = "last"
+) -> pd.DataFrame:
+    """One row per (run, protocol id) with ``value``, ``value_step`` and ``finite``.
+
+    ``final``: the record of origin ``final`` at the ``checkpoint`` role (``last`` or
+    ``best``); ``best``: the best monitored value over training (by the metric's
+    direction; a non-finite value only when a run has no finite one); ``last``: the
+    newest monitored value, finite or not. Runs without such a record are left out.
     """
     col = f"metric.{metric}"
     if col not in df or "origin" not in df:
-        return pd.DataFrame(columns=["run_id", "protocol_id", "value", "value_step"])
-    rows = df[df[col].notna()]
+        return pd.DataFrame(columns=VALUE_COLUMNS)
+    rows = df[has_value(df, metric)]
     if kind == "final":
-        rows = rows[(rows["origin"] == "final") & (rows["checkpoint"].fillna("last") == "last")]
+        rows = rows[(rows["origin"] == "final") & (rows["checkpoint"].fillna("last") == checkpoint)]
     else:
         rows = rows[rows["origin"] == "train"]
+    values = rows[col].astype(float)
+    finite = np.isfinite(values)
     if kind == "best":
-        rows = rows.sort_values(
-            col, ascending=not HIGHER_IS_BETTER.get(metric, True), kind="stable"
+        higher = HIGHER_IS_BETTER.get(metric, True)
+        rank = values.where(finite, -np.inf if higher else np.inf)
+        order = rows.assign(_rank=rank, _finite=finite).sort_values(
+            ["_finite", "_rank"], ascending=[False, not higher], kind="stable"
         )
+        rows = order.drop(columns=["_rank", "_finite"])
     else:
         rows = rows.sort_values("eval_step", ascending=False, kind="stable")
     picked = rows.groupby(["run_id", "protocol_id"], sort=True).head(1)
+    value = picked[col].astype(float)
     out = picked.drop(columns=[c for c in picked if c.startswith("metric.")])
-    out = out.assign(value=picked[col].astype(float), value_step=picked["eval_step"])
+    out = out.assign(value=value, value_step=picked["eval_step"], finite=np.isfinite(value))
     return out.reset_index(drop=True)
 
 
-def _ci(values: np.ndarray, confidence: float, n_resamples: int, seed: int) -> tuple[float, float]:
-    """Percentile bootstrap CI of the mean; NaN for fewer than two values."""
+@functools.lru_cache(maxsize=4)
+def _weights(n: int, stream: int) -> np.ndarray:
+    """The bootstrap's resamples of ``n`` values as weights, ``[RESAMPLES, n]``: row i
+    is how often each value is drawn in resample i, over ``n``. The same for every
+    group of ``n`` values (one stream per sample of a two-sample difference), so one
+    matrix product gives a group's resampled means."""
+    rng = np.random.default_rng((SEED, stream, n))
+    idx = rng.integers(0, n, size=(RESAMPLES, n))
+    idx += np.arange(RESAMPLES)[:, None] * n
+    counts = np.bincount(idx.ravel(), minlength=RESAMPLES * n).reshape(RESAMPLES, n)
+    return counts / n
+
+
+def _interval(means: np.ndarray) -> tuple[float, float]:
+    tail = (1 - CONFIDENCE) / 2 * 100
+    low, high = np.percentile(means, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def mean_ci(values: np.ndarray) -> tuple[float, float]:
+    """Percentile bootstrap CI of the mean of ``values``; NaN for fewer than two."""
+    values = np.asarray(values, dtype=float)
     if len(values) < 2:
         return math.nan, math.nan
     if np.all(values == values[0]):
         return float(values[0]), float(values[0])
-    res = stats.bootstrap(
-        (values,),
-        np.mean,
-        confidence_level=confidence,
-        n_resamples=n_resamples,
-        method="percentile",
-        rng=np.random.default_rng(seed),
+    return _interval(_weights(len(values), 0) @ values)
+
+
+def diff_ci(arm: np.ndarray, base: np.ndarray) -> tuple[float, float]:
+    """Percentile bootstrap CI of ``mean(arm) - mean(base)``, each resampled on its
+    own; NaN unless both have two values or more."""
+    arm, base = np.asarray(arm, dtype=float), np.asarray(base, dtype=float)
+    if len(arm) < 2 or len(base) < 2:
+        return math.nan, math.nan
+    if np.ptp(np.concatenate([arm, base])) == 0:
+        return 0.0, 0.0
+    return _interval(_weights(len(arm), 1) @ arm - _weights(len(base), 2) @ base)
+
+
+def _nonfinite_text(sub: pd.DataFrame) -> str:
+    """``nan at step 100, inf at step 40`` for the non-finite values of a cell."""
+    bad = sub[~sub["finite"]]
+    steps = bad["value_step"] if "value_step" in bad else [None] * len(bad)
+    return ", ".join(
+        f"{str(v).lower()} at step {int(s)}" if not pd.isna(s) else str(v).lower()
+        for v, s in zip(bad["value"], steps, strict=True)
     )
-    return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
-def summarize(
-    values: pd.DataFrame,
-    by: list[str],
-    confidence: float = 0.95,
-    n_resamples: int = 9999,
-    seed: int = 0,
-) -> pd.DataFrame:
-    """Per group of ``by`` (and protocol id): n, mean, std (ddof 1), and the bootstrap CI.
+SUMMARY_COLUMNS = ["n", "n_nonfinite", "nonfinite", "mean", "std", "ci_low", "ci_high"]
+
+
+def summarize(values: pd.DataFrame, by: list[str]) -> pd.DataFrame:
+    """Per group of ``by`` (and protocol id): ``n`` finite values, their mean, std
+    (ddof 1) and bootstrap CI, and the non-finite ones (``n_nonfinite``, and
+    ``nonfinite``: each value with its step).
 
     Args:
         values: :func:`per_run` output (one ``value`` per run).
     """
     keys = [*by, "protocol_id"]
+    if "finite" not in values:
+        values = values.assign(finite=np.isfinite(values["value"].astype(float)))
     rows = []
     for group, sub in values.groupby(keys, sort=False, dropna=False):
-        v = sub["value"].to_numpy(dtype=float)
-        low, high = _ci(v, confidence, n_resamples, seed)
+        v = sub.loc[sub["finite"], "value"].to_numpy(dtype=float)
+        low, high = mean_ci(v)
         rows.append(
             {
                 **dict(zip(keys, group, strict=True)),
                 "n": len(v),
-                "mean": float(v.mean()),
+                "n_nonfinite": int((~sub["finite"]).sum()),
+                "nonfinite": _nonfinite_text(sub),
+                "mean": float(v.mean()) if len(v) else math.nan,
                 "std": float(v.std(ddof=1)) if len(v) > 1 else math.nan,
                 "ci_low": low,
                 "ci_high": high,
             }
         )
-    return pd.DataFrame(rows, columns=[*keys, "n", "mean", "std", "ci_low", "ci_high"])
+    return pd.DataFrame(rows, columns=[*keys, *SUMMARY_COLUMNS])
 
 
-def versus(
-    values: pd.DataFrame,
-    by: list[str],
-    baseline: dict[str, str],
-    confidence: float = 0.95,
-    n_resamples: int = 9999,
-    seed: int = 0,
-) -> pd.DataFrame:
-    """Each arm's mean minus the baseline arm's, with a bootstrap CI of that difference.
+def _by_seed(rows: pd.DataFrame) -> pd.Series | None:
+    """The finite values of one arm by seed, or None when seeds are not known or
+    repeat (then the arm cannot be paired)."""
+    if "axis.seed" not in rows:
+        return None
+    finite = rows[rows["finite"]]
+    seeds = finite["axis.seed"].astype(str)
+    if seeds.duplicated().any() or seeds.eq("nan").any():
+        return None
+    return pd.Series(finite["value"].to_numpy(dtype=float), index=seeds.to_numpy())
+
+
+DIFF_COLUMNS = ["diff", "diff_ci_low", "diff_ci_high", "paired"]
+
+
+def versus(values: pd.DataFrame, by: list[str], baseline: dict[str, str]) -> pd.DataFrame:
+    """Each arm's mean minus the baseline arm's over finite values, with a bootstrap CI
+    of that difference, paired by seed where both arms have the same seeds.
 
     Arms and the baseline are compared within the same values of the ``by`` columns
     that ``baseline`` does not name, and the same protocol id. A CI that excludes 0
     says the arm differs from the baseline beyond what its seeds disagree on.
+    ``paired`` says which bootstrap was used.
     """
+    if "finite" not in values:
+        values = values.assign(finite=np.isfinite(values["value"].astype(float)))
     fixed = [k for k in by if k not in baseline]
     rows = []
     for group, sub in values.groupby([*fixed, "protocol_id"], sort=False, dropna=False):
         ctx = dict(zip([*fixed, "protocol_id"], group, strict=True))
-        mask = np.all([sub[k] == v for k, v in baseline.items()], axis=0)
-        base = sub.loc[mask, "value"].to_numpy(dtype=float)
+        mask = np.all([sub[k].astype(str) == str(v) for k, v in baseline.items()], axis=0)
+        base_rows = sub.loc[mask]
+        base = base_rows.loc[base_rows["finite"], "value"].to_numpy(dtype=float)
         if len(base) == 0:
             continue
+        base_seeds = _by_seed(base_rows)
         for arm, arm_rows in sub.groupby(list(baseline), sort=False):
             arm = arm if isinstance(arm, tuple) else (arm,)
-            v = arm_rows["value"].to_numpy(dtype=float)
-            diff = float(v.mean() - base.mean())
-            low = high = math.nan
-            if len(v) > 1 and len(base) > 1 and np.ptp(np.concatenate([v, base])) == 0:
-                low = high = diff  # no spread at all: nothing to resample
-            elif len(v) > 1 and len(base) > 1:
-                res = stats.bootstrap(
-                    (v, base),
-                    lambda a, b, axis=-1: np.mean(a, axis=axis) - np.mean(b, axis=axis),
-                    confidence_level=confidence,
-                    n_resamples=n_resamples,
-                    method="percentile",
-                    rng=np.random.default_rng(seed),
-                )
-                low, high = res.confidence_interval.low, res.confidence_interval.high
+            v = arm_rows.loc[arm_rows["finite"], "value"].to_numpy(dtype=float)
+            if len(v) == 0:
+                continue
+            arm_seeds = _by_seed(arm_rows)
+            paired = (
+                base_seeds is not None
+                and arm_seeds is not None
+                and len(v) > 1
+                and set(arm_seeds.index) == set(base_seeds.index)
+                and len(arm_rows) == len(base_rows) == len(v) == len(base)
+            )
+            if paired:
+                d = arm_seeds - base_seeds.reindex(arm_seeds.index)
+                low, high = mean_ci(d.to_numpy())
+            else:
+                low, high = diff_ci(v, base)
             rows.append(
                 {
                     **ctx,
                     **dict(zip(baseline, arm, strict=True)),
-                    "diff": diff,
-                    "diff_ci_low": float(low),
-                    "diff_ci_high": float(high),
+                    "diff": float(v.mean() - base.mean()),
+                    "diff_ci_low": low,
+                    "diff_ci_high": high,
+                    "paired": bool(paired),
                 }
             )
-    columns = [*fixed, "protocol_id", *baseline, "diff", "diff_ci_low", "diff_ci_high"]
+    columns = [*fixed, "protocol_id", *baseline, *DIFF_COLUMNS]
     return pd.DataFrame(rows, columns=columns)
 
 
-__all__ = ["per_run", "summarize", "versus"]
+__all__ = [
+    "CONFIDENCE",
+    "RESAMPLES",
+    "diff_ci",
+    "has_value",
+    "recorded_nan",
+    "mean_ci",
+    "per_run",
+    "summarize",
+    "versus",
+]

@@ -1,18 +1,24 @@
 """Paper-style tables: any axes as rows and columns, the paper's own values beside.
 
-A table is laid out by a spec (a grid file's ``report.tables`` entry, or the command
-line): ``rows`` and ``cols`` are axes, ``metrics`` what is shown, ``value`` which one
-value each run contributes (``final``, ``best``, ``last``), or ``steps`` for monitored
-values at those G steps. Seeds are pooled per cell (mean ± std, n), and every other
-axis is kept apart: one not named is added to the rows. A column holds one metric
-under one protocol id; a metric scored under several protocols gets a column per
-protocol. A cell without a value says why (missing, pending, running, failed,
-diverged at its step, not in the grid), and beside each value is its difference from
-the baseline arm with a bootstrap CI over seeds.
+A table is laid out by a spec (a grid file's ``report.tables`` entry, the command
+line, or the report's own per-metric summary): ``rows`` and ``cols`` are axes,
+``metrics`` what is shown, ``value`` which one value each run contributes
+(``final``, ``best``, ``last``; a summary shows all three), or ``steps`` for
+monitored values at those G steps. Seeds are pooled per cell (mean ± std over the
+finite values, n of N, a 95% bootstrap CI), and every other axis is kept apart: one
+not named is added to the rows. A column holds one metric, one kind of value (and
+for final scores one checkpoint role, ``last`` or ``best``) under one protocol id.
+
+Every value cell is one :class:`Cell`; the HTML, the CSV, the Markdown and the
+LaTeX are all written from the same cells with the same precision rule
+(:func:`decimals`), so no export drops what the HTML says: n of N and what happened
+to the other seeds, the CI, the difference from the baseline with its CI (paired or
+not), and the table's notes.
 
 ``paper: table1`` / ``paper: sn_ttur`` take their layout and the paper's values from
 ``reports/paper.yaml``; those values stand beside the study's own only when its
-setup matches the paper's (``setup`` there), and are listed apart otherwise.
+setup matches the paper's (``setup`` there), and are listed apart otherwise, with
+each difference named.
 """
 
 from __future__ import annotations
@@ -24,10 +30,11 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import yaml
 
-from reports.stats import per_run, summarize, versus
+from reports.stats import CONFIDENCE, has_value, per_run, summarize, versus
 from sagan.rundir import HIGHER_IS_BETTER
 
 LABELS = {
@@ -43,6 +50,9 @@ LABELS = {
 # resamples the few values it has): the report says so.
 FEW_SEEDS = 5
 VALUE_LABELS = {"final": "final score", "best": "best during training", "last": "last monitored"}
+ROLE_LABELS = {"last": "last checkpoint", "best": "best checkpoint"}
+ROLES = ("last", "best")
+UNWELL = ("diverged", "failed", "running", "missing", "pending", "interrupted")
 
 
 @cache
@@ -63,6 +73,12 @@ class Layout:
     steps: list[int] | None = None
     paper: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
+    # More than one kind of value, a column each (the per-metric summaries); kinds
+    # without a single value are then left out.
+    values: list[str] | None = None
+    # The final checkpoint roles shown (None: every role recorded).
+    checkpoint: str | None = None
+    runs_column: bool = False
 
 
 def resolve(spec: dict[str, Any], axes: dict[str, list[str]]) -> Layout:
@@ -73,7 +89,8 @@ def resolve(spec: dict[str, Any], axes: dict[str, list[str]]) -> Layout:
     cols = list(spec.get("cols") or [])
     metrics = list(spec.get("metrics") or (paper or {}).get("metrics") or ["fid", "is_mean"])
     steps = spec.get("steps") or (paper or {}).get("steps")
-    value = spec.get("value") or "final"
+    value = spec.get("value") or (paper or {}).get("value") or "final"
+    checkpoint = spec.get("checkpoint") or (paper or {}).get("checkpoint")
     notes = []
     rest = [a for a in axes if a not in rows and a not in cols]
     if rest:
@@ -90,26 +107,163 @@ def resolve(spec: dict[str, Any], axes: dict[str, list[str]]) -> Layout:
             + (f" and {', '.join(cols)}" if cols else "")
         )
     )
-    return Layout(f"{title} ({what})", rows, cols, metrics, value, steps, paper, notes)
+    return Layout(
+        f"{title} ({what})", rows, cols, metrics, value, steps, paper, notes, None, checkpoint
+    )
 
 
 def values_at_step(df: pd.DataFrame, metric: str, step: int) -> pd.DataFrame:
     """One row per (run, protocol id): the monitored value of ``metric`` at G step ``step``."""
     col = f"metric.{metric}"
     if col not in df or "origin" not in df:
-        return pd.DataFrame(columns=["run_id", "protocol_id", "value", "value_step"])
-    rows = df[(df["origin"] == "train") & (df["eval_step"] == step) & df[col].notna()]
+        return pd.DataFrame(columns=["run_id", "protocol_id", "value", "value_step", "finite"])
+    rows = df[(df["origin"] == "train") & (df["eval_step"] == step) & has_value(df, metric)]
     rows = rows.drop_duplicates(["run_id", "protocol_id"], keep="last")
+    value = rows[col].astype(float)
     out = rows.drop(columns=[c for c in rows if c.startswith("metric.")])
-    return out.assign(value=rows[col].astype(float), value_step=rows["eval_step"]).reset_index(
-        drop=True
-    )
+    return out.assign(
+        value=value, value_step=rows["eval_step"], finite=np.isfinite(value)
+    ).reset_index(drop=True)
 
 
-def _fmt(x: float) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
+# --- numbers as text: one rule for every table and every export ---------------------
+
+
+def decimals(std: float, mean: float) -> int:
+    """Decimal places of a cell: two significant figures of its std when it has one,
+    else four of its mean. Every number of the cell (mean, std, CI, Δ) uses them."""
+    if std is not None and math.isfinite(std) and std > 0:
+        return int(min(8, max(0, 1 - math.floor(math.log10(std)))))
+    if mean is not None and math.isfinite(mean) and mean != 0:
+        return int(min(8, max(0, 3 - math.floor(math.log10(abs(mean))))))
+    return 0
+
+
+def fmt(x: float | None, places: int, sign: bool = False) -> str:
+    """``x`` with ``places`` decimals (``nan``, ``inf`` as such; ``–`` for none)."""
+    if x is None:
         return "–"
-    return f"{x:.4g}" if abs(x) < 1000 else f"{x:.0f}"
+    x = float(x)
+    if math.isnan(x):
+        return "nan"
+    if math.isinf(x):
+        return ("+" if sign and x > 0 else "") + ("inf" if x > 0 else "-inf")
+    text = f"{x:{'+' if sign else ''}.{places}f}"
+    return "+0" + text[2:] if sign and text.startswith("-0") and float(text) == 0 else text
+
+
+def _paper_text(v: float) -> str:
+    return f"{v:g}"
+
+
+@dataclass
+class Cell:
+    """One value cell of a table: the numbers, and why there are none if so."""
+
+    metric: str
+    kind: str  # final, best, last, or step
+    checkpoint: str | None = None
+    step: int | None = None
+    protocol_id: str | None = None
+    n: int = 0
+    n_total: int = 0
+    n_nonfinite: int = 0
+    nonfinite: str = ""
+    mean: float = math.nan
+    std: float = math.nan
+    ci_low: float = math.nan
+    ci_high: float = math.nan
+    is_baseline: bool = False
+    delta: float = math.nan
+    delta_low: float = math.nan
+    delta_high: float = math.nan
+    paired: bool | None = None
+    unwell: str = ""
+    empty: str | None = None  # why the cell has no value
+    empty_cls: str = "na"
+    paper: float | None = None  # a paper column's value
+    best: bool = False
+
+    @property
+    def places(self) -> int:
+        return decimals(self.std, self.mean)
+
+    def text(self) -> str:
+        """The cell's main line: the mean (± std), the paper's value, or why none."""
+        if self.paper is not None:
+            return _paper_text(self.paper)
+        if self.empty is not None:
+            return self.empty
+        if self.n == 0:  # only non-finite values
+            return self.nonfinite.split(" at ")[0]
+        p = self.places
+        return fmt(self.mean, p) + (f" ± {fmt(self.std, p)}" if self.n > 1 else "")
+
+    def sub(self) -> str:
+        """The line under it: n of N and what happened to the other seeds, the CI, Δ."""
+        if self.paper is not None or self.empty is not None:
+            return ""
+        p = self.places
+        n = f"n={self.n}" + (f" of {self.n_total}" if self.n_total > self.n else "")
+        why = [self.unwell] if self.unwell else []
+        if self.n_nonfinite:
+            why.append(f"{self.n_nonfinite} non-finite: {self.nonfinite}, not in the mean")
+        parts = [n + (f" ({'; '.join(why)})" if why else "")]
+        if self.n > 1:
+            parts.append(f"CI [{fmt(self.ci_low, p)}, {fmt(self.ci_high, p)}]")
+        if self.is_baseline:
+            parts.append("baseline")
+        elif not math.isnan(self.delta):
+            d = f"Δ {fmt(self.delta, p, sign=True)}"
+            if not math.isnan(self.delta_low):
+                d += f" [{fmt(self.delta_low, p, sign=True)}, {fmt(self.delta_high, p, sign=True)}]"
+                d += " paired" if self.paired else " unpaired"
+            parts.append(d)
+        return " · ".join(parts)
+
+    def flat(self) -> str:
+        """The cell as one line, for Markdown and LaTeX."""
+        sub = self.sub()
+        return f"{self.text()} ({sub})" if sub else self.text()
+
+    def cls(self) -> str:
+        if self.paper is not None:
+            return "num paper"
+        if self.empty is not None:
+            return f"num {self.empty_cls}"
+        return "num bad" if self.n == 0 else "num" + (" best" if self.best else "")
+
+    def record(self) -> dict[str, Any]:
+        """The cell for machines: one CSV row's value columns."""
+        return {
+            "metric": self.metric,
+            "value_kind": self.kind,
+            "checkpoint": self.checkpoint,
+            "step": self.step,
+            "protocol_id": self.protocol_id,
+            "mean": self.mean,
+            "std": self.std,
+            "n": self.n,
+            "n_total": self.n_total,
+            "n_nonfinite": self.n_nonfinite,
+            "nonfinite": self.nonfinite,
+            "ci_low": self.ci_low,
+            "ci_high": self.ci_high,
+            "is_baseline": self.is_baseline,
+            "delta": self.delta,
+            "delta_low": self.delta_low,
+            "delta_high": self.delta_high,
+            "delta_pairing": None
+            if self.paired is None
+            else ("paired" if self.paired else "unpaired"),
+            "note": self.unwell,
+            "empty": self.empty,
+            "decimals": self.places,
+            "best": self.best,
+        }
+
+
+# --- why a cell has no value --------------------------------------------------------
 
 
 def why_empty(runs: pd.DataFrame, step: int | None = None, value: str = "final") -> tuple[str, str]:
@@ -140,16 +294,26 @@ def why_empty(runs: pd.DataFrame, step: int | None = None, value: str = "final")
         if (runs["step"] < step).all():
             return f"not yet at step {step}", "wait"
         return f"not evaluated at step {step}", "na"
-    if (runs["state"] == "done").all():
-        return ("not scored (no final section)" if value == "final" else "not monitored"), "na"
-    return "no value", "na"
+    if value != "final":
+        return "not monitored", "na"
+    return _why_not_scored(runs)
+
+
+def _why_not_scored(runs: pd.DataFrame) -> tuple[str, str]:
+    """Done runs without a final score: no final section, or scoring failed."""
+    errors = runs["final_error"].dropna() if "final_error" in runs else pd.Series(dtype=str)
+    if len(errors):
+        return f"scoring failed: {errors.iloc[0]}", "bad"
+    if "has_final" in runs and not runs["has_final"].fillna(False).astype(bool).any():
+        return "not scored (no final section)", "na"
+    return "not scored yet", "wait"
 
 
 def _unwell(runs: pd.DataFrame) -> str:
     """Runs of a cell that did not end done, e.g. ``1 diverged at 1200, 1 failed``:
     said beside the cell's value, which may include a diverged run's best value."""
     parts = []
-    for state in ("diverged", "failed", "running", "missing", "pending", "interrupted"):
+    for state in UNWELL:
         sel = runs[runs["state"] == state]
         if sel.empty:
             continue
@@ -179,15 +343,31 @@ def _combos(axes: dict[str, list[str]], names: list[str]) -> list[tuple[str, ...
     return list(itertools.product(*(axes[a] for a in names))) if names else [()]
 
 
-def _paper_applies(layout: Layout, runs: pd.DataFrame) -> list[str]:
-    """Why the paper's values cannot stand beside this study's ([] when they can)."""
+# --- the paper's values --------------------------------------------------------------
+
+
+def _paper_applies(layout: Layout, runs: pd.DataFrame, scored: pd.DataFrame) -> list[str]:
+    """Why the paper's values cannot stand beside this study's ([] when they can):
+    each ``setup`` key of the layout whose value here differs. ``config.*`` keys are
+    read from the runs, ``protocol.*`` keys from the records the table shows."""
     misses = []
     for key, want in (layout.paper or {}).get("setup", {}).items():
-        have = sorted({_text(v) for v in runs.get(key, pd.Series(dtype=str)).dropna()})
-        if have != [str(want)]:
-            misses.append(
-                f"{key.removeprefix('config.')} is {', '.join(have) or 'unknown'}, the paper's {want}"
-            )
+        rule = want if isinstance(want, dict) else {"equals": want}
+        frame = scored if key.startswith("protocol.") else runs
+        have = frame[key].dropna() if key in frame else pd.Series(dtype=object)
+        name = key.removeprefix("config.").removeprefix("protocol.")
+        label = rule.get("label", name)
+        if have.empty:
+            misses.append(f"{label}: not recorded")
+            continue
+        if "at_least" in rule:
+            low = min(float(v) for v in have)
+            if low < float(rule["at_least"]):
+                misses.append(f"{label} is {_text(low)}, the paper's {rule['at_least']:,}")
+            continue
+        got = sorted({_text(v) for v in have})
+        if got != [_text(rule["equals"])]:
+            misses.append(f"{label} is {', '.join(got)}, the paper's {_text(rule['equals'])}")
     return misses
 
 
@@ -199,191 +379,417 @@ def _paper_value(layout: Layout, key: dict[str, str], metric: str) -> float | No
     return None
 
 
+# --- the columns of a table -------------------------------------------------------
+
+
+@dataclass
+class _Column:
+    metric: str
+    kind: str
+    checkpoint: str | None
+    step: int | None
+    pid: str | None
+    col: tuple[str, ...]
+    paper: bool = False
+
+
+def _kinds(layout: Layout) -> list[str]:
+    if layout.steps:
+        return ["step"]
+    return list(layout.values or [layout.value])
+
+
+def _roles(finals: dict[str, pd.DataFrame], layout: Layout) -> list[str]:
+    """The final checkpoint roles a table shows: those recorded (the layout's
+    preferred one alone when it was recorded), ``last`` when none was."""
+    recorded = [r for r in ROLES if len(finals[r])]
+    if layout.checkpoint in ROLES and layout.checkpoint in recorded:
+        return [layout.checkpoint]
+    return recorded or ["last"]
+
+
 def pivot(
     df: pd.DataFrame,
     layout: Layout,
     axes: dict[str, list[str]],
     baseline: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """The table of ``layout`` over the runs in ``df`` (one grid's runs).
+    """The table of ``layout`` over the runs in ``df`` (one grid's runs, with that
+    grid's levels as ``axis.*``, :func:`reports.frame.grid_runs`).
 
-    Returns ``{"title", "header": [[{text, span}]...], "rows": [[{text, sub, cls, title}]],
-    "notes", "flat": DataFrame}``: a two-level header (metric, then column levels or
-    steps), a row per combination of the row axes, and ``flat`` for CSV/Markdown/LaTeX.
+    Returns ``{"title", "header": [[{text, span, rowspan}], [...]], "rows": [[{text,
+    sub, cls, title}]], "cells": [[Cell | None]], "notes", "baseline", "levels"}``: a
+    two-level header (metric, then kind, role, column levels, steps or protocol), a
+    row per combination of the row axes, and the :class:`Cell` behind each value for
+    the exports (:func:`exports`).
     """
     runs = df.drop_duplicates("run_id")
     cell_axes = [f"axis.{a}" for a in axes]
     notes = list(layout.notes)
-    paper_misses = _paper_applies(layout, runs) if layout.paper else []
-    with_paper = layout.paper is not None and not paper_misses and not layout.cols
-    columns: list[dict[str, Any]] = []  # one per shown column
-    sums: dict[tuple, pd.DataFrame] = {}
-    diffs: dict[tuple, pd.DataFrame] = {}
+    base_key = {f"axis.{a}": v for a, v in (baseline or {}).items()}
+    columns: list[_Column] = []
+    # (metric, kind, role, step) -> (values, summary, differences)
+    data: dict[tuple, tuple[pd.DataFrame, pd.DataFrame | None, pd.DataFrame | None]] = {}
+    finals_of: dict[str, dict[str, pd.DataFrame]] = {}
+    scored_parts = []
+    ids = set(runs["run_id"])
     for metric in layout.metrics:
-        points = layout.steps or [None]
-        per_step = {}
-        for step in points:
-            vals = (
-                values_at_step(df, metric, step)
-                if step is not None
-                else per_run(df, metric, layout.value)  # type: ignore[arg-type]
-            )
-            per_step[step] = vals[vals["run_id"].isin(runs["run_id"])]
-        protocols_seen = {p for v in per_step.values() for p in v["protocol_id"].dropna()}
-        for step, vals in per_step.items():
+        finals = {r: per_run(df, metric, "final", r) for r in ROLES}
+        finals = {r: v[v["run_id"].isin(ids)] for r, v in finals.items()}
+        finals_of[metric] = finals
+        specs: list[tuple[str, str | None, int | None]] = []
+        for kind in _kinds(layout):
+            if kind == "step":
+                specs += [("step", None, s) for s in layout.steps or []]
+            elif kind == "final":
+                specs += [("final", r, None) for r in _roles(finals, layout)]
+            else:
+                specs.append((kind, None, None))
+        added = False
+        for kind, role, step in specs:
+            if kind == "final":
+                vals = finals[role]
+                scored_parts.append(vals)
+            elif kind == "step":
+                vals = values_at_step(df, metric, step)
+            else:
+                vals = per_run(df, metric, kind)  # type: ignore[arg-type]
+            vals = vals[vals["run_id"].isin(ids)]
+            if layout.values and vals.empty:
+                continue  # a summary shows the kinds that have values
             s = summarize(vals, cell_axes) if len(vals) else None
-            d = (
-                versus(vals, cell_axes, {f"axis.{a}": v for a, v in baseline.items()})
-                if baseline and len(vals)
-                else None
-            )
-            for pid in sorted(protocols_seen) or [None]:
-                sums[(metric, step, pid)] = s
-                diffs[(metric, step, pid)] = d
+            d = versus(vals, cell_axes, base_key) if base_key and len(vals) else None
+            data[(metric, kind, role, step)] = (vals, s, d)
+            pids = sorted(set(vals["protocol_id"].dropna())) or [None]
+            if len(pids) > 1:
+                notes.append(
+                    f"{LABELS.get(metric, metric)} ({_kind_label(kind, role, step)}) was "
+                    f"measured under {len(pids)} protocols ({', '.join(pids)}): each has its "
+                    "own column, never pooled."
+                )
+            for pid in pids:
                 for combo in _combos(axes, layout.cols):
-                    columns.append({"metric": metric, "step": step, "pid": pid, "col": combo})
-        if len(protocols_seen) > 1:
-            notes.append(
-                f"{LABELS.get(metric, metric)} was measured under {len(protocols_seen)} protocols "
-                f"({', '.join(sorted(protocols_seen))}): each has its own column, never pooled."
-            )
-        if with_paper:
-            columns.append({"metric": metric, "paper": True})
+                    columns.append(_Column(metric, kind, role, step, pid, combo))
+            added = True
+        if layout.paper is not None and not layout.cols and added:
+            columns.append(_Column(metric, "paper", None, None, None, (), paper=True))
 
-    def head(c: dict[str, Any]) -> str:
-        if c.get("paper"):
+    scored = pd.concat(scored_parts) if scored_parts else pd.DataFrame()
+    paper_misses = _paper_applies(layout, runs, scored) if layout.paper else []
+    with_paper = layout.paper is not None and not paper_misses and not layout.cols
+    if not with_paper:
+        columns = [c for c in columns if not c.paper]
+
+    multi = _varying(columns)
+
+    def head(c: _Column) -> str:
+        if c.paper:
             return "paper"
-        parts = [f"{a}={v}" for a, v in zip(layout.cols, c["col"], strict=True)]
-        if c["step"] is not None:
-            parts.append(f"step {c['step']}")
-        pids = {o["pid"] for o in columns if o["metric"] == c["metric"] and not o.get("paper")}
-        if len(pids) > 1:
-            parts.append(f"protocol {c['pid']}")
+        parts = [f"{a}={v}" for a, v in zip(layout.cols, c.col, strict=True)]
+        if "kind" in multi.get(c.metric, ()):
+            parts.append(_kind_label(c.kind, c.checkpoint, None))
+        elif "role" in multi.get(c.metric, ()):
+            parts.append(ROLE_LABELS[c.checkpoint or "last"])
+        if c.step is not None:
+            parts.append(f"step {c.step}")
+        if "pid" in multi.get(c.metric, ()):
+            parts.append(f"protocol {c.pid}")
         return ", ".join(parts) or "mean ± std"
 
     header_top = [{"text": a, "span": 1, "rowspan": 2} for a in layout.rows]
+    if layout.runs_column:
+        header_top.append({"text": "runs", "span": 1, "rowspan": 2})
     for metric in layout.metrics:
-        span = sum(1 for c in columns if c["metric"] == metric)
+        span = sum(1 for c in columns if c.metric == metric)
+        if not span:
+            continue
         arrow = "↑" if HIGHER_IS_BETTER.get(metric, True) else "↓"
         header_top.append(
             {"text": f"{LABELS.get(metric, metric)} {arrow}", "span": span, "rowspan": 1}
         )
     header_sub = [{"text": head(c), "span": 1, "rowspan": 1} for c in columns]
 
-    body: list[list[dict[str, Any]]] = []
-    flat_rows = []
-    best: dict[int, float] = {}
-    cells: dict[tuple[int, int], float] = {}
-    few = False
-    for r, row_combo in enumerate(_combos(axes, layout.rows)):
-        out_row = [{"text": v, "cls": "level", "sub": "", "title": ""} for v in row_combo]
-        flat = list(row_combo)
-        for j, c in enumerate(columns):
-            key = dict(zip(layout.rows, row_combo, strict=True))
-            if c.get("paper"):
-                v = _paper_value(layout, key, c["metric"])
-                out_row.append(
-                    {
-                        "text": _fmt(v) if v is not None else "not quoted",
-                        "sub": "",
-                        "cls": "num paper" if v is not None else "num na",
-                        "title": layout.paper["source"],
-                    }
-                )
-                flat.append(_fmt(v) if v is not None else "")
+    grid_cells: list[list[Cell]] = []
+    levels: list[dict[str, str]] = []
+    runs_text: list[str] = []
+    for row_combo in _combos(axes, layout.rows):
+        row_key = dict(zip(layout.rows, row_combo, strict=True))
+        levels.append(row_key)
+        if layout.runs_column:
+            runs_text.append(_state_counts(runs[_in_cell(runs, row_key)]))
+        row = []
+        for c in columns:
+            if c.paper:
+                v = _paper_value(layout, row_key, c.metric)
+                cell = Cell(c.metric, "paper")
+                if v is None:
+                    cell.empty = "not quoted"
+                else:
+                    cell.paper = v
+                row.append(cell)
                 continue
-            key |= dict(zip(layout.cols, c["col"], strict=True))
+            key = row_key | dict(zip(layout.cols, c.col, strict=True))
             mine = runs[_in_cell(runs, key)]
-            s = sums[(c["metric"], c["step"], c["pid"])]
-            hit = None
-            if s is not None:
-                at_cell = _in_cell(s, key)
-                hit = s[at_cell & (s["protocol_id"] == c["pid"])]
-                elsewhere = at_cell & (s["protocol_id"] != c["pid"])
-            if hit is not None and hit.empty and elsewhere.any():
-                others = ", ".join(sorted(s.loc[elsewhere, "protocol_id"]))
-                out_row.append(
-                    {"text": f"only under {others}", "sub": "", "cls": "num na", "title": ""}
-                )
-                flat.append(f"only under {others}")
-                continue
-            if hit is None or hit.empty:
-                text, cls = why_empty(mine, c["step"], layout.value)
-                out_row.append({"text": text, "sub": "", "cls": f"num {cls}", "title": ""})
-                flat.append(text)
-                continue
-            h = hit.iloc[0]
-            text = _fmt(h["mean"]) + (f" ± {_fmt(h['std'])}" if h["n"] > 1 else "")
-            n_runs = len(mine)
-            sub = f"n={h['n']}" + (f" of {n_runs}" if n_runs > h["n"] else "")
-            unwell = _unwell(mine)
-            if unwell:
-                sub += f" ({unwell})"
-            title = (
-                f"95% bootstrap CI [{_fmt(h['ci_low'])}, {_fmt(h['ci_high'])}]"
-                if h["n"] > 1
-                else "one seed: no CI"
-            )
-            d = diffs[(c["metric"], c["step"], c["pid"])]
-            if d is not None and baseline:
-                drow = d[_in_cell(d, key) & (d["protocol_id"] == c["pid"])]
-                is_base = all(key.get(a) == v for a, v in baseline.items())
-                if is_base:
-                    sub += " · baseline"
-                elif not drow.empty:
-                    dr = drow.iloc[0]
-                    sub += f" · Δ {dr['diff']:+.3g}"
-                    if not math.isnan(dr["diff_ci_low"]):
-                        sub += f" [{dr['diff_ci_low']:+.3g}, {dr['diff_ci_high']:+.3g}]"
-            cells[(r, j)] = float(h["mean"])
-            few |= 1 < h["n"] < FEW_SEEDS
-            out_row.append({"text": text, "sub": sub, "cls": "num", "title": title})
-            flat.append(f"{text} (n={h['n']})")
-        body.append(out_row)
-        flat_rows.append(flat)
-    for j, c in enumerate(columns):
-        col_vals = [v for (r, jj), v in cells.items() if jj == j and not math.isnan(v)]
-        if col_vals and len(set(col_vals)) > 1:  # all equal: nothing stands out
-            higher = HIGHER_IS_BETTER.get(c["metric"], True)
-            best[j] = max(col_vals) if higher else min(col_vals)
-    for (r, j), v in cells.items():
-        if best.get(j) == v:
-            body[r][len(layout.rows) + j]["cls"] += " best"
+            row.append(_cell(c, key, mine, data, finals_of[c.metric], base_key, layout))
+        grid_cells.append(row)
+
+    _mark_best(grid_cells, columns)
+    few = any(1 < cell.n < FEW_SEEDS for row in grid_cells for cell in row if not cell.empty)
+    if any(cell.n_nonfinite for row in grid_cells for cell in row):
+        notes.append(
+            "Some seeds ended with a non-finite value (nan or inf: a collapsed G). They are "
+            "counted and named in their cell, left out of its mean, std and CI, and such a "
+            "cell is never marked best."
+        )
     if few:
         notes.append(
             f"Some cells have fewer than {FEW_SEEDS} seeds: a bootstrap over so few values "
             "resamples only what it saw, so their CIs (and those of their Δ) are too narrow. "
             "Read them as hints, not findings."
         )
+    if base_key:
+        notes.append(
+            "Δ: difference of the mean from the baseline arm ("
+            + ", ".join(f"{a}={v}" for a, v in (baseline or {}).items())
+            + f") with its {CONFIDENCE:.0%} bootstrap CI; paired: a bootstrap of per-seed "
+            "differences (both arms have every seed, trained on the same data order and "
+            "noise); unpaired: each arm resampled on its own. A CI that includes 0 means "
+            "the seeds do not tell the arms apart."
+        )
+    notes += _value_notes(layout, columns)
     if layout.paper:
-        src = f"Paper values: {layout.paper['source']} ({layout.paper['protocol']})."
-        if paper_misses:
-            quoted = "; ".join(
-                ", ".join(f"{a}={v}" for a, v in e["levels"].items())
-                + ": "
-                + ", ".join(f"{LABELS.get(m, m)} {e[m]}" for m in layout.metrics if m in e)
-                for e in layout.paper.get("values", [])
+        notes.append(_paper_note(layout, paper_misses))
+    pids = sorted({c.pid for c in columns if c.pid})
+    if pids:
+        notes.append(
+            "Protocols (the Protocols section says what each is): "
+            + "; ".join(
+                f"{LABELS.get(m, m)}: {', '.join(sorted({c.pid for c in columns if c.metric == m and c.pid}))}"
+                for m in layout.metrics
+                if any(c.metric == m and c.pid for c in columns)
             )
-            src += (
-                " Not set beside this study's numbers, whose setup differs ("
-                + "; ".join(paper_misses)
-                + ")"
-                + (f". The paper's: {quoted}." if quoted else ".")
-            )
-        if layout.paper.get("also"):
-            src += " " + " ".join(layout.paper["also"].split())
-        notes.append(src)
-    flat_header = list(layout.rows) + [
-        f"{LABELS.get(c['metric'], c['metric'])} {head(c)}".strip() for c in columns
-    ]
+            + "."
+        )
+
+    body = []
+    for i, row in enumerate(grid_cells):
+        out_row = [
+            {"text": v, "cls": "level", "sub": "", "title": ""} for v in levels[i].values()
+        ]
+        if layout.runs_column:
+            out_row.append({"text": runs_text[i], "cls": "", "sub": "", "title": ""})
+        for cell in row:
+            title = layout.paper["source"] if cell.kind == "paper" and layout.paper else ""
+            out_row.append({"text": cell.text(), "sub": cell.sub(), "cls": cell.cls(), "title": title})
+        body.append(out_row)
     return {
         "title": layout.title,
         "header": [header_top, header_sub],
         "rows": body,
+        "cells": grid_cells,
+        "levels": levels,
+        "runs": runs_text if layout.runs_column else None,
+        "column_heads": [
+            f"{LABELS.get(c.metric, c.metric)} {head(c)}".strip() for c in columns
+        ],
+        "col_levels": [dict(zip(layout.cols, c.col, strict=True)) for c in columns],
         "notes": notes,
         "baseline": ", ".join(f"{a}={v}" for a, v in (baseline or {}).items()),
-        "flat": pd.DataFrame(flat_rows, columns=flat_header),
     }
 
 
-__all__ = ["Layout", "paper_layouts", "pivot", "resolve", "values_at_step", "why_empty"]
+def _kind_label(kind: str, role: str | None, step: int | None) -> str:
+    if kind == "step":
+        return f"step {step}"
+    if kind == "final":
+        return f"final, {ROLE_LABELS[role or 'last']}"
+    return VALUE_LABELS[kind]
+
+
+def _varying(columns: list[_Column]) -> dict[str, set[str]]:
+    """Per metric, which of kind, role and protocol differ between its columns (and
+    so must be named in the column heads)."""
+    out: dict[str, set[str]] = {}
+    for metric in {c.metric for c in columns}:
+        mine = [c for c in columns if c.metric == metric and not c.paper]
+        varying = set()
+        if len({c.kind for c in mine}) > 1:
+            varying.add("kind")
+        if len({c.checkpoint for c in mine if c.kind == "final"}) > 1:
+            varying.add("role")
+        groups: dict[tuple, set] = {}
+        for c in mine:
+            groups.setdefault((c.kind, c.checkpoint, c.step, c.col), set()).add(c.pid)
+        if any(len(pids) > 1 for pids in groups.values()):
+            varying.add("pid")
+        out[metric] = varying
+    return out
+
+
+def _state_counts(runs: pd.DataFrame) -> str:
+    """``2 done, 1 diverged (at 1200)``: what the cell's runs are."""
+    counts = runs.groupby("state").size()
+    parts = []
+    for state, n in counts.items():
+        text = f"{n} {state}"
+        if state == "diverged":
+            steps = runs.loc[runs["state"] == "diverged", "diverged_step"].dropna().astype(int)
+            text += f" (at {', '.join(map(str, steps))})"
+        parts.append(text)
+    return ", ".join(parts)
+
+
+def _cell(
+    c: _Column,
+    key: dict[str, str],
+    mine: pd.DataFrame,
+    data: dict[tuple, tuple[pd.DataFrame, pd.DataFrame | None, pd.DataFrame | None]],
+    finals: dict[str, pd.DataFrame],
+    base_key: dict[str, str],
+    layout: Layout,
+) -> Cell:
+    cell = Cell(c.metric, c.kind, c.checkpoint, c.step, c.pid, n_total=len(mine))
+    vals, s, d = data[(c.metric, c.kind, c.checkpoint, c.step)]
+    hit = None
+    if s is not None:
+        at_cell = _in_cell(s, key)
+        hit = s[at_cell & (s["protocol_id"] == c.pid)]
+        elsewhere = at_cell & (s["protocol_id"] != c.pid)
+        if hit.empty and elsewhere.any():
+            cell.empty = f"only under {', '.join(sorted(s.loc[elsewhere, 'protocol_id']))}"
+            return cell
+    if hit is None or hit.empty:
+        if c.kind == "final":
+            other = [r for r in ROLES if r != c.checkpoint]
+            for role in other:
+                if finals[role]["run_id"].isin(mine["run_id"]).any():
+                    cell.empty = f"scored at the {ROLE_LABELS[role]} only"
+                    return cell
+        cell.empty, cell.empty_cls = why_empty(
+            mine, c.step, "final" if c.kind == "final" else c.kind
+        )
+        return cell
+    h = hit.iloc[0]
+    cell.n, cell.n_nonfinite, cell.nonfinite = int(h["n"]), int(h["n_nonfinite"]), h["nonfinite"]
+    cell.mean, cell.std = float(h["mean"]), float(h["std"])
+    cell.ci_low, cell.ci_high = float(h["ci_low"]), float(h["ci_high"])
+    cell.unwell = _unwell(mine)
+    if base_key:
+        cell.is_baseline = all(key.get(a.removeprefix("axis.")) == v for a, v in base_key.items())
+        if d is not None and not cell.is_baseline:
+            drow = d[_in_cell(d, key) & (d["protocol_id"] == c.pid)]
+            if not drow.empty:
+                dr = drow.iloc[0]
+                cell.delta = float(dr["diff"])
+                cell.delta_low, cell.delta_high = float(dr["diff_ci_low"]), float(dr["diff_ci_high"])
+                cell.paired = bool(dr["paired"])
+    return cell
+
+
+def _mark_best(grid_cells: list[list[Cell]], columns: list[_Column]) -> None:
+    """Bold the best mean of each column: only cells whose every seed is finite, and
+    only when the column's means differ."""
+    for j, c in enumerate(columns):
+        if c.paper:
+            continue
+        eligible = [
+            row[j]
+            for row in grid_cells
+            if row[j].empty is None and row[j].n and not row[j].n_nonfinite
+        ]
+        means = [cell.mean for cell in eligible]
+        if len(set(means)) < 2:
+            continue
+        top = max(means) if HIGHER_IS_BETTER.get(c.metric, True) else min(means)
+        for cell in eligible:
+            cell.best = cell.mean == top
+
+
+def _value_notes(layout: Layout, columns: list[_Column]) -> list[str]:
+    """What kind of value each column is, when the layout asked for final scores of a
+    checkpoint role this grid did not record."""
+    notes = []
+    want = layout.checkpoint
+    if want in ROLES and any(c.kind == "final" and c.checkpoint != want for c in columns):
+        notes.append(
+            f"This layout asks for final scores at the {ROLE_LABELS[want]}; this grid scored "
+            f"only the {ROLE_LABELS['best' if want == 'last' else 'last']}, which is what "
+            "its columns show."
+        )
+    return notes
+
+
+def _paper_note(layout: Layout, misses: list[str]) -> str:
+    paper = layout.paper or {}
+    src = f"Paper values: {paper['source']} ({' '.join(paper['protocol'].split())})."
+    if paper.get("reports"):
+        src += " " + " ".join(paper["reports"].split())
+    if misses:
+        quoted = "; ".join(
+            ", ".join(f"{a}={v}" for a, v in e["levels"].items())
+            + ": "
+            + ", ".join(f"{LABELS.get(m, m)} {e[m]}" for m in layout.metrics if m in e)
+            for e in paper.get("values", [])
+        )
+        src += (
+            " Not set beside this study's numbers, whose setup differs ("
+            + "; ".join(misses)
+            + ")"
+            + (f". The paper's: {quoted}." if quoted else ".")
+        )
+    if paper.get("also"):
+        src += " " + " ".join(paper["also"].split())
+    return src
+
+
+# --- exports ---------------------------------------------------------------------
+
+
+def export_frame(table: dict[str, Any], grid: str) -> pd.DataFrame:
+    """The table for machines: one row per value cell, with its row and column levels
+    and every number apart (mean, std, n, n_total, CI, Δ and its CI, pairing, note,
+    protocol id, kind of value and checkpoint role)."""
+    rows = []
+    for levels, cells in zip(table["levels"], table["cells"], strict=True):
+        for cell, col_levels, head in zip(
+            cells, table["col_levels"], table["column_heads"], strict=True
+        ):
+            rec = {"grid": grid, **levels, **col_levels, "column": head}
+            if cell.kind == "paper":
+                rec |= {"metric": cell.metric, "value_kind": "paper", "mean": cell.paper}
+                rec["empty"] = cell.empty
+            else:
+                rec |= cell.record()
+            rows.append(rec)
+    return pd.DataFrame(rows)
+
+
+def wide_frame(table: dict[str, Any]) -> pd.DataFrame:
+    """The table as people read it: a row per row of levels, a column per value
+    column, each cell on one line (value, n of N and why, CI, Δ)."""
+    rows = []
+    for i, (levels, cells) in enumerate(zip(table["levels"], table["cells"], strict=True)):
+        row = list(levels.values())
+        if table.get("runs") is not None:
+            row.append(table["runs"][i])
+        row += [cell.flat() for cell in cells]
+        rows.append(row)
+    names = list(table["levels"][0]) if table["levels"] else []
+    if table.get("runs") is not None:
+        names.append("runs")
+    return pd.DataFrame(rows, columns=names + table["column_heads"])
+
+
+__all__ = [
+    "Cell",
+    "Layout",
+    "decimals",
+    "export_frame",
+    "fmt",
+    "paper_layouts",
+    "pivot",
+    "resolve",
+    "values_at_step",
+    "why_empty",
+    "wide_frame",
+]

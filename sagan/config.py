@@ -171,6 +171,8 @@ class FinalConfig(ProtocolConfig):
 
     ``checkpoint``: which checkpoint is scored: ``last``, ``best`` by the monitored
     metric ``best_by`` (a checkpoint kept for it through rotation), or ``both``.
+    With ``best`` or ``both``, ``seed`` defaults to ``eval.seed + 1``: the checkpoint
+    chosen by the monitored samples is scored on samples independent of them.
     """
 
     checkpoint: Literal["last", "best", "both"] = "last"
@@ -220,6 +222,17 @@ class Config(_Strict):
                     f"final.best_by: {fin.best_by!r} must be monitored during training: add "
                     f"{BEST_BY[fin.best_by]!r} to eval.metrics and set eval.every "
                     f"(got eval.metrics {self.eval.metrics}, eval.every {self.eval.every})"
+                )
+            # The best checkpoint is chosen by monitored values; scoring it with the same
+            # samples would carry the minimum's optimistic bias into the number of record.
+            if "seed" not in fin.model_fields_set:
+                fin.seed = self.eval.seed + 1
+            elif fin.seed == self.eval.seed:
+                raise ValueError(
+                    f"final.seed: {fin.seed} is eval.seed too; final.checkpoint "
+                    f"{fin.checkpoint!r} scores a checkpoint chosen by the monitored samples, "
+                    "so its own samples must be independent of them: give final.seed another "
+                    "value (or leave it out: eval.seed + 1)"
                 )
         group = self.model.bn_group
         if group is not None and self.train.batch_size % group:

@@ -103,27 +103,47 @@ def score_final(
     ecfg = final_as_eval(cfg)
     device = torch.device(device)
     made = []
-    targets = _targets(cfg, run_dir)
-    reference = reference_set(ecfg)  # built once, for every plan and score below
-    for role, step, path in targets:
-        state = load_checkpoint(path)
-        use_ema = ecfg.eval.use_ema and state.get("G_ema") is not None
-        pid = protocol_id(planned_protocol(ecfg, ema=use_ema, device=device, reference=reference))
-        records = rundir.read_jsonl(run_dir / "eval.jsonl")
-        if any(
-            r.get("origin") == "final" and r.get("protocol_id") == pid and r["step"] == step
-            for r in records
-        ):
-            log.info("final %s (step %d) under protocol %s: already scored", role, step, pid)
-            continue
-        G = load_generator(cfg, state, ema=use_ema, device=device)
-        record = evaluate_generator(
-            G, ecfg, step=step, device=device, ema=use_ema, reference=reference
-        )
-        record.update(origin="final", checkpoint=role, checkpoint_file=path.name)
-        rundir.append_jsonl(run_dir / "eval.jsonl", record)
-        _record_in_status(run_dir, cfg, record, role)
-        made.append(record)
+    try:
+        targets = _targets(cfg, run_dir)
+        reference = reference_set(ecfg)  # built once, for every plan and score below
+        for role, step, path in targets:
+            state = load_checkpoint(path)
+            use_ema = ecfg.eval.use_ema and state.get("G_ema") is not None
+            pid = protocol_id(
+                planned_protocol(ecfg, ema=use_ema, device=device, reference=reference)
+            )
+            records = [
+                r
+                for r in rundir.read_jsonl(run_dir / "eval.jsonl")
+                if r.get("origin") == "final" and r.get("protocol_id") == pid and r["step"] == step
+            ]
+            if any(r.get("checkpoint", "last") == role for r in records):
+                log.info("final %s (step %d) under protocol %s: already scored", role, step, pid)
+                continue
+            if records:
+                # The same checkpoint under the same protocol, scored for the other role
+                # (best == last): one computation serves both, and both are recorded.
+                record = {**records[0]}
+            else:
+                G = load_generator(cfg, state, ema=use_ema, device=device)
+                record = evaluate_generator(
+                    G, ecfg, step=step, device=device, ema=use_ema, reference=reference
+                )
+            record.update(origin="final", checkpoint=role, checkpoint_file=path.name)
+            rundir.append_jsonl(run_dir / "eval.jsonl", record)
+            _record_in_status(run_dir, cfg, record, role)
+            made.append(record)
+    except Exception as e:
+        # Said in status.json so that a report tells "scoring failed" from "not
+        # scored"; the run stays done, and the next invocation tries again.
+        status = rundir.read_status(run_dir)
+        status["final_error"] = {
+            "error": f"{type(e).__name__}: {e}".splitlines()[0],
+            "final_key": final_key(cfg),
+            "at": rundir.now(),
+        }
+        rundir.write_status(run_dir, status)
+        raise
     _record_in_status(run_dir, cfg, None, None, finished=True)
     return made
 
@@ -136,6 +156,7 @@ def _record_in_status(
         entry = status.setdefault("final", {}).setdefault(record["protocol_id"], {})
         entry[role] = {"step": record["step"], "metrics": record["metrics"]}
     if finished:
+        status.pop("final_error", None)
         keys = status.setdefault("final_keys", [])
         if final_key(cfg) not in keys:
             keys.append(final_key(cfg))

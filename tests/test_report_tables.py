@@ -15,7 +15,7 @@ import yaml
 from ablations.grid import PAPER_LAYOUTS, GridError, load_grid
 from reports.build import build, main
 from reports.frame import read_store
-from reports.tables import paper_layouts, pivot, resolve
+from reports.tables import paper_layouts, pivot, resolve, wide_frame
 from sagan import rundir
 from sagan.config import build_config, to_yaml
 
@@ -116,7 +116,7 @@ def test_table1_sets_the_papers_values_beside_a_study_of_the_papers_setup(tmp_pa
     # Columns: FID (ours), FID (paper), IS (ours), IS (paper).
     assert [h["text"] for h in t["header"][1]] == ["mean ± std", "paper", "mean ± std", "paper"]
     feat8 = ("attention", "feat8")
-    assert _cell(t, feat8, 0)["text"] == "29.5 ± 0.7071"  # seeds 29 and 30
+    assert _cell(t, feat8, 0)["text"] == "29.50 ± 0.71"  # seeds 29 and 30
     assert _cell(t, feat8, 1)["text"] == "22.98" and "paper" in _cell(t, feat8, 1)["cls"]
     assert _cell(t, ("attention", "feat16"), 1)["text"] == "not quoted"
     assert _cell(t, ("residual", "feat32"), 1)["text"] == "27.33"
@@ -127,11 +127,14 @@ def test_table1_sets_the_papers_values_beside_a_study_of_the_papers_setup(tmp_pa
     assert _cell(t, ("residual", "none"), 0)["text"] == "not in grid"
     assert _cell(t, ("residual", "feat16"), 0)["text"] == "2 of 2 failed"
     sixteen = _cell(t, ("attention", "feat16"), 0)
-    assert sixteen["text"] == "28" and sixteen["sub"].startswith("n=1 of 2 (1 diverged at 1200)")
+    assert sixteen["text"] == "28.00" and sixteen["sub"].startswith("n=1 of 2 (1 diverged at 1200)")
     assert _cell(t, ("residual", "feat64"), 0)["sub"].startswith("n=1 of 2 (1 missing)")
     # Differences from the baseline (attention/none, FID 30 and 31), with a CI.
     assert "baseline" in _cell(t, ("attention", "none"), 0)["sub"]
-    assert _cell(t, ("attention", "feat32"), 0)["sub"] == "n=2 · Δ -3 [-4, -2]"
+    assert (
+        _cell(t, ("attention", "feat32"), 0)["sub"]
+        == "n=2 · CI [27.00, 28.00] · Δ -3.00 [-3.00, -3.00] paired"
+    )
     assert any("Zhang" in n and "52.52" in n for n in t["notes"])
     assert any("fewer than 5 seeds" in n and "too narrow" in n for n in t["notes"])
 
@@ -165,11 +168,16 @@ def test_a_pivot_lays_any_axes_as_rows_and_columns(tmp_path):
     layout = resolve({"rows": ["placement"], "cols": ["block"], "metrics": ["fid"]}, axes)
     t = pivot(df, layout, axes, {"block": "attention"})
     assert [h["text"] for h in t["header"][1]] == ["block=attention", "block=residual"]
-    assert _cell(t, ("feat32",), 0)["text"] == "27.5 ± 0.7071"
-    assert _cell(t, ("feat32",), 1)["text"] == "37.5 ± 0.7071"
-    # Each placement's residual arm against its attention arm: +10 (seeds unpaired).
-    assert "Δ +10 [+9, +11]" in _cell(t, ("feat32",), 1)["sub"]
-    assert list(t["flat"].columns) == ["placement", "FID block=attention", "FID block=residual"]
+    assert _cell(t, ("feat32",), 0)["text"] == "27.50 ± 0.71"
+    assert _cell(t, ("feat32",), 1)["text"] == "37.50 ± 0.71"
+    # Each placement's residual arm against its attention arm: +10 for each seed, so the
+    # paired difference has no spread (unpaired, the seeds' own spread would show).
+    assert _cell(t, ("feat32",), 1)["sub"].endswith("Δ +10.00 [+10.00, +10.00] paired")
+    assert list(wide_frame(t).columns) == [
+        "placement",
+        "FID block=attention",
+        "FID block=residual",
+    ]
     # An axis left out is added to the rows, never pooled.
     layout = resolve({"rows": ["block"], "metrics": ["fid"]}, axes)
     assert layout.rows == ["block", "placement"] and "never pooled" in layout.notes[0]
@@ -182,7 +190,7 @@ def test_monitored_values_at_chosen_steps(tmp_path):
     layout = resolve({"rows": ["block", "placement"], "metrics": ["fid"], "steps": [50, 100]}, axes)
     t = pivot(df, layout, axes)
     assert [h["text"] for h in t["header"][1]] == ["step 50", "step 100"]
-    assert _cell(t, ("attention", "none"), 0)["text"] == "35.5 ± 0.7071"
+    assert _cell(t, ("attention", "none"), 0)["text"] == "35.50 ± 0.71"
     assert _cell(t, ("attention", "none"), 1)["text"] == "not evaluated at step 100"
     layout_best = resolve(
         {"rows": ["block", "placement"], "metrics": ["is_mean"], "value": "best"}, axes
@@ -215,7 +223,7 @@ def test_a_metric_under_two_protocols_gets_two_columns(tmp_path):
     (t,) = _tables(tmp_path)
     heads = [h["text"] for h in t["header"][1]]
     assert heads[:2] == ["protocol p50k", "protocol p5k"]
-    assert _cell(t, ("a",), 0)["text"] == "only under p5k" and _cell(t, ("a",), 1)["text"] == "10"
+    assert _cell(t, ("a",), 0)["text"] == "only under p5k" and _cell(t, ("a",), 1)["text"] == "10.00"
     assert any("2 protocols" in n and "never pooled" in n for n in t["notes"])
 
 

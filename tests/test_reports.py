@@ -12,6 +12,7 @@ from ablations import run as run_cli
 from ablations.grid import load_grid
 from reports.frame import read_store, write_results
 from reports.stats import per_run, summarize, versus
+from reports.tables import decimals, fmt
 from sagan import rundir
 
 GRID = {
@@ -28,9 +29,9 @@ GRID = {
             "n_samples": 4,
             "device": "cpu",
         },
-        "eval": {"metrics": ["consistency"], "n_samples": 16, "every": 2},
+        "eval": {"metrics": ["swd", "consistency"], "n_samples": 16, "every": 2},
     },
-    "final": {"metrics": ["consistency"], "n_samples": 32},
+    "final": {"metrics": ["swd", "consistency"], "n_samples": 32},
     "axes": {
         "attention": {
             "none": {"model.attn_g": [], "model.attn_d": []},
@@ -91,12 +92,12 @@ def test_one_value_per_run_keeps_final_best_and_last_apart(store):
     df = read_store(out)
     rid = cells["attention=none,seed=0"]
     records = rundir.read_jsonl(out / rid / "eval.jsonl")
-    monitored = [r["metrics"]["consistency"] for r in records if r["origin"] == "train"]
+    monitored = [r["metrics"]["swd"] for r in records if r["origin"] == "train"]
     final = [r for r in records if r["origin"] == "final"][0]
-    pick = lambda kind: per_run(df, "consistency", kind).set_index("run_id").loc[rid]  # noqa: E731
-    assert pick("final")["value"] == final["metrics"]["consistency"]
+    pick = lambda kind: per_run(df, "swd", kind).set_index("run_id").loc[rid]  # noqa: E731
+    assert pick("final")["value"] == final["metrics"]["swd"]
     assert pick("final")["protocol_id"] == final["protocol_id"]
-    assert pick("best")["value"] == max(monitored)
+    assert pick("best")["value"] == min(monitored)  # SWD: lower is better
     assert pick("last")["value"] == monitored[-1] and pick("last")["value_step"] == 4
 
 
@@ -172,7 +173,7 @@ def test_the_report_renders_in_a_real_browser(store, tmp_path):
     out, cells = store
     index = build(out, tmp_path / "report")
     df = read_store(out)
-    final = summarize(per_run(df, "consistency", "final"), ["axis.attention"])
+    final = summarize(per_run(df, "swd", "final"), ["axis.attention"])
     with sync_playwright() as p:
         browser = p.chromium.launch(
             executable_path=chromium,
@@ -230,13 +231,20 @@ def test_the_report_renders_in_a_real_browser(store, tmp_path):
     assert "device time\ttraining" in text
     assert "<b>feat16</b>" in text and bold == 0, "user strings are escaped, not markup"
     for _, row in final.iterrows():
-        assert f"{row['mean']:.3g} ± " in text
+        p = decimals(row["std"], row["mean"])
+        shown = fmt(row["mean"], p) + (f" ± {fmt(row['std'], p)}" if row["n"] > 1 else "")
+        assert shown in text
     assert "1 missing" in text and "failed" in text and "boom" in text
+    # consistency is 0 in every record at 4 steps: one line says so, no table.
+    assert "consistency is 0 in every record of this grid" in text
+    assert not list((tmp_path / "report").glob("summary-*-consistency.*"))
     assert (tmp_path / "report.png").stat().st_size > 10_000
-    (tex,) = (tmp_path / "report").glob(f"summary-consistency-{final['protocol_id'][0]}.tex")
-    latex = tex.read_text()
-    assert latex.startswith("\\begin{tabular}{llr}") and "\\toprule" in latex
-    assert f"{final['mean'][0]:.3g} $\\pm$" in latex and "95\\% CI" in latex
+    latex = (tmp_path / "report" / "summary-rep-swd.tex").read_text()
+    assert latex.startswith("\\begin{tabular}{llrrr}") and "\\toprule" in latex
+    row = final[final["n"] > 1].iloc[0]
+    p = decimals(row["std"], row["mean"])
+    assert f"{fmt(row['mean'], p)} $\\pm$ {fmt(row['std'], p)}" in latex
+    assert "95\\% bootstrap CI" in latex
 
 
 def test_the_report_benchmark_writes_reads_and_builds_a_store(capsys):
