@@ -46,7 +46,6 @@ from reports.tables import (
     resolve,
     wide_frame,
 )
-from sagan.rundir import HIGHER_IS_BETTER
 
 METRICS = ("fid", "is_mean", "kid_mean", "swd", "consistency", "precision", "recall")
 KINDS = (("final", "final score"), ("best", "best during training"), ("last", "last monitored"))
@@ -198,7 +197,9 @@ def _tex(v: object) -> str:
 def _latex(df: pd.DataFrame, notes: list[str] = ()) -> str:
     """A booktabs tabular of a table (each cell as in the HTML: mean $\\pm$ std, n of N
     and why, CI, $\\Delta$), the notes as rows under the rule, so they travel with it."""
-    value_cols = {c for c in df.columns if df[c].astype(str).str.contains(r"n=\d", regex=True).any()}
+    value_cols = {
+        c for c in df.columns if df[c].astype(str).str.contains(r"n=\d", regex=True).any()
+    }
     cols = "".join("r" if c in value_cols else "l" for c in df.columns)
     lines = [
         rf"\begin{{tabular}}{{{cols}}}",

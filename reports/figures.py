@@ -75,9 +75,7 @@ def _first_kind(runs: pd.DataFrame, metric: str) -> tuple[pd.DataFrame, str]:
     return pd.DataFrame(), ""
 
 
-def finals(
-    runs: pd.DataFrame, metric: str, axes: list[str]
-) -> tuple[Figure | None, pd.DataFrame]:
+def finals(runs: pd.DataFrame, metric: str, axes: list[str]) -> tuple[Figure | None, pd.DataFrame]:
     """One value per run as a point per cell with the tables' 95% CI
     (:func:`reports.stats.summarize`), and the seeds themselves; a plot per protocol
     id. Returns the figure and the data it draws (a row per cell and protocol)."""
@@ -120,9 +118,7 @@ def finals(
     return figure, summary
 
 
-def curves(
-    runs: pd.DataFrame, metric: str, axes: list[str]
-) -> tuple[list[Figure], pd.DataFrame]:
+def curves(runs: pd.DataFrame, metric: str, axes: list[str]) -> tuple[list[Figure], pd.DataFrame]:
     """The monitored ``metric`` against G steps, one plot per protocol id: per cell, the
     mean over seeds with the tables' 95% CI as a band. Returns the figures and the
     data they draw (a row per cell, step and protocol)."""

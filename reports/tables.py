@@ -130,13 +130,26 @@ def values_at_step(df: pd.DataFrame, metric: str, step: int) -> pd.DataFrame:
 
 
 def decimals(std: float, mean: float) -> int:
-    """Decimal places of a cell: two significant figures of its std when it has one,
-    else four of its mean. Every number of the cell (mean, std, CI, Δ) uses them."""
+    """Decimal places of a value: two significant figures of its std when it has one,
+    else four of its mean. A column takes the finest of its cells
+    (:func:`column_decimals`), and every number of a cell (mean, std, CI, Δ) uses it."""
     if std is not None and math.isfinite(std) and std > 0:
         return int(min(8, max(0, 1 - math.floor(math.log10(std)))))
     if mean is not None and math.isfinite(mean) and mean != 0:
         return int(min(8, max(0, 3 - math.floor(math.log10(abs(mean))))))
     return 0
+
+
+def column_decimals(cells: list[Cell]) -> int | None:
+    """One precision for a column: the finest its cells' spreads need (two significant
+    figures of the smallest std), or, without any spread, four significant figures of
+    its smallest value."""
+    valued = [c for c in cells if c.empty is None and c.paper is None and c.n]
+    spread = [decimals(c.std, c.mean) for c in valued if math.isfinite(c.std) and c.std > 0]
+    if spread:
+        return max(spread)
+    plain = [decimals(math.nan, c.mean) for c in valued]
+    return max(plain) if plain else None
 
 
 def fmt(x: float | None, places: int, sign: bool = False) -> str:
@@ -183,10 +196,13 @@ class Cell:
     empty_cls: str = "na"
     paper: float | None = None  # a paper column's value
     best: bool = False
+    column_places: int | None = None  # set by the table: one precision per column
 
     @property
     def places(self) -> int:
-        return decimals(self.std, self.mean)
+        return (
+            self.column_places if self.column_places is not None else decimals(self.std, self.mean)
+        )
 
     def text(self) -> str:
         """The cell's main line: the mean (± std), the paper's value, or why none."""
@@ -254,7 +270,7 @@ class Cell:
             "delta_low": self.delta_low,
             "delta_high": self.delta_high,
             "delta_pairing": None
-            if self.paired is None
+            if self.paired is None or math.isnan(self.delta_low)
             else ("paired" if self.paired else "unpaired"),
             "note": self.unwell,
             "empty": self.empty,
@@ -363,12 +379,21 @@ def _paper_applies(layout: Layout, runs: pd.DataFrame, scored: pd.DataFrame) -> 
         if "at_least" in rule:
             low = min(float(v) for v in have)
             if low < float(rule["at_least"]):
-                misses.append(f"{label} is {_text(low)}, the paper's {rule['at_least']:,}")
+                misses.append(f"{label}: {_said(low)} (the paper's: {_said(rule['at_least'])})")
             continue
-        got = sorted({_text(v) for v in have})
-        if got != [_text(rule["equals"])]:
-            misses.append(f"{label} is {', '.join(got)}, the paper's {_text(rule['equals'])}")
+        got = sorted({_said(v) for v in have})
+        if got != [_said(rule["equals"])]:
+            misses.append(f"{label}: {', '.join(got)} (the paper's: {_said(rule['equals'])})")
     return misses
+
+
+def _said(v: Any) -> str:
+    """A setup value for people: yes/no, 1,000,000, 128."""
+    if isinstance(v, bool | np.bool_):
+        return "yes" if v else "no"
+    if isinstance(v, int | float) and not isinstance(v, bool) and float(v).is_integer():
+        return f"{int(v):,}"
+    return str(v)
 
 
 def _paper_value(layout: Layout, key: dict[str, str], metric: str) -> float | None:
@@ -534,6 +559,10 @@ def pivot(
         grid_cells.append(row)
 
     _mark_best(grid_cells, columns)
+    for j in range(len(columns)):
+        places = column_decimals([row[j] for row in grid_cells])
+        for row in grid_cells:
+            row[j].column_places = places
     few = any(1 < cell.n < FEW_SEEDS for row in grid_cells for cell in row if not cell.empty)
     if any(cell.n_nonfinite for row in grid_cells for cell in row):
         notes.append(
@@ -573,14 +602,14 @@ def pivot(
 
     body = []
     for i, row in enumerate(grid_cells):
-        out_row = [
-            {"text": v, "cls": "level", "sub": "", "title": ""} for v in levels[i].values()
-        ]
+        out_row = [{"text": v, "cls": "level", "sub": "", "title": ""} for v in levels[i].values()]
         if layout.runs_column:
             out_row.append({"text": runs_text[i], "cls": "", "sub": "", "title": ""})
         for cell in row:
             title = layout.paper["source"] if cell.kind == "paper" and layout.paper else ""
-            out_row.append({"text": cell.text(), "sub": cell.sub(), "cls": cell.cls(), "title": title})
+            out_row.append(
+                {"text": cell.text(), "sub": cell.sub(), "cls": cell.cls(), "title": title}
+            )
         body.append(out_row)
     return {
         "title": layout.title,
@@ -589,9 +618,7 @@ def pivot(
         "cells": grid_cells,
         "levels": levels,
         "runs": runs_text if layout.runs_column else None,
-        "column_heads": [
-            f"{LABELS.get(c.metric, c.metric)} {head(c)}".strip() for c in columns
-        ],
+        "column_heads": [f"{LABELS.get(c.metric, c.metric)} {head(c)}".strip() for c in columns],
         "col_levels": [dict(zip(layout.cols, c.col, strict=True)) for c in columns],
         "notes": notes,
         "baseline": ", ".join(f"{a}={v}" for a, v in (baseline or {}).items()),
@@ -681,7 +708,10 @@ def _cell(
             if not drow.empty:
                 dr = drow.iloc[0]
                 cell.delta = float(dr["diff"])
-                cell.delta_low, cell.delta_high = float(dr["diff_ci_low"]), float(dr["diff_ci_high"])
+                cell.delta_low, cell.delta_high = (
+                    float(dr["diff_ci_low"]),
+                    float(dr["diff_ci_high"]),
+                )
                 cell.paired = bool(dr["paired"])
     return cell
 
@@ -783,6 +813,7 @@ def wide_frame(table: dict[str, Any]) -> pd.DataFrame:
 __all__ = [
     "Cell",
     "Layout",
+    "column_decimals",
     "decimals",
     "export_frame",
     "fmt",

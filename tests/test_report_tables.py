@@ -36,7 +36,7 @@ def _final(fid: float, is_mean: float, pid: str = "fin", step: int = 100) -> dic
         "origin": "final",
         "checkpoint": "last",
         "protocol_id": pid,
-        "protocol": {"n_generated": 50000, "g": "ema"},
+        "protocol": {"n_generated": 50000, "g": "ema", "weights_canonical": True},
         "metrics": {"fid": fid, "is_mean": is_mean},
     }
 
@@ -59,8 +59,9 @@ def _index(out: Path, name: str, axes: dict, cells: list, report: dict) -> None:
 def table1_store(out: Path, data: dict) -> dict[tuple[str, str, str], str]:
     """The paper_attention grid's 9 cells x 2 seeds: FID = 30 - placement index (+1 for
     seed 1), IS = 40 + index; residual is 10 FID worse. Seed 1 of residual/feat64 never
-    ran, attention/feat16 seed 1 diverged, residual/feat16 both seeds failed."""
-    cfg = {"data": data}
+    ran, attention/feat16 seed 1 diverged, residual/feat16 both seeds failed. The runs
+    are of the paper's length (1M G steps)."""
+    cfg = {"data": data, "train": {"steps": 1_000_000}}
     cells, ids = [], {}
     for block in ("attention", "residual"):
         for i, placement in enumerate(PLACEMENTS):
@@ -156,8 +157,8 @@ def test_the_papers_values_stay_apart_from_a_study_of_another_setup(tmp_path):
     (t,) = _tables(tmp_path)
     assert "paper" not in [h["text"] for h in t["header"][1]]
     (note,) = [n for n in t["notes"] if "Paper values" in n]
-    assert "data.resolution is 32, the paper's 128" in note
-    assert "data.name is synthetic, the paper's imagefolder" in note
+    assert "resolution: 32 (the paper's: 128)" in note
+    assert "data (ImageNet as an image folder): synthetic (the paper's: imagefolder)" in note
     assert "block=attention, placement=feat8: FID 22.98" in note
 
 
@@ -223,7 +224,9 @@ def test_a_metric_under_two_protocols_gets_two_columns(tmp_path):
     (t,) = _tables(tmp_path)
     heads = [h["text"] for h in t["header"][1]]
     assert heads[:2] == ["protocol p50k", "protocol p5k"]
-    assert _cell(t, ("a",), 0)["text"] == "only under p5k" and _cell(t, ("a",), 1)["text"] == "10.00"
+    assert (
+        _cell(t, ("a",), 0)["text"] == "only under p5k" and _cell(t, ("a",), 1)["text"] == "10.00"
+    )
     assert any("2 protocols" in n and "never pooled" in n for n in t["notes"])
 
 

@@ -164,3 +164,43 @@ def test_best_needs_a_monitored_metric():
         )
     with pytest.raises(Exception, match="final.best_by: final.checkpoint 'best' needs"):
         _cfg(**{"final.checkpoint": "best"})
+
+
+def test_both_roles_at_one_checkpoint_are_two_records_of_one_computation(tmp_path, monkeypatch):
+    cfg = _cfg(
+        **{
+            "eval.every": 4,
+            "eval.metrics": ["consistency"],
+            "eval.n_samples": 32,
+            "final.checkpoint": "both",
+            "final.best_by": "consistency",
+        }
+    )
+    assert train(cfg, tmp_path) == "done"
+    assert rundir.read_status(tmp_path)["best_checkpoint"]["step"] == 4  # best == last
+    import sagan.metrics
+
+    real, calls = sagan.metrics.evaluate_generator, []
+    monkeypatch.setattr(
+        sagan.metrics, "evaluate_generator", lambda *a, **k: calls.append(1) or real(*a, **k)
+    )
+    made = score.score_final(cfg, tmp_path)
+    assert [(r["checkpoint"], r["step"]) for r in made] == [("last", 4), ("best", 4)]
+    assert len(calls) == 1, "one computation serves both roles"
+    assert made[0]["metrics"] == made[1]["metrics"] and made[0]["protocol"]["eval_seed"] == 1
+    (entry,) = rundir.read_status(tmp_path)["final"].values()
+    assert set(entry) == {"last", "best"}
+    assert [r["checkpoint"] for r in _finals(tmp_path)] == ["last", "best"]
+
+
+def test_a_failed_scoring_is_recorded_and_cleared_once_it_succeeds(tmp_path):
+    from sagan.metrics.errors import MetricsError
+
+    assert train(_cfg(**{"final": None}), tmp_path) == "done"
+    bad = _cfg(**{"final.metrics": ["fid"], "final.inception_weights": str(tmp_path / "no.pth")})
+    with pytest.raises(MetricsError):
+        score.score_final(bad, tmp_path)
+    error = rundir.read_status(tmp_path)["final_error"]
+    assert "no.pth" in error["error"] and error["final_key"] == score.final_key(bad)
+    assert len(score.score_final(_cfg(), tmp_path)) == 1
+    assert "final_error" not in rundir.read_status(tmp_path)
