@@ -47,7 +47,9 @@ class JobView:
     """The job an executor recorded for a run (``RUN_DIR/job.json``), as it stands now."""
 
     job_id: str
-    state: str  # queued, running, requeued, completed, failed, cancelled, timeout, vanished
+    # queued, running, requeued (followed); completed, preempted, failed, cancelled,
+    # timeout, vanished (ended)
+    state: str
     slurm_state: str  # as the scheduler printed it ('CANCELLED by 0'), or ''
     exit_code: str  # 'EXIT:SIGNAL', or ''
     log: Path
