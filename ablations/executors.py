@@ -197,7 +197,9 @@ class LocalExecutor(Executor):
 
 # Exit statuses of a worker that recorded its own end (or had none to record): done
 # or diverged, a bad config or refused resume (the run left as it was), busy, stopped.
-_WORKER_SAID = (0, 2, EXIT_BUSY, EXIT_STOPPED)
+# A SIGINT is Ctrl-C of the whole command (the terminal sends it to every process of
+# it), an interruption even when it catches a worker before its attempt began.
+_WORKER_SAID = (0, 2, EXIT_BUSY, EXIT_STOPPED, -signal.SIGINT, 128 + signal.SIGINT)
 
 
 def record_dead_worker(run_dir: Path, returncode: int, attempts_before: int) -> bool:

@@ -440,3 +440,17 @@ def test_a_worker_killed_alone_is_a_failure_bounded_by_max_attempts(grid_file, c
     assert run_cli.main(argv + ["--retry-failed"]) == 1
     assert "0 to train" in capsys.readouterr().out
     assert (d / "job.json").read_text() == job, "not started a third time"
+
+
+def test_a_worker_ended_by_ctrl_c_is_an_interruption_not_a_failure(tmp_path):
+    import signal
+
+    from ablations.executors import record_dead_worker
+
+    rundir.write_status(tmp_path, {"state": "interrupted", "step": 2, "attempts": 1})
+    # Caught by the Ctrl-C while importing, before its attempt began.
+    assert not record_dead_worker(tmp_path, -signal.SIGINT, attempts_before=1)
+    assert rundir.read_status(tmp_path)["state"] == "interrupted"
+    assert record_dead_worker(tmp_path, -signal.SIGKILL, attempts_before=1)
+    status = rundir.read_status(tmp_path)
+    assert (status["state"], status["failures"], status["attempts"]) == ("failed", 1, 2)
