@@ -10,6 +10,7 @@ through ``status.json``, never through the executor.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -17,8 +18,9 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 
-from ablations.store import EXIT_BUSY, write_job
+from ablations.store import EXIT_BUSY, EXIT_STOPPED, RunBusy, RunLock, write_job
 from sagan import rundir
+from sagan.trainer import record_failure
 
 
 @dataclass
@@ -47,7 +49,9 @@ class JobView:
     """The job an executor recorded for a run (``RUN_DIR/job.json``), as it stands now."""
 
     job_id: str
-    state: str  # queued, running, requeued, completed, failed, cancelled, timeout, vanished
+    # queued, running, requeued (followed); completed, preempted, failed, cancelled,
+    # timeout, vanished (ended)
+    state: str
     slurm_state: str  # as the scheduler printed it ('CANCELLED by 0'), or ''
     exit_code: str  # 'EXIT:SIGNAL', or ''
     log: Path
@@ -122,6 +126,7 @@ class LocalExecutor(Executor):
         return env
 
     def _launch(self, task: Task) -> subprocess.Popen:
+        attempts = rundir.read_status(task.run_dir).get("attempts", 0)
         log = open(task.run_dir / "train.log", "a")  # noqa: SIM115 - closed when the process ends
         log.write(f"\n=== {rundir.now()} {task.label} ===\n")
         log.flush()
@@ -133,6 +138,7 @@ class LocalExecutor(Executor):
             env=self._env(),
         )
         proc.log = log  # type: ignore[attr-defined]
+        proc.attempts_before = attempts  # type: ignore[attr-defined]
         write_job(
             task.run_dir,
             {
@@ -164,6 +170,7 @@ class LocalExecutor(Executor):
                         continue
                     proc.log.close()  # type: ignore[attr-defined]
                     del running[pid]
+                    record_dead_worker(task.run_dir, rc, proc.attempts_before)  # type: ignore[attr-defined]
                     state = (
                         "busy"
                         if rc == EXIT_BUSY
@@ -186,6 +193,66 @@ class LocalExecutor(Executor):
         finally:
             display.close()
         return outcomes
+
+
+# Exit statuses of a worker that recorded its own end (or had none to record): done
+# or diverged, a bad config or refused resume (the run left as it was), busy, stopped.
+# A SIGINT is Ctrl-C of the whole command (the terminal sends it to every process of
+# it), an interruption even when it catches a worker before its attempt began.
+_WORKER_SAID = (0, 2, EXIT_BUSY, EXIT_STOPPED, -signal.SIGINT, 128 + signal.SIGINT)
+
+
+def record_dead_worker(run_dir: Path, returncode: int, attempts_before: int) -> bool:
+    """Record, under the run's lock, the failure of a worker that died without saying
+    so (killed alone by a signal, the OOM killer, a segfault); whether one was recorded.
+
+    Without this its status says ``running``, which reads as an interruption: the run
+    would be resumed for ever, never counted against ``--max-attempts``. A worker that
+    ended its own attempt (``failed``, ``interrupted``, ``done``) has said what happened,
+    and a run claimed again since is another process's to record.
+    """
+    if returncode in _WORKER_SAID:
+        return False
+    try:
+        with RunLock(run_dir):
+            status = rundir.read_status(run_dir)
+            started = status.get("attempts", 0) > attempts_before
+            if started and status.get("state") not in ("running", "pending"):
+                return False
+            if not started:  # died before its attempt began: still an attempt
+                status["attempts"] = attempts_before + 1
+            log = Path(run_dir) / "train.log"
+            how = _how_it_ended(returncode)
+            record_failure(
+                status,
+                f"the worker {how} without recording its end; log: {log}",
+                exit_code=returncode,
+                log_tail=_tail(log),
+            )
+            rundir.write_status(run_dir, status)
+            return True
+    except RunBusy:
+        return False
+
+
+def _how_it_ended(returncode: int) -> str:
+    if returncode >= 0:
+        return f"exited with code {returncode}"
+    try:
+        return f"killed by {signal.Signals(-returncode).name}"
+    except ValueError:  # a signal Python has no name for
+        return f"killed by signal {-returncode}"
+
+
+def _tail(path: Path, n: int = 10, max_bytes: int = 8192) -> list[str]:
+    """The last ``n`` lines of a log, read from its end (logs of long runs are long)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - max_bytes))
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return []
+    return text.splitlines()[-n:]
 
 
 def make_executor(name: str, **kwargs) -> Executor:

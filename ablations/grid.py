@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -48,6 +49,7 @@ from ablations.runid import run_id
 from sagan.config import (
     Config,
     ConfigError,
+    YamlLoader,
     build_config,
     describe_errors,
     flatten,
@@ -237,6 +239,54 @@ def _axis_levels(name: str, axis: dict | list) -> dict[str, dict[str, Any]]:
     return {level: flatten(ov or {}) for level, ov in axis.items()}
 
 
+def _repeated_values(axis: str, values: list[Any], path: Path) -> list[str]:
+    """An error per level of a list axis that names a value listed before it.
+
+    Two spellings of one number (``1.0e-4``, ``0.0001``) get one level name, so
+    without this the grid would silently have one cell fewer than its file lists.
+    """
+    first: dict[str, int] = {}
+    errors = []
+    spelled: list[str] | None = None
+    for i, v in enumerate(values):
+        name = level_name(v)
+        if name not in first:
+            first[name] = i
+            continue
+        spelled = spelled or _spellings(path, axis, len(values)) or list(map(level_name, values))
+        a, b = spelled[first[name]], spelled[i]
+        errors.append(
+            f"{path}: axes.{axis}: level {a} is listed twice; list each value once"
+            if a == b
+            else f"{path}: axes.{axis}: levels {a} and {b} are the same value ({name}); "
+            "list each value once"
+        )
+    return errors
+
+
+def _spellings(path: Path, axis: str, n: int) -> list[str] | None:
+    """The levels of list axis ``axis`` as the file spells them, or None if not found.
+
+    Parsed values have lost their spelling; only an error message needs it back.
+    """
+    try:
+        text = path.read_text()
+        root = yaml.compose(text, Loader=YamlLoader)
+    except (OSError, yaml.YAMLError):
+        return None
+    node = _child(_child(root, "axes"), axis)
+    if isinstance(node, yaml.SequenceNode) and len(node.value) == n:
+        return [text[v.start_mark.index : v.end_mark.index] for v in node.value]
+    return None
+
+
+def _child(node: Any, key: str) -> Any:
+    """The value under ``key`` of a composed YAML mapping, or None."""
+    if not isinstance(node, yaml.MappingNode):
+        return None
+    return next((v for k, v in node.value if getattr(k, "value", None) == key), None)
+
+
 def level_name(v: Any) -> str:
     """The name of a level given as a value: ``true``, ``none``, ``8-16``, ``0.0001``.
 
@@ -288,6 +338,8 @@ def load_grid(path: str | Path) -> Grid:
                 f"{where}: axes.{axis}: '{SEED_AXIS}' is reserved; list seeds under 'seeds:'"
             )
             continue
+        if isinstance(levels, list):
+            errors += _repeated_values(axis, levels, path)
         norm = _axis_levels(axis, levels)
         if not norm:
             errors.append(f"{where}: axes.{axis}: the axis has no levels")

@@ -2,7 +2,7 @@
 
 One row per cell with its state, G step and the latest FID/IS (or the synthetic
 consistency score). Cells submitted to SLURM also show their job id, the job's state
-as ``sacct`` has it (queued, running, requeued, completed, failed, cancelled,
+as ``sacct`` has it (queued, running, requeued, completed, preempted, failed, cancelled,
 timeout, or vanished) and its log, and a job that ended without finishing its run
 is explained below the table. Reads the run store and the scheduler only; starts
 and changes nothing.

@@ -84,12 +84,25 @@ class RunLock:
         self.path = Path(run_dir) / ".lock"
         self.fd: int | None = None
 
-    def acquire(self) -> bool:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        if not _try_lock(fd):
+    def acquire(self, tries: int = 10) -> bool:
+        """Take the claim if no other process holds it; whether it was taken."""
+        for _ in range(tries):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            if not _try_lock(fd):
+                os.close(fd)
+                return False
+            if _same_file(fd, self.path):
+                break
+            # The run was moved aside (--force) between our open and our lock: the
+            # lock is on the moved file and claims nothing. Claim what is there now.
+            _unlock(fd)
             os.close(fd)
-            return False
+        else:
+            raise RuntimeError(
+                f"{self.path}: replaced {tries} times while being locked; "
+                "is something moving this run directory in a loop?"
+            )
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.uname().nodename} {os.getpid()}\n".encode(), 0)
         self.fd = fd
@@ -108,6 +121,16 @@ class RunLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    """Whether ``fd`` is still the file at ``path`` (not moved or replaced since opened)."""
+    try:
+        at_path = os.stat(path)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (held.st_dev, held.st_ino) == (at_path.st_dev, at_path.st_ino)
 
 
 def is_locked(run_dir: Path) -> bool:

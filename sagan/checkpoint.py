@@ -69,18 +69,36 @@ def save_checkpoint(
     keep: int = 2,
     protect: Collection[int] = (),
 ) -> Path:
-    """Write ``state`` as the checkpoint of ``step`` and delete all but the ``keep``
-    newest and those of the steps in ``protect`` (the best one, for final scoring)."""
+    """Write ``state`` as the checkpoint of ``step`` and delete the older ones but the
+    ``keep - 1`` newest that load and those of the steps in ``protect`` (the best one,
+    for final scoring). The checkpoint just written is always kept."""
     d = ckpt_dir(run_dir)
     d.mkdir(parents=True, exist_ok=True)
     for stale in d.glob(".ckpt-*.tmp*"):  # left by a kill during an earlier write
         stale.unlink(missing_ok=True)
     path = d / f"ckpt-{step:09d}.pt"
     atomic_write_bytes(path, lambda f: torch.save(state, f))
-    for old_step, old in list_checkpoints(run_dir)[keep:]:
-        if old_step not in protect:
+    # Counting by step alone, an unreadable file above this step (an earlier attempt's,
+    # which is why the run resumed below it) would push out the one just written. Such
+    # a file is left alone: training overwrites it when it reaches that step again.
+    kept = 1
+    for old_step, old in list_checkpoints(run_dir):
+        if old_step >= step:
+            continue
+        if kept < keep and _loads(old):
+            kept += 1
+        elif old_step not in protect:
             old.unlink(missing_ok=True)
     return path
+
+
+def _loads(path: Path) -> bool:
+    """Whether a checkpoint loads; mapped, not read, so a rotation stays cheap."""
+    try:
+        load_checkpoint(path, mmap=True)
+    except CheckpointError:
+        return False
+    return True
 
 
 class CheckpointError(RuntimeError):

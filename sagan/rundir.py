@@ -10,7 +10,9 @@ and ``checkpoints/``. This is the contract the ablation store and the reports re
 from __future__ import annotations
 
 import json
+import logging
 import math
+import os
 import socket
 import time
 from pathlib import Path
@@ -20,6 +22,8 @@ from sagan.checkpoint import atomic_write_text
 
 STATES = ("pending", "running", "interrupted", "done", "failed", "diverged")
 FINAL_STATES = ("done", "diverged")
+
+log = logging.getLogger(__name__)
 
 
 def now() -> str:
@@ -44,23 +48,72 @@ def write_status(run_dir: Path, status: dict[str, Any]) -> None:
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Records of a JSON-lines file; a torn last line (killed mid-write) is dropped."""
+    """Records of a JSON-lines file, in order.
+
+    A line that is not JSON (a torn write no append has cut yet, a hand edit) is
+    skipped with a warning naming the file and line, so one bad line never costs the
+    records around it.
+    """
     path = Path(path)
-    if not path.is_file():
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
         return []
     out = []
-    for line in path.read_text().splitlines():
+    for i, line in enumerate(text.splitlines(), 1):
         try:
             out.append(json.loads(line))
         except json.JSONDecodeError:
-            continue
+            if line.strip():
+                log.warning("%s:%d: not a JSON record (a torn write?); skipped", path, i)
     return out
 
 
+def _terminate_tail(fd: int) -> None:
+    """Make the file end at a line boundary before an append.
+
+    A crash mid-write (full disk, quota, node crash) leaves a last line without its
+    newline; an append would glue the next record onto it and both would be lost. A
+    tail that is a whole record (only the newline missing) is kept; any other is cut.
+    """
+    size = os.fstat(fd).st_size
+    if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
+        return
+    # Look backwards for the last newline: the tail is one record, so a few reads.
+    end, chunk = size, 4096
+    start = 0
+    while end > 0:
+        lo = max(0, end - chunk)
+        nl = os.pread(fd, end - lo, lo).rfind(b"\n")
+        if nl >= 0:
+            start = lo + nl + 1
+            break
+        end = lo
+    tail = os.pread(fd, size - start, start)
+    try:
+        whole = isinstance(json.loads(tail), dict)
+    except ValueError:  # JSONDecodeError, and UnicodeDecodeError of a cut character
+        whole = False
+    if whole:
+        os.write(fd, b"\n")
+    else:
+        os.ftruncate(fd, start)
+
+
 def append_jsonl(path: Path, record: dict[str, Any]) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
-        f.flush()
+    """Append ``record`` as one line; the only way any JSON-lines file is appended to.
+
+    A torn last line left by a crash is first cut (see :func:`_terminate_tail`), so the
+    new record always starts a line of its own.
+    """
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        _terminate_tail(fd)
+        data = (json.dumps(record) + "\n").encode()
+        while data:  # a short write is rare on a regular file, but not impossible
+            data = data[os.write(fd, data) :]
+    finally:
+        os.close(fd)
 
 
 def truncate_jsonl(path: Path, max_step: int) -> None:

@@ -277,21 +277,36 @@ class Trainer:
         rundir.update_best(status, record)
         self._track_best_checkpoint(status, record)
 
+    def _best_from_evaluations(self, status: dict[str, Any]) -> None:
+        """Bring ``best``, ``latest`` and ``best_checkpoint`` in ``status`` up to date
+        with the monitoring records of ``eval.jsonl``.
+
+        A kill between an evaluation's record and the status update leaves the status
+        without that step; evaluations are never redone, so without this the best
+        checkpoint could be rotated away and ``final.checkpoint: best`` score another.
+        Replaying every record in order gives what an unbroken run would have written.
+        """
+        for record in rundir.read_jsonl(self.run_dir / "eval.jsonl"):
+            if record.get("origin", "train") == "train" and "metrics" in record:
+                rundir.update_best(status, record)
+                self._track_best_checkpoint(status, record)
+
     def _track_best_checkpoint(self, status: dict[str, Any], record: dict[str, Any]) -> None:
         """Keep the checkpoint the final scoring calls ``best`` (by ``final.best_by``)
         out of rotation, and say which it is in ``status["best_checkpoint"]``."""
         fin = self.cfg.final
         if fin is None or fin.checkpoint == "last":
             return
-        best = status["best"].get(record["protocol_id"], {}).get(fin.best_by)
-        if best is not None and best["step"] == self.step:
+        pid = record.get("protocol_id", "unknown")
+        best = status["best"].get(pid, {}).get(fin.best_by)
+        if best is not None and best["step"] == record["step"]:
             status["best_checkpoint"] = {
-                "step": self.step,
+                "step": record["step"],
                 "metric": fin.best_by,
                 "value": best["value"],
-                "protocol_id": record["protocol_id"],
+                "protocol_id": pid,
             }
-            self.best_step = self.step
+            self.best_step = record["step"]
 
     def _write_status(self, status: dict[str, Any]) -> None:
         if self.is_main:
@@ -307,6 +322,8 @@ class Trainer:
         """
         tc = self.cfg.train
         status = rundir.read_status(self.run_dir)
+        if self.is_main:
+            self._best_from_evaluations(status)
         self.best_step = status.get("best_checkpoint", {}).get("step")
         status.update(state="running", steps=tc.steps, attempts=status.get("attempts", 0) + 1)
         status.pop("error", None)

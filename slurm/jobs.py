@@ -19,8 +19,10 @@ from ablations.store import is_locked, read_job
 from sagan import rundir
 from sagan.trainer import record_failure
 
-# SLURM's states, as this suite names them. A PREEMPTED or REQUEUED job is being
-# requeued, not failed.
+# SLURM's states, as this suite names them. Only queued, running and requeued jobs
+# (requeue-held included) are followed. PREEMPTED is an end: with PreemptMode=CANCEL
+# nothing runs the job again, and a job SLURM does requeue shows PENDING or REQUEUED
+# again (in squeue at once, see views). Its run is interrupted, not failed.
 STATES = {
     "PENDING": "queued",
     "CONFIGURING": "queued",
@@ -34,7 +36,7 @@ STATES = {
     "REQUEUED": "requeued",
     "REQUEUE_FED": "requeued",
     "REQUEUE_HOLD": "requeued",
-    "PREEMPTED": "requeued",
+    "PREEMPTED": "preempted",
     "COMPLETED": "completed",
     "CANCELLED": "cancelled",
     "TIMEOUT": "timeout",
@@ -71,31 +73,83 @@ def sacct(job_ids: list[str], timeout_s: float = 30.0) -> dict[str, dict[str, st
     return SlurmInfoWatcher().read_info(out.stdout)
 
 
-def views(run_dirs: list[Path], grace_s: float = 120.0) -> dict[Path, JobView]:
+def squeue(job_ids: list[str], timeout_s: float = 30.0) -> dict[str, str]:
+    """The controller's state of each of these jobs it still holds (``123_4`` for
+    array tasks); a job squeue does not list is absent.
+
+    Raises:
+        RuntimeError: squeue is missing, failed, or did not answer within ``timeout_s``.
+    """
+    if not job_ids:
+        return {}
+    bases = sorted({j.split("_")[0] for j in job_ids})
+    # -r: one line per array task, not the compressed 123_[4-7] of pending ones.
+    cmd = ["squeue", "--noheader", "-r", "-o", "%i|%T", "-j", ",".join(bases)]
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+    except FileNotFoundError:
+        raise RuntimeError("squeue not found: is this a SLURM cluster's login node?") from None
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"squeue did not answer within {timeout_s:.0f}s") from None
+    if out.returncode != 0:
+        if "Invalid job id" in out.stderr:
+            return {}  # none of them is held any more: the one answer that says so
+        raise RuntimeError(f"squeue failed: {out.stderr.strip() or out.returncode}")
+    found = {}
+    for line in out.stdout.splitlines():
+        job_id, sep, state = line.strip().partition("|")
+        if sep:
+            found[job_id] = state
+    return found
+
+
+def views(
+    run_dirs: list[Path], grace_s: float = 120.0, timeout_s: float = 30.0
+) -> dict[Path, JobView]:
     """The job of each run that has a job record, with its state now.
 
-    A job sacct does not know is ``queued`` for ``grace_s`` after its submission
-    (accounting lags the controller) and ``vanished`` after that.
+    A job sacct does not know, or knows as preempted, is looked up in squeue
+    (accounting lags the controller, and slurmdbd restarts): one squeue holds is as
+    squeue says. A job neither knows is ``queued`` for ``grace_s`` after its
+    submission and ``vanished`` after that.
+
+    Raises:
+        RuntimeError: sacct or squeue did not answer; no state is guessed.
     """
     records = {Path(d): r for d in run_dirs if (r := read_job(d)) and r.get("executor") == "slurm"}
-    rows = sacct([r["job_id"] for r in records.values()])
+    rows = sacct([r["job_id"] for r in records.values()], timeout_s)
+    unsure = [
+        r["job_id"]
+        for r in records.values()
+        if (row := rows.get(r["job_id"])) is None or _state(row.get("State", "")) == "preempted"
+    ]
+    held = squeue(unsure, timeout_s)
     out = {}
     for d, r in records.items():
         row = rows.get(r["job_id"])
-        if row is None:
+        if r["job_id"] in held:
+            raw, code = held[r["job_id"]], row.get("ExitCode", "") if row else ""
+            state = _state(raw)
+        elif row is None:
             young = time.time() - r.get("submitted_at", 0) < grace_s
             state, raw, code = ("queued" if young else "vanished"), "", ""
         else:
             raw, code = row.get("State", ""), row.get("ExitCode", "")
-            state = STATES.get(raw.split(" ")[0], "failed")
+            state = _state(raw)
         out[d] = JobView(r["job_id"], state, raw, code, Path(r["log"]))
     return out
+
+
+def _state(raw: str) -> str:
+    """This suite's name for a state as sacct or squeue prints it (``CANCELLED by 0``)."""
+    return STATES.get(raw.split(" ")[0], "failed")
 
 
 def settle(run_dir: Path, job: JobView) -> str:
     """Bring a run's status in line with its ended job; returns the run's state.
 
-    A job that ended while its run was neither done nor diverged nor stopped at a
+    A preempted job's run is interrupted (resumable; the next invocation submits it
+    again). A job that ended while its run was neither done nor diverged nor stopped at a
     checkpoint (killed, cancelled, out of memory, out of time with no requeue left)
     is a failure: it is recorded in ``status.json`` with the job's state, exit code
     and log, once. A run whose job completed keeps what the run itself wrote.
@@ -108,6 +162,13 @@ def settle(run_dir: Path, job: JobView) -> str:
         return state
     if job.state == "completed" and state == "interrupted":
         return state  # stopped at a checkpoint; resumable
+    if job.state == "preempted":
+        # Not requeued by SLURM: resumable from its last checkpoint, and not a failure.
+        if state == "running":
+            status.update(state="interrupted", slurm_state=job.slurm_state)
+            rundir.write_status(run_dir, status)
+            return "interrupted"
+        return state
     if status.get("settled_job") == job.job_id:
         return state
     record_failure(

@@ -296,3 +296,27 @@ def test_executor_section_errors_are_one_line(tmp_path, executor, line):
     with pytest.raises(GridError) as e:
         load_grid(write(tmp_path, grid(executor=executor)))
     assert str(e.value) == f"{tmp_path / 'g.yaml'}: {line.removeprefix('g.yaml: ')}"
+
+
+def _grid_text(tmp_path, axis_yaml: str) -> Path:
+    """A grid file written by hand, so that levels keep their spelling."""
+    path = tmp_path / "g.yaml"
+    base = yaml.safe_dump({"name": "t", "base": BASE, "seeds": [0]}, sort_keys=False)
+    path.write_text(base + "axes:\n" + axis_yaml)
+    return path
+
+
+def test_two_spellings_of_one_number_in_a_level_list_are_one_error_naming_both(tmp_path):
+    path = _grid_text(tmp_path, "  train.lr_d: [1.0e-4, 0.0001, 2.0e-4]\n")
+    with pytest.raises(GridError) as e:
+        load_grid(path)
+    assert str(e.value) == (
+        f"{path}: axes.train.lr_d: levels 1.0e-4 and 0.0001 are the same value (0.0001); "
+        "list each value once"
+    )
+
+
+def test_a_value_listed_twice_in_a_block_list_is_an_error(tmp_path):
+    path = _grid_text(tmp_path, "  train.n_dis:\n    - 1\n    - 5\n    - 1\n")
+    with pytest.raises(GridError, match=r"axes\.train\.n_dis: level 1 is listed twice"):
+        load_grid(path)

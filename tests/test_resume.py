@@ -19,7 +19,7 @@ import torch
 
 from sagan import rundir
 from sagan.checkpoint import CheckpointError, list_checkpoints, load_checkpoint
-from sagan.config import ConfigError, build_config
+from sagan.config import ConfigError, build_config, to_yaml
 from sagan.train import train
 from sagan.trainer import Trainer
 from tests.datafiles import write_tiny_imagefolder
@@ -200,7 +200,6 @@ def test_resume_guard_compares_with_the_checkpoint_not_config_yaml(tmp_path):
     run = tmp_path / "run"
     assert train(config(**{"train.steps": 4}), run, progress=False) == "done"
     changed = config(**{"train.steps": 8, "train.lr_d": 1e-3})
-    from sagan.config import to_yaml
 
     (run / "config.yaml").write_text(to_yaml(changed))
     with pytest.raises(ConfigError, match=r"train.lr_d: 0.0004 -> 0.001"):
@@ -296,3 +295,62 @@ def test_a_stop_request_at_the_last_step_finishes_the_run(tmp_path):
     # Asked to stop at once again, with one step left: that step ends the run.
     assert train(config(), tmp_path, stop=_StopAtCall(1)) == "done"
     assert rundir.read_status(tmp_path)["step"] == 12
+
+
+# --- what a kill between an evaluation and the status leaves -------------------------
+
+# Trains a run and SIGKILLs itself right after eval.jsonl has the record of step K,
+# before status.json does: where a kill costs the status its best.
+KILL_AFTER_EVAL = """
+import os, signal, sys
+from pathlib import Path
+from sagan import rundir
+from sagan.config import load_config
+from sagan.train import train
+
+cfg_file, run, kill_step = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
+real = rundir.update_best
+
+def update_best(status, record):
+    if record["step"] == kill_step:
+        os.kill(os.getpid(), signal.SIGKILL)
+    real(status, record)
+
+rundir.update_best = update_best
+train(load_config(cfg_file), run, progress=False)
+"""
+
+
+def test_a_kill_between_an_evaluation_and_the_status_keeps_the_best_checkpoint(tmp_path):
+    monitored = {
+        "train.steps": 8,
+        "train.ckpt_every": 2,
+        "train.ckpt_keep": 1,
+        "eval.every": 2,
+        "eval.metrics": ["swd"],
+        "eval.n_samples": 32,
+    }
+    raw = json.loads(json.dumps(BASE))
+    raw["final"] = {"metrics": ["swd"], "n_samples": 32, "checkpoint": "best", "best_by": "swd"}
+    cfg = build_config(raw, monitored)
+    ref = tmp_path / "ref"
+    assert train(cfg, ref, progress=False) == "done"
+    best = rundir.read_status(ref)["best_checkpoint"]["step"]
+
+    cfg_file = tmp_path / "cfg.yaml"
+    cfg_file.write_text(to_yaml(cfg))
+    run = tmp_path / "run"
+    killed = subprocess.run(
+        [sys.executable, "-c", KILL_AFTER_EVAL, str(cfg_file), str(run), str(best)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert rundir.read_status(run).get("best_checkpoint", {}).get("step") != best
+    assert train(cfg, run, progress=False) == "done"
+    want, got = rundir.read_status(ref), rundir.read_status(run)
+    for key in ("best", "latest", "best_checkpoint"):
+        assert got[key] == want[key], key
+    assert best in {step for step, _ in list_checkpoints(run)}

@@ -393,3 +393,64 @@ def test_bad_counts_are_refused_before_anything_starts(grid_file, flag, value, c
     err = capsys.readouterr().err
     assert f"argument {flag}: " in err and value in err.splitlines()[-1]
     assert not (grid_file.parent / "runs").exists()
+
+
+def _kill_the_worker_once_training(d, timeout_s=60.0):
+    """SIGKILL the worker of run ``d`` (not the executor) once it trains."""
+    import signal
+    import time
+
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        job = json.loads((d / "job.json").read_text()) if (d / "job.json").is_file() else None
+        if job and rundir.read_status(d).get("state") == "running":
+            os.kill(int(job["job_id"].rsplit(":", 1)[1]), signal.SIGKILL)
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"the worker of {d} never started training")
+
+
+def test_a_worker_killed_alone_is_a_failure_bounded_by_max_attempts(grid_file, capsys):
+    import threading
+
+    long = dict(GRID, base={**GRID["base"], "train": {**GRID["base"]["train"], "steps": 100000}})
+    grid_file.write_text(yaml.safe_dump(long, sort_keys=False))
+    cell = next(c for c in load_grid(grid_file).cells if c.levels["attention"] == "none")
+    d = RunStore(grid_file.parent / "runs").run_dir(cell.run_id)
+    argv = [str(grid_file), "--only", "attention=none", "--no-report", "--max-attempts", "2"]
+    for attempt in (1, 2):
+        rc: list[int] = []
+        t = threading.Thread(
+            target=lambda rc=rc: rc.append(run_cli.main([*argv, "--retry-failed"]))
+        )
+        t.start()
+        _kill_the_worker_once_training(d)
+        t.join(60)
+        assert rc == [1]
+        status = rundir.read_status(d)
+        assert (status["state"], status["failures"], status["attempts"]) == (
+            "failed",
+            attempt,
+            attempt,
+        )
+        assert "killed by SIGKILL" in status["error"] and str(d / "train.log") in status["error"]
+        assert any("training from G step" in ln for ln in status["log_tail"])
+    capsys.readouterr()
+    job = (d / "job.json").read_text()
+    assert run_cli.main(argv + ["--retry-failed"]) == 1
+    assert "0 to train" in capsys.readouterr().out
+    assert (d / "job.json").read_text() == job, "not started a third time"
+
+
+def test_a_worker_ended_by_ctrl_c_is_an_interruption_not_a_failure(tmp_path):
+    import signal
+
+    from ablations.executors import record_dead_worker
+
+    rundir.write_status(tmp_path, {"state": "interrupted", "step": 2, "attempts": 1})
+    # Caught by the Ctrl-C while importing, before its attempt began.
+    assert not record_dead_worker(tmp_path, -signal.SIGINT, attempts_before=1)
+    assert rundir.read_status(tmp_path)["state"] == "interrupted"
+    assert record_dead_worker(tmp_path, -signal.SIGKILL, attempts_before=1)
+    status = rundir.read_status(tmp_path)
+    assert (status["state"], status["failures"], status["attempts"]) == ("failed", 1, 2)

@@ -45,3 +45,44 @@ def test_a_best_from_before_protocol_ids_is_kept_apart():
         "unknown": {"fid": {"value": 30.0, "step": 10}},
         "p1": {"fid": {"value": 60.0, "step": 20}},
     }
+
+
+def test_an_append_after_a_torn_last_line_keeps_the_new_record(tmp_path):
+    path = tmp_path / "eval.jsonl"
+    rundir.append_jsonl(path, {"step": 10})
+    with open(path, "a") as f:
+        f.write('{"step": 20, "metr')  # killed mid-write: no newline
+    rundir.append_jsonl(path, {"step": 30})
+    assert rundir.read_jsonl(path) == [{"step": 10}, {"step": 30}]
+    assert path.read_text().endswith("\n")
+
+
+def test_an_append_to_an_empty_or_missing_file_writes_one_line(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    rundir.append_jsonl(path, {"step": 1})
+    path.with_name("empty.jsonl").write_text("")
+    rundir.append_jsonl(path.with_name("empty.jsonl"), {"step": 2})
+    assert path.read_text() == '{"step": 1}\n'
+    assert path.with_name("empty.jsonl").read_text() == '{"step": 2}\n'
+
+
+def test_an_unreadable_line_is_skipped_and_reported_with_its_line_number(tmp_path, caplog):
+    path = tmp_path / "eval.jsonl"
+    path.write_text('{"step": 10}\n{"step": 2\n{"step": 30}\n')
+    with caplog.at_level("WARNING", logger="sagan.rundir"):
+        assert rundir.read_jsonl(path) == [{"step": 10}, {"step": 30}]
+    assert f"{path}:2" in caplog.text
+
+
+def test_a_last_record_missing_only_its_newline_is_kept(tmp_path):
+    path = tmp_path / "env.jsonl"
+    path.write_text('{"attempt": 1}\n{"attempt": 2}')
+    rundir.append_jsonl(path, {"attempt": 3})
+    assert [r["attempt"] for r in rundir.read_jsonl(path)] == [1, 2, 3]
+
+
+def test_a_torn_tail_longer_than_one_read_is_cut_whole(tmp_path):
+    path = tmp_path / "eval.jsonl"
+    path.write_text('{"step": 1}\n{"step": 2, "blob": "' + "x" * 10000)
+    rundir.append_jsonl(path, {"step": 3})
+    assert path.read_text() == '{"step": 1}\n{"step": 3}\n'
