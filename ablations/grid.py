@@ -106,8 +106,9 @@ class TableSpec(BaseModel):
 
     ``rows``/``cols``: axes (seed excluded; seeds are pooled). An axis in neither is
     added to the rows, so that arms are never pooled. ``value``: each run's ``final``
-    score, ``best`` or ``last`` monitored value; ``steps``: monitored values at these
-    G steps instead, a column per step. ``paper``: one of the paper's layouts, which
+    score (``checkpoint``: at the ``last`` or the ``best`` checkpoint only; by default
+    a column per role scored), ``best`` or ``last`` monitored value; ``steps``:
+    monitored values at these G steps instead, a column per step. ``paper``: one of the paper's layouts, which
     fixes rows, metrics and steps unless given here.
     """
 
@@ -118,6 +119,8 @@ class TableSpec(BaseModel):
     cols: list[str] = []
     metrics: list[str] | None = None
     value: Literal["final", "best", "last"] = "final"
+    # With value final: the checkpoint role shown (None: a column per role scored).
+    checkpoint: Literal["last", "best"] | None = None
     steps: list[int] | None = None
 
     @field_validator("metrics")

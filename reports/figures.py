@@ -1,4 +1,4 @@
-"""The report's figures (seaborn/matplotlib, Agg): metric curves, final values with
+"""The report's figures (matplotlib, Agg): metric curves, final values with
 error bars, training health, and per-arm sample grids. Each figure is returned as
 ``{"src", "alt", "caption"}``, with ``src`` an inline PNG (``data:`` URI) or, for sample
 grids, a file copied next to the report; all of it read from the run store alone.
@@ -43,12 +43,16 @@ def cell_axes(df: pd.DataFrame) -> list[str]:
 
 
 def _with_cell(df: pd.DataFrame, axes: list[str] | None = None) -> pd.DataFrame:
+    """``df`` with a ``cell`` column: its levels as ``a, b`` (``all`` without axes)."""
     axes = cell_axes(df) if axes is None else [a for a in axes if a in df]
     if df.empty:
         return df.assign(cell=pd.Series(dtype=str))
     if not axes:
         return df.assign(cell="all")
-    return df.assign(cell=df[axes].astype(str).agg(", ".join, axis=1))
+    cell = df[axes[0]].astype(str)
+    for a in axes[1:]:
+        cell = cell + ", " + df[a].astype(str)
+    return df.assign(cell=cell)
 
 
 def _legend(ax, n: int) -> None:
@@ -171,8 +175,6 @@ HEALTH = (
 def health(train: pd.DataFrame, axes: list[str] | None = None) -> Figure | None:
     """Training health from ``metrics.jsonl``: mean D(x) and D(G(z)), the losses, and the
     attention gammas (each block's gamma, mean over blocks), per cell over G steps."""
-    import seaborn as sns
-
     if train.empty:
         return None
     train = _with_cell(train, axes)
@@ -186,14 +188,12 @@ def health(train: pd.DataFrame, axes: list[str] | None = None) -> Figure | None:
         for j, (key, label) in enumerate(row):
             ax = axs[i][j]
             if key in train and train[key].notna().any():
-                sns.lineplot(
-                    data=train, x="step", y=key, hue="cell", errorbar=None, ax=ax,
-                    hue_order=list(dict.fromkeys(train["cell"])),
-                )  # fmt: skip
-                if i or j:
-                    if ax.get_legend() is not None:
-                        ax.get_legend().remove()
-                else:
+                means = train.groupby(["cell", "step"], sort=False)[key].mean()
+                for cell in dict.fromkeys(train["cell"]):
+                    line = means.loc[cell].sort_index() if cell in means.index else None
+                    if line is not None:
+                        ax.plot(line.index, line.to_numpy(), label=cell)
+                if not (i or j):
                     _legend(ax, n_cells)
             else:
                 ax.text(0.5, 0.5, "none (no attention)", ha="center", transform=ax.transAxes)

@@ -24,6 +24,7 @@ a grid names whose run directory does not exist has one row with state
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from pathlib import Path
@@ -78,10 +79,45 @@ def grid_levels(out: Path) -> dict[str, dict[str, Any]]:
     return {rid: {**e, "grid": ",".join(e["grid"])} for rid, e in found.items()}
 
 
+_SEEN: dict[Path, tuple[tuple[int, int], list[dict[str, Any]]]] = {}
+
+
+def _logged(path: Path) -> list[dict[str, Any]]:
+    """``rundir.read_jsonl`` of a metrics.jsonl, read once per version of the file: the
+    store's table and the training-health figure both need it. Treat as read-only."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return []
+    key = (st.st_mtime_ns, st.st_size)
+    hit = _SEEN.get(path)
+    if hit is None or hit[0] != key:
+        hit = _SEEN[path] = (key, _jsonl(path))
+    return hit[1]
+
+
+def _jsonl(path: Path) -> list[dict[str, Any]]:
+    """``rundir.read_jsonl``, with one JSON parse per file when every line is whole
+    (the common case; a store of 10,000 runs reads 150,000 lines), and that reader's
+    line-by-line care (skipping and reporting a torn line) when one is not."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return []
+    lines = [line for line in text.split("\n") if line.strip()]
+    try:
+        records = json.loads("[" + ",".join(lines) + "]")
+    except json.JSONDecodeError:
+        return rundir.read_jsonl(path)
+    if len(records) != len(lines) or not all(isinstance(r, dict) for r in records):
+        return rundir.read_jsonl(path)
+    return records
+
+
 def _train_seconds(run_dir: Path) -> float | None:
     """Training wall time, from each logged interval's steps and throughput."""
     total, last = 0.0, 0
-    for rec in rundir.read_jsonl(run_dir / "metrics.jsonl"):
+    for rec in _logged(run_dir / "metrics.jsonl"):
         rate = rec.get("it_per_s")
         if rate:
             total += (rec["step"] - last) / rate
@@ -97,51 +133,126 @@ def _flat(prefix: str, d: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def run_rows(run_dir: Path, levels: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    """The rows of one run directory: one per evaluation record, at least one."""
-    run_dir = Path(run_dir)
-    status = rundir.read_status(run_dir)
+@functools.lru_cache(maxsize=8192)
+def _config_section(text: str) -> tuple[str | None, bool, dict[str, Any]]:
+    """One top-level section of a config.yaml (``train:`` and its indented lines),
+    parsed and flattened: (its key, whether its value is null, its ``config.*``
+    columns). Sections repeat across a grid's runs (only the varied keys differ), so
+    each distinct one is parsed once: libyaml's loader builds Python objects at about
+    a third of a millisecond per config, which at 10,000 runs is most of a report."""
+    data = yaml.load(text, Loader=_LOADER)
+    if not isinstance(data, dict) or len(data) != 1:
+        raise yaml.YAMLError("not one top-level key")
+    ((key, value),) = data.items()
+    return str(key), value is None, _flat("config.", data)
+
+
+def _sections(text: str) -> list[str]:
+    """config.yaml cut before each top-level key: each part is a YAML document of its own
+    (lines that are indented, or a block list item, belong to the key above them)."""
+    parts: list[list[str]] = []
+    for line in text.splitlines(keepends=True):
+        top = line[:1] not in (" ", "-", "#", "\n", "\t", "") and not line.startswith("...")
+        if top or not parts:
+            parts.append([])
+        parts[-1].append(line)
+    return ["".join(p) for p in parts if "".join(p).strip()]
+
+
+def _read_config(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the ``config.*`` columns, facts the rows need: ``steps``, ``has_final``)."""
     try:
-        config = yaml.load((run_dir / "config.yaml").read_text(), Loader=_LOADER) or {}
-    except (OSError, yaml.YAMLError):
-        config = {}
-    base: dict[str, Any] = {
+        text = (run_dir / "config.yaml").read_text()
+    except OSError:
+        return {}, {"steps": None, "has_final": False}
+    try:
+        sections = [_config_section(part) for part in _sections(text)]
+    except yaml.YAMLError:
+        # Anything the section cut cannot take (anchors across sections, flow style at
+        # the top): the whole file at once.
+        try:
+            config = yaml.load(text, Loader=_LOADER) or {}
+        except yaml.YAMLError:
+            return {}, {"steps": None, "has_final": False}
+        train = config.get("train") or {}
+        facts = {"steps": train.get("steps"), "has_final": config.get("final") is not None}
+        return _flat("config.", config), facts
+    flat: dict[str, Any] = {}
+    has_final = False
+    for key, is_null, columns in sections:
+        flat.update(columns)
+        has_final |= key == "final" and not is_null
+    return flat, {"steps": flat.get("config.train.steps"), "has_final": has_final}
+
+
+def _protocol_columns(
+    record: dict[str, Any], seen: dict[str, dict[str, Any]]
+) -> tuple[str, dict[str, Any]]:
+    """(protocol id, ``protocol.*`` columns) of an evaluation record; the columns of one
+    protocol id are flattened once per store read (``seen``: the id is a hash of the
+    protocol)."""
+    protocol = record.get("protocol") or {}
+    # Records older than protocol ids get theirs from the protocol they carry.
+    pid = record.get("protocol_id") or protocol_id(protocol)
+    columns = seen.get(pid)
+    if columns is None:
+        columns = seen[pid] = _flat("protocol.", protocol)
+    return pid, columns
+
+
+def _run_row(run_dir: Path, levels: dict[str, Any] | None) -> dict[str, Any]:
+    """A run's columns (state, counts, config, grid levels): its rows all share them."""
+    status = rundir.read_status(run_dir)
+    config, facts = _read_config(run_dir)
+    return {
         "run_id": run_dir.name,
         "grid": "",
         "state": status.get("state", "pending"),
         "step": int(status.get("step", 0)),
-        "steps": status.get("steps", config.get("train", {}).get("steps")),
+        "steps": status.get("steps", facts["steps"]),
         "attempts": int(status.get("attempts", 0)),
         "failures": int(status.get("failures", 0)),
         "diverged_step": status.get("diverged_step"),
         "error": status.get("error"),
-        "has_final": config.get("final") is not None,
+        "has_final": facts["has_final"],
         "final_error": (status.get("final_error") or {}).get("error"),
         "train_s": _train_seconds(run_dir),
         **(levels or {}),
-        **_flat("config.", config),
+        **config,
     }
-    records = rundir.read_jsonl(run_dir / "eval.jsonl")
-    if not records:
-        return [base]
+
+
+def _record_rows(
+    run_dir: Path, seen: dict[str, dict[str, Any]] | None = None
+) -> list[dict[str, Any]]:
+    """A run's evaluation records as rows of their own columns (and ``run_id``)."""
     rows = []
-    for r in records:
-        row = dict(base)
-        row.update(
-            eval_step=r.get("step"),
-            origin=r.get("origin", "train"),
-            checkpoint=r.get("checkpoint"),
-            # Records older than protocol ids get theirs from the protocol they carry.
-            protocol_id=r.get("protocol_id") or protocol_id(r.get("protocol") or {}),
-            eval_s=r.get("wall_s"),
-        )
+    seen = {} if seen is None else seen
+    for r in _jsonl(run_dir / "eval.jsonl"):
+        pid, protocol = _protocol_columns(r, seen)
         metrics = r.get("metrics", {})
-        row.update({f"metric.{k}": v for k, v in metrics.items()})
         nan = [k for k, v in metrics.items() if isinstance(v, float) and math.isnan(v)]
-        row["metric_nan"] = "|" + "|".join(nan) + "|" if nan else None
-        row.update(_flat("protocol.", r.get("protocol", {})))
-        rows.append(row)
+        rows.append(
+            {
+                "run_id": run_dir.name,
+                "eval_step": r.get("step"),
+                "origin": r.get("origin", "train"),
+                "checkpoint": r.get("checkpoint"),
+                "protocol_id": pid,
+                "eval_s": r.get("wall_s"),
+                **{f"metric.{k}": v for k, v in metrics.items()},
+                "metric_nan": "|" + "|".join(nan) + "|" if nan else None,
+                **protocol,
+            }
+        )
     return rows
+
+
+def run_rows(run_dir: Path, levels: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """The rows of one run directory: one per evaluation record, at least one."""
+    run_dir = Path(run_dir)
+    base = _run_row(run_dir, levels)
+    return [base | r for r in _record_rows(run_dir)] or [base]
 
 
 def read_store(out: str | Path) -> pd.DataFrame:
@@ -149,14 +260,16 @@ def read_store(out: str | Path) -> pd.DataFrame:
     and evaluation step. An empty store gives an empty frame with the run columns."""
     out = Path(out)
     levels = grid_levels(out)
-    rows: list[dict[str, Any]] = []
     present = sorted(p for p in out.iterdir() if (p / "config.yaml").is_file())
-    for run_dir in present:
-        rows.extend(run_rows(run_dir, levels.get(run_dir.name)))
+    runs = [_run_row(d, levels.get(d.name)) for d in present]
     # Cells a grid names that were never started: shown as missing, not dropped.
     for run_id in sorted(set(levels) - {p.name for p in present}):
-        rows.append({"run_id": run_id, "state": "missing", "step": 0, **levels[run_id]})
-    df = pd.DataFrame(rows)
+        runs.append({"run_id": run_id, "state": "missing", "step": 0, **levels[run_id]})
+    seen: dict[str, dict[str, Any]] = {}
+    records = [row for d in present for row in _record_rows(d, seen)]
+    df = pd.DataFrame(runs)
+    if records:
+        df = df.merge(pd.DataFrame(records), on="run_id", how="left", sort=False)
     for col in RUN_COLUMNS:
         if col not in df:
             df[col] = pd.Series(dtype=object)
@@ -210,7 +323,7 @@ def read_training(out: str | Path, run_ids: list[str] | None = None) -> pd.DataF
     rows = []
     dirs = [out / r for r in run_ids] if run_ids is not None else sorted(out.iterdir())
     for d in dirs:
-        for rec in rundir.read_jsonl(d / "metrics.jsonl"):
+        for rec in _logged(d / "metrics.jsonl"):
             row = {"run_id": d.name, "step": rec.get("step"), **levels.get(d.name, {})}
             row.update({k: rec.get(k) for k in HEALTH_KEYS})
             for key in ("gamma_g", "gamma_d"):

@@ -40,7 +40,12 @@ def recorded_nan(df: pd.DataFrame, metric: str) -> pd.Series:
     """Rows whose record gives ``metric`` as NaN (``metric_nan``, :mod:`reports.frame`)."""
     if "metric_nan" not in df or df.empty:
         return pd.Series(False, index=df.index)
-    return df["metric_nan"].astype("string").fillna("").str.contains(f"|{metric}|", regex=False)
+    flagged = df["metric_nan"].notna()
+    out = pd.Series(False, index=df.index)
+    if flagged.any():
+        text = df.loc[flagged, "metric_nan"].astype(str)
+        out[flagged] = text.str.contains(f"|{metric}|", regex=False).to_numpy()
+    return out
 
 
 def has_value(df: pd.DataFrame, metric: str) -> pd.Series:
@@ -63,7 +68,15 @@ def per_run(
     col = f"metric.{metric}"
     if col not in df or "origin" not in df:
         return pd.DataFrame(columns=VALUE_COLUMNS)
-    rows = df[has_value(df, metric)]
+    # Only what the statistics and the tables read: copying every config column of a
+    # store of 10,000 runs per call would cost more than the statistics.
+    keep = [
+        c
+        for c in df.columns
+        if c in ("run_id", "protocol_id", "eval_step", "origin", "checkpoint", "state", col)
+        or c.startswith(("axis.", "protocol."))
+    ]
+    rows = df.loc[has_value(df, metric), keep]
     if kind == "final":
         rows = rows[(rows["origin"] == "final") & (rows["checkpoint"].fillna("last") == checkpoint)]
     else:
@@ -105,29 +118,82 @@ def _interval(means: np.ndarray) -> tuple[float, float]:
     return float(low), float(high)
 
 
+def _resampled_means(groups: list[np.ndarray], stream: int) -> list[np.ndarray | None]:
+    """Each group's bootstrap means (``RESAMPLES`` of them; None below two values).
+
+    Groups of one size share a resampling, so they go through one matrix product; the
+    product is always padded to a multiple of 8 columns so that a group's means do not
+    depend on which other groups were computed with it (a lone column would take
+    BLAS's matrix-vector kernel, which sums in another order): the same values give
+    the same interval in a table, its figure and its exports.
+    """
+    out: list[np.ndarray | None] = [None] * len(groups)
+    by_size: dict[int, list[int]] = {}
+    for i, v in enumerate(groups):
+        if len(v) >= 2:
+            by_size.setdefault(len(v), []).append(i)
+    for n, idx in by_size.items():
+        width = -(-len(idx) // 8) * 8
+        stacked = np.zeros((n, width))
+        for j, i in enumerate(idx):
+            stacked[:, j] = groups[i]
+        means = _weights(n, stream) @ stacked
+        for j, i in enumerate(idx):
+            out[i] = means[:, j]
+    return out
+
+
+def mean_cis(groups: list[np.ndarray]) -> list[tuple[float, float]]:
+    """Percentile bootstrap CI of the mean of each group; NaN for fewer than two
+    values, the value itself when all are equal."""
+    groups = [np.asarray(v, dtype=float) for v in groups]
+    varied = [v if len(v) >= 2 and np.ptp(v) > 0 else v[:0] for v in groups]
+    means = _resampled_means(varied, 0)
+    out = []
+    for v, m in zip(groups, means, strict=True):
+        if len(v) < 2:
+            out.append((math.nan, math.nan))
+        elif m is None:
+            out.append((float(v[0]), float(v[0])))
+        else:
+            out.append(_interval(m))
+    return out
+
+
 def mean_ci(values: np.ndarray) -> tuple[float, float]:
     """Percentile bootstrap CI of the mean of ``values``; NaN for fewer than two."""
-    values = np.asarray(values, dtype=float)
-    if len(values) < 2:
-        return math.nan, math.nan
-    if np.all(values == values[0]):
-        return float(values[0]), float(values[0])
-    return _interval(_weights(len(values), 0) @ values)
+    return mean_cis([values])[0]
+
+
+def diff_cis(arms: list[np.ndarray], base: np.ndarray) -> list[tuple[float, float]]:
+    """Percentile bootstrap CI of ``mean(arm) - mean(base)`` for each arm, each sample
+    resampled on its own; NaN unless both have two values or more."""
+    base = np.asarray(base, dtype=float)
+    arms = [np.asarray(a, dtype=float) for a in arms]
+    if not any(len(a) >= 2 for a in arms):
+        return [(math.nan, math.nan)] * len(arms)
+    (base_means,) = _resampled_means([base], 2)
+    arm_means = _resampled_means(arms, 1)
+    out = []
+    for arm, m in zip(arms, arm_means, strict=True):
+        if m is None or base_means is None:
+            out.append((math.nan, math.nan))
+        elif np.ptp(np.concatenate([arm, base])) == 0:
+            out.append((0.0, 0.0))
+        else:
+            out.append(_interval(m - base_means))
+    return out
 
 
 def diff_ci(arm: np.ndarray, base: np.ndarray) -> tuple[float, float]:
-    """Percentile bootstrap CI of ``mean(arm) - mean(base)``, each resampled on its
-    own; NaN unless both have two values or more."""
-    arm, base = np.asarray(arm, dtype=float), np.asarray(base, dtype=float)
-    if len(arm) < 2 or len(base) < 2:
-        return math.nan, math.nan
-    if np.ptp(np.concatenate([arm, base])) == 0:
-        return 0.0, 0.0
-    return _interval(_weights(len(arm), 1) @ arm - _weights(len(base), 2) @ base)
+    """:func:`diff_cis` of one arm."""
+    return diff_cis([arm], base)[0]
 
 
 def _nonfinite_text(sub: pd.DataFrame) -> str:
     """``nan at step 100, inf at step 40`` for the non-finite values of a cell."""
+    if sub["finite"].all():
+        return ""
     bad = sub[~sub["finite"]]
     steps = bad["value_step"] if "value_step" in bad else [None] * len(bad)
     return ", ".join(
@@ -150,10 +216,12 @@ def summarize(values: pd.DataFrame, by: list[str]) -> pd.DataFrame:
     keys = [*by, "protocol_id"]
     if "finite" not in values:
         values = values.assign(finite=np.isfinite(values["value"].astype(float)))
-    rows = []
+    groups, finite = [], []
     for group, sub in values.groupby(keys, sort=False, dropna=False):
-        v = sub.loc[sub["finite"], "value"].to_numpy(dtype=float)
-        low, high = mean_ci(v)
+        groups.append((group, sub))
+        finite.append(sub.loc[sub["finite"], "value"].to_numpy(dtype=float))
+    rows = []
+    for (group, sub), v, (low, high) in zip(groups, finite, mean_cis(finite), strict=True):
         rows.append(
             {
                 **dict(zip(keys, group, strict=True)),
@@ -205,6 +273,7 @@ def versus(values: pd.DataFrame, by: list[str], baseline: dict[str, str]) -> pd.
         if len(base) == 0:
             continue
         base_seeds = _by_seed(base_rows)
+        arms, paired_diffs, unpaired = [], [], []
         for arm, arm_rows in sub.groupby(list(baseline), sort=False):
             arm = arm if isinstance(arm, tuple) else (arm,)
             v = arm_rows.loc[arm_rows["finite"], "value"].to_numpy(dtype=float)
@@ -218,11 +287,14 @@ def versus(values: pd.DataFrame, by: list[str], baseline: dict[str, str]) -> pd.
                 and set(arm_seeds.index) == set(base_seeds.index)
                 and len(arm_rows) == len(base_rows) == len(v) == len(base)
             )
-            if paired:
-                d = arm_seeds - base_seeds.reindex(arm_seeds.index)
-                low, high = mean_ci(d.to_numpy())
-            else:
-                low, high = diff_ci(v, base)
+            d = (arm_seeds - base_seeds.reindex(arm_seeds.index)).to_numpy() if paired else None
+            arms.append((arm, v, paired))
+            paired_diffs.append(d if paired else np.array([]))
+            unpaired.append(np.array([]) if paired else v)
+        paired_cis = mean_cis(paired_diffs)
+        unpaired_cis = diff_cis(unpaired, base)
+        for (arm, v, paired), pci, uci in zip(arms, paired_cis, unpaired_cis, strict=True):
+            low, high = pci if paired else uci
             rows.append(
                 {
                     **ctx,
@@ -241,9 +313,11 @@ __all__ = [
     "CONFIDENCE",
     "RESAMPLES",
     "diff_ci",
+    "diff_cis",
     "has_value",
     "recorded_nan",
     "mean_ci",
+    "mean_cis",
     "per_run",
     "summarize",
     "versus",

@@ -329,13 +329,13 @@ def _unwell(runs: pd.DataFrame) -> str:
     """Runs of a cell that did not end done, e.g. ``1 diverged at 1200, 1 failed``:
     said beside the cell's value, which may include a diverged run's best value."""
     parts = []
+    counts = runs["state"].value_counts()
     for state in UNWELL:
-        sel = runs[runs["state"] == state]
-        if sel.empty:
+        if state not in counts:
             continue
-        text = f"{len(sel)} {state}"
+        text = f"{counts[state]} {state}"
         if state == "diverged":
-            steps = sel["diverged_step"].dropna().astype(int)
+            steps = runs.loc[runs["state"] == state, "diverged_step"].dropna().astype(int)
             text += f" at {', '.join(map(str, sorted(steps)))}" if len(steps) else ""
         parts.append(text)
     return ", ".join(parts)
@@ -537,11 +537,25 @@ def pivot(
     grid_cells: list[list[Cell]] = []
     levels: list[dict[str, str]] = []
     runs_text: list[str] = []
+    names = list(axes)
+    by_cell = _runs_by_cell(runs, names)
+    no_runs = runs.iloc[:0]
+    lookups = {k: (_Lookup(s, names), _Lookup(d, names)) for k, (_, s, d) in data.items()}
+    final_ids = {
+        m: {r: set(v["run_id"]) for r, v in finals.items()} for m, finals in finals_of.items()
+    }
     for row_combo in _combos(axes, layout.rows):
         row_key = dict(zip(layout.rows, row_combo, strict=True))
         levels.append(row_key)
         if layout.runs_column:
-            runs_text.append(_state_counts(runs[_in_cell(runs, row_key)]))
+            mine = [
+                by_cell.get(
+                    tuple((row_key | dict(zip(layout.cols, cc, strict=True)))[a] for a in names),
+                    no_runs,
+                )
+                for cc in _combos(axes, layout.cols)
+            ]
+            runs_text.append(_state_counts(pd.concat(mine) if mine else no_runs))
         row = []
         for c in columns:
             if c.paper:
@@ -554,8 +568,11 @@ def pivot(
                 row.append(cell)
                 continue
             key = row_key | dict(zip(layout.cols, c.col, strict=True))
-            mine = runs[_in_cell(runs, key)]
-            row.append(_cell(c, key, mine, data, finals_of[c.metric], base_key, layout))
+            tkey = tuple(key[a] for a in names)
+            is_base = bool(baseline) and all(key.get(a) == v for a, v in (baseline or {}).items())
+            found = lookups[(c.metric, c.kind, c.checkpoint, c.step)]
+            mine = by_cell.get(tkey, no_runs)
+            row.append(_cell(c, tkey, mine, found, final_ids[c.metric], is_base))
         grid_cells.append(row)
 
     _mark_best(grid_cells, columns)
@@ -666,53 +683,70 @@ def _state_counts(runs: pd.DataFrame) -> str:
     return ", ".join(parts)
 
 
+class _Lookup:
+    """The rows of a summary or difference frame by (cell levels, protocol id), and
+    the protocol ids each cell has: found without a scan of the frame per cell."""
+
+    def __init__(self, frame: pd.DataFrame | None, axes: list[str]):
+        self.rows: dict[tuple, dict[str, Any]] = {}
+        self.pids: dict[tuple, list[str]] = {}
+        if frame is None or frame.empty:
+            return
+        levels = [frame[f"axis.{a}"].astype(str) for a in axes]
+        keys = zip(*levels, strict=True) if levels else itertools.repeat((), len(frame))
+        for key, rec in zip(keys, frame.to_dict("records"), strict=False):
+            self.rows.setdefault((key, rec["protocol_id"]), rec)
+            self.pids.setdefault(key, []).append(rec["protocol_id"])
+
+
+def _runs_by_cell(runs: pd.DataFrame, axes: list[str]) -> dict[tuple, pd.DataFrame]:
+    """The runs of each cell, by its levels in ``axes`` order."""
+    if not axes:
+        return {(): runs}
+    cols = [runs[f"axis.{a}"].astype(str).rename(a) if f"axis.{a}" in runs else None for a in axes]
+    if any(c is None for c in cols):
+        return {}
+    return {
+        (k if isinstance(k, tuple) else (k,)): g
+        for k, g in runs.groupby(cols, sort=False, dropna=False)
+    }
+
+
 def _cell(
     c: _Column,
-    key: dict[str, str],
+    key: tuple,
     mine: pd.DataFrame,
-    data: dict[tuple, tuple[pd.DataFrame, pd.DataFrame | None, pd.DataFrame | None]],
-    finals: dict[str, pd.DataFrame],
-    base_key: dict[str, str],
-    layout: Layout,
+    found: tuple[_Lookup, _Lookup],
+    finals: dict[str, set[str]],
+    is_baseline: bool,
 ) -> Cell:
     cell = Cell(c.metric, c.kind, c.checkpoint, c.step, c.pid, n_total=len(mine))
-    vals, s, d = data[(c.metric, c.kind, c.checkpoint, c.step)]
-    hit = None
-    if s is not None:
-        at_cell = _in_cell(s, key)
-        hit = s[at_cell & (s["protocol_id"] == c.pid)]
-        elsewhere = at_cell & (s["protocol_id"] != c.pid)
-        if hit.empty and elsewhere.any():
-            cell.empty = f"only under {', '.join(sorted(s.loc[elsewhere, 'protocol_id']))}"
+    summary, diffs = found
+    h = summary.rows.get((key, c.pid))
+    if h is None:
+        others = [p for p in summary.pids.get(key, []) if p != c.pid]
+        if others:
+            cell.empty = f"only under {', '.join(sorted(others))}"
             return cell
-    if hit is None or hit.empty:
         if c.kind == "final":
-            other = [r for r in ROLES if r != c.checkpoint]
-            for role in other:
-                if finals[role]["run_id"].isin(mine["run_id"]).any():
+            for role in ROLES:
+                if role != c.checkpoint and finals[role] & set(mine["run_id"]):
                     cell.empty = f"scored at the {ROLE_LABELS[role]} only"
                     return cell
         cell.empty, cell.empty_cls = why_empty(
             mine, c.step, "final" if c.kind == "final" else c.kind
         )
         return cell
-    h = hit.iloc[0]
     cell.n, cell.n_nonfinite, cell.nonfinite = int(h["n"]), int(h["n_nonfinite"]), h["nonfinite"]
     cell.mean, cell.std = float(h["mean"]), float(h["std"])
     cell.ci_low, cell.ci_high = float(h["ci_low"]), float(h["ci_high"])
     cell.unwell = _unwell(mine)
-    if base_key:
-        cell.is_baseline = all(key.get(a.removeprefix("axis.")) == v for a, v in base_key.items())
-        if d is not None and not cell.is_baseline:
-            drow = d[_in_cell(d, key) & (d["protocol_id"] == c.pid)]
-            if not drow.empty:
-                dr = drow.iloc[0]
-                cell.delta = float(dr["diff"])
-                cell.delta_low, cell.delta_high = (
-                    float(dr["diff_ci_low"]),
-                    float(dr["diff_ci_high"]),
-                )
-                cell.paired = bool(dr["paired"])
+    cell.is_baseline = is_baseline
+    dr = diffs.rows.get((key, c.pid))
+    if dr is not None and not is_baseline:
+        cell.delta = float(dr["diff"])
+        cell.delta_low, cell.delta_high = float(dr["diff_ci_low"]), float(dr["diff_ci_high"])
+        cell.paired = bool(dr["paired"])
     return cell
 
 

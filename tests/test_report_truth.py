@@ -154,13 +154,24 @@ def test_final_scores_at_both_checkpoints_are_two_labelled_values(tmp_path):
         ("a", 0): [_monitored(50, 20.0), _fid(18, step=100), _fid(19, step=50, checkpoint="best")],
         ("a", 1): [_monitored(50, 22.0), _fid(20, step=100), _fid(21, step=50, checkpoint="best")],
     }
-    _grid(tmp_path, "g", "arm", runs, {"tables": [{"rows": ["arm"], "metrics": ["fid"]}]})
-    (t,) = _tables(tmp_path)
-    heads = [h["text"] for h in t["header"][1]]
+    tables = [
+        {"rows": ["arm"], "metrics": ["fid"]},
+        {"rows": ["arm"], "metrics": ["fid"], "checkpoint": "best"},
+    ]
+    _grid(tmp_path, "g", "arm", runs, {"tables": tables})
+    both, best = _tables(tmp_path)
+    heads = [h["text"] for h in both["header"][1]]
     assert heads == ["last checkpoint", "best checkpoint"]
-    assert (
-        _cell(t, ("a",), 0)["text"] == "19.0 ± 1.4" and _cell(t, ("a",), 1)["text"] == "20.0 ± 1.4"
-    )
+    assert _cell(both, ("a",), 0)["text"] == "19.0 ± 1.4"
+    assert _cell(both, ("a",), 1)["text"] == "20.0 ± 1.4"
+    assert [h["text"] for h in best["header"][1]] == ["mean ± std"]
+    assert _cell(best, ("a",), 0)["text"] == "20.0 ± 1.4"
+    # The command line asks for the same.
+    from reports.build import main
+
+    assert main([str(tmp_path), "--rows", "arm", "--metrics", "fid", "--checkpoint", "best"]) == 0
+    csv_rows = pd.read_csv(tmp_path / "report" / "table-g-3.csv")
+    assert list(csv_rows["checkpoint"]) == ["best"] and list(csv_rows["mean"]) == [20.0]
 
 
 def test_empty_cells_say_why(tmp_path):
