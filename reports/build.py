@@ -467,6 +467,10 @@ def build(
     runs = df.drop_duplicates("run_id") if len(df) else df
     present = [r for r in runs["run_id"] if (store / r).is_dir()] if len(df) else []
     training = read_training(store, present)
+    order: dict[str, list[str]] = {}  # the Runs table in the grids' level order
+    for index in indexes:
+        for axis, levels in index.get("axes", {}).items():
+            order.setdefault(axis, [str(v) for v in levels])
     sections = [grid_section(df, index, store, out, extra, training) for index in indexes]
     env = Environment(
         loader=PackageLoader("reports", "templates"), autoescape=select_autoescape(["html", "j2"])
@@ -483,7 +487,7 @@ def build(
         empty=_empty_text(len(runs), started),
         warnings=_warnings(df),
         sections=sections,
-        runs=runs_table(_in_grid_order(runs, {})) if len(df) else {"header": [], "rows": []},
+        runs=runs_table(_in_grid_order(runs, order)) if len(df) else {"header": [], "rows": []},
         protocols=protocols(df),
         provenance=_provenance(store, df, [i for i in indexes if i["name"] != NO_GRID]),
     )

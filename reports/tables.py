@@ -587,6 +587,11 @@ def pivot(
             "counted and named in their cell, left out of its mean, std and CI, and such a "
             "cell is never marked best."
         )
+    if any(cell.n == 1 for row in grid_cells for cell in row if cell.empty is None):
+        notes.append(
+            "Cells of one seed (n=1) have no CI, and a Δ between one-seed cells is one run "
+            "against another: it says nothing about how much seeds vary."
+        )
     if few:
         notes.append(
             f"Some cells have fewer than {FEW_SEEDS} seeds: a bootstrap over so few values "

@@ -263,3 +263,34 @@ def test_each_attempt_records_its_code_and_machine(store):
     assert env["attempt"] == 1 and env["commit"] == code_version()["commit"]
     assert env["device"] == "cpu" and env["world_size"] == 1
     assert env["torch"] and env["torch_fidelity"] and env["cpu"] and env["host"]
+
+
+def test_a_run_trained_outside_any_grid_is_reported_apart(store, tmp_path):
+    """The real path: a store filled by a grid, plus one run of ``sagan.train --out
+    STORE/loose``; the loose run is its own cell, and the grid's cells are unchanged."""
+    import shutil
+
+    from reports.build import build
+    from sagan.config import build_config
+    from sagan.train import train
+
+    out, cells = store
+    mixed = tmp_path / "runs"
+    shutil.copytree(out, mixed, ignore=shutil.ignore_patterns("report"))
+    cfg = build_config(
+        {**GRID["base"], "final": GRID["final"], "model": {**GRID["base"]["model"], "attn_g": []}}
+    )
+    assert train(cfg, mixed / "loose", progress=False) == "done"
+    from sagan.score import score_final
+
+    (record,) = score_final(cfg, mixed / "loose")
+    build(mixed)
+    loose = pd.read_csv(mixed / "report" / "summary-nogrid-swd.csv")
+    final = loose[loose["value_kind"] == "final"]
+    assert list(final["run"]) == ["loose"] and list(final["n"]) == [1]
+    assert final["mean"].iloc[0] == record["metrics"]["swd"]
+    with_loose = pd.read_csv(mixed / "report" / "summary-rep-swd.csv")
+    build(out, tmp_path / "alone")
+    alone = pd.read_csv(tmp_path / "alone" / "summary-rep-swd.csv")
+    pd.testing.assert_frame_equal(with_loose, alone)
+    assert "Runs in no grid" in (mixed / "report" / "index.html").read_text()
