@@ -80,7 +80,11 @@ def write_store(out: Path, n_runs: int, seed: int = 0) -> None:
         rundir.write_status(d, {"state": "done", "step": 50_000, "steps": 50_000, "attempts": 1})
     index = {
         "name": "bench",
-        "axes": {"attention": list(ATTENTION), "sn": list(SN)},
+        "axes": {
+            "attention": list(ATTENTION),
+            "sn": list(SN),
+            "seed": [str(s) for s in range((n_runs + 7) // 8)],
+        },
         "cells": cells,
     }
     (out / "grid-bench.json").write_text(json.dumps(index))

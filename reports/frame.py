@@ -294,7 +294,7 @@ def grid_runs(df: pd.DataFrame, index: dict[str, Any]) -> pd.DataFrame:
     levels = {c["run_id"]: c.get("levels", {}) for c in index.get("cells", [])}
     rows = df[df["run_id"].isin(levels)]
     rows = rows.drop(columns=[c for c in rows if c.startswith("axis.")])
-    axes = [*index.get("axes", {})]
+    axes = list(dict.fromkeys([*index.get("axes", {}), *(k for lv in levels.values() for k in lv)]))
     extra = {
         f"axis.{a}": rows["run_id"].map(lambda r, a=a: levels[r].get(a)).astype(object)
         for a in axes
@@ -320,17 +320,25 @@ def read_training(out: str | Path, run_ids: list[str] | None = None) -> pd.DataF
     and the axis levels."""
     out = Path(out)
     levels = grid_levels(out)
-    rows = []
-    dirs = [out / r for r in run_ids] if run_ids is not None else sorted(out.iterdir())
-    for d in dirs:
-        for rec in _logged(d / "metrics.jsonl"):
-            row = {"run_id": d.name, "step": rec.get("step"), **levels.get(d.name, {})}
-            row.update({k: rec.get(k) for k in HEALTH_KEYS})
-            for key in ("gamma_g", "gamma_d"):
-                gammas = list((rec.get(key) or {}).values())
-                row[key] = sum(gammas) / len(gammas) if gammas else None
-            rows.append(row)
-    return pd.DataFrame(rows)
+    names = run_ids if run_ids is not None else sorted(p.name for p in out.iterdir())
+    columns: dict[str, list[Any]] = {k: [] for k in ("run_id", "step", *HEALTH_KEYS)}
+    gammas: dict[str, list[Any]] = {"gamma_g": [], "gamma_d": []}
+    for name in names:
+        for rec in _logged(out / name / "metrics.jsonl"):
+            columns["run_id"].append(name)
+            columns["step"].append(rec.get("step"))
+            for k in HEALTH_KEYS:
+                columns[k].append(rec.get(k))
+            for key, found in gammas.items():
+                values = list((rec.get(key) or {}).values())
+                found.append(sum(values) / len(values) if values else None)
+    if not columns["run_id"]:
+        return pd.DataFrame()
+    df = pd.DataFrame({**columns, **gammas})
+    axes = sorted({k for e in levels.values() for k in e if k.startswith("axis.")})
+    for axis in axes:
+        df[axis] = df["run_id"].map(lambda r, a=axis: levels.get(r, {}).get(a))
+    return df
 
 
 def read_envs(out: str | Path, run_ids: list[str]) -> pd.DataFrame:
