@@ -239,6 +239,14 @@ class Config(_Strict):
             raise ValueError(
                 f"model.bn_group: {group} does not divide train.batch_size={self.train.batch_size}"
             )
+        if self.train.sync_bn and group is not None:
+            # SyncBatchNorm replaces the grouped batch norm with one over the whole
+            # global batch: the groups would be dropped without a word.
+            raise ValueError(
+                f"train.sync_bn: true normalises over the whole global batch, so it cannot "
+                f"keep model.bn_group: {group}; set one of them (sync_bn: false keeps the "
+                "groups per device)"
+            )
         if self.data.name == "cifar10" and res != 32:
             raise ValueError(f"data.resolution: cifar10 images are 32x32, got {res}")
         return self

@@ -29,6 +29,22 @@ from sagan.models import build_models
 log = logging.getLogger(__name__)
 
 
+def with_ema_copy(
+    G: torch.nn.Module, ema: bool, sync_bn: bool
+) -> tuple[torch.nn.Module, torch.nn.Module | None]:
+    """G as the update trains it (its batch norms synchronised across the ranks when
+    ``sync_bn``) and its EMA copy (``None`` without ``ema``).
+
+    The copy is taken before the conversion: only rank 0 samples and evaluates G_ema,
+    and a SyncBatchNorm in it, in train mode (``eval.g_mode: train``), would start a
+    collective the other ranks never join. Both hold the same parameters and buffers.
+    """
+    G_ema = copy.deepcopy(G).eval().requires_grad_(False) if ema else None
+    if sync_bn:
+        G = torch.nn.SyncBatchNorm.convert_sync_batchnorm(G)
+    return G, G_ema
+
+
 class TrainStep:
     """G, D, their optimizers and the training noise; ``step(batches, first_bad, s)``.
 
@@ -70,8 +86,7 @@ class TrainStep:
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         self.G = G.to(device, memory_format=fmt)
         self.D = D.to(device, memory_format=fmt)
-        if tc.sync_bn and world > 1:
-            self.G = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.G)
+        self.G, self.G_ema = with_ema_copy(self.G, tc.ema is not None, tc.sync_bn and world > 1)
         # What the updates call: the DDP wrappers under several processes. The G update
         # calls D's module itself, so that D's gradient reducer never waits for
         # gradients D's frozen weights do not get; G's gradient still flows through it.
@@ -82,9 +97,6 @@ class TrainStep:
             ids = [device.index] if self.cuda else None
             self.G_step = DDP(self.G, device_ids=ids)
             self.D_step = DDP(self.D, device_ids=ids)
-        self.G_ema = (
-            copy.deepcopy(self.G).eval().requires_grad_(False) if tc.ema is not None else None
-        )
         if tc.compile:
             # After the EMA copy: a deep copy of a compiled module would call the
             # original's compiled forward. In place (Module.compile), so state-dict keys
@@ -184,4 +196,4 @@ class TrainStep:
         }
 
 
-__all__ = ["TrainStep"]
+__all__ = ["TrainStep", "with_ema_copy"]
