@@ -29,6 +29,34 @@ from sagan.models import build_models
 log = logging.getLogger(__name__)
 
 
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``t`` (on the CPU) on ``device``; to CUDA from pinned memory without blocking the
+    host, so the copy overlaps the step that is running."""
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
+def draw_noise(
+    noise: torch.Generator,
+    batch: int,
+    z_dim: int,
+    num_classes: int,
+    device: torch.device,
+    local: slice = slice(None),
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """z (standard normal, ``[batch, z_dim]``) and fake labels (uniform over
+    ``num_classes``; zeros when 0) of one global batch, drawn from the CPU generator
+    ``noise``; the ``local`` rows are moved to ``device``. What is drawn depends on
+    the generator alone, never on the device."""
+    z = torch.randn(batch, z_dim, generator=noise)
+    if num_classes > 0:
+        y = torch.randint(0, num_classes, (batch,), generator=noise)
+    else:
+        y = torch.zeros(batch, dtype=torch.long)
+    return to_device(z[local], device), to_device(y[local], device)
+
+
 def with_ema_copy(
     G: torch.nn.Module, ema: bool, sync_bn: bool
 ) -> tuple[torch.nn.Module, torch.nn.Module | None]:
@@ -120,7 +148,10 @@ class TrainStep:
         # in every checkpoint: nothing else that draws random numbers (a data loader, an
         # evaluation, a library) can shift it, so a resumed run draws exactly what an
         # uninterrupted one does.
-        self.noise = torch.Generator(device).manual_seed(tc.seed + 104729)
+        # On the CPU whatever the device: MT19937 there, Philox on CUDA, so a generator on
+        # the device would train another noise stream on a GPU under the same run id, and
+        # its saved state would not resume on the other kind of device.
+        self.noise = torch.Generator().manual_seed(tc.seed + 104729)
 
     def autocast(self):
         """bf16 autocast when ``train.amp``, on CUDA and on the CPU alike; the losses
@@ -130,14 +161,9 @@ class TrainStep:
         return nullcontext()
 
     def draw(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """z and fake labels: this rank's slice of the global batch's draw."""
+        """z and fake labels: this rank's slice of the global batch's draw, on the device."""
         B, z_dim = self.cfg.train.batch_size, self.cfg.model.z_dim
-        z = torch.randn(B, z_dim, device=self.device, generator=self.noise)
-        if self.num_classes > 0:
-            y = torch.randint(0, self.num_classes, (B,), device=self.device, generator=self.noise)
-        else:
-            y = torch.zeros(B, dtype=torch.long, device=self.device)
-        return z[self.local], y[self.local]
+        return draw_noise(self.noise, B, z_dim, self.num_classes, self.device, self.local)
 
     def ema_update(self, step: int) -> None:
         """G_ema moves towards G (a copy of it until ``train.ema_start``)."""
@@ -196,4 +222,4 @@ class TrainStep:
         }
 
 
-__all__ = ["TrainStep", "with_ema_copy"]
+__all__ = ["TrainStep", "draw_noise", "to_device", "with_ema_copy"]

@@ -187,6 +187,12 @@ class Trainer:
                 f"{path}: written by an older sagan-bench without the training noise generator; "
                 "it cannot be resumed exactly. Start the run anew in a new directory."
             )
+        if rng["noise"].numel() != self.noise.get_state().numel():
+            raise CheckpointError(
+                f"{path}: its training noise generator state has {rng['noise'].numel()} bytes, "
+                f"not a CPU generator's {self.noise.get_state().numel()}: it was drawn on a GPU "
+                "by an older sagan-bench and cannot be resumed exactly. Start the run anew."
+            )
         self.noise.set_state(rng["noise"])
         per_rank = rng.get("process_per_rank")
         if per_rank is not None and len(per_rank) == self.world:

@@ -31,3 +31,35 @@ def test_g_ema_holds_no_synchronised_batch_norm_under_sync_bn():
 def test_without_ema_there_is_no_copy_and_without_sync_bn_no_conversion():
     G, G_ema = with_ema_copy(_g(), ema=False, sync_bn=False)
     assert G_ema is None and not _has_sync_bn(G)
+
+
+def test_the_noise_drawn_does_not_depend_on_the_device():
+    """Drawn on the CPU and moved at the end: a device that is not the CPU (meta stands
+    for CUDA here) gets the same draw and leaves the generator where the CPU's does."""
+    from sagan.step import draw_noise
+
+    cpu, other = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    z, y = draw_noise(cpu, 8, 3, 4, torch.device("cpu"), slice(2, 6))
+    zm, ym = draw_noise(other, 8, 3, 4, torch.device("meta"), slice(2, 6))
+    assert zm.device.type == "meta" and zm.shape == z.shape == (4, 3) and ym.shape == y.shape
+    assert torch.equal(cpu.get_state(), other.get_state())
+    ref = torch.Generator().manual_seed(5)
+    assert torch.equal(z, torch.randn(8, 3, generator=ref)[2:6])
+    assert torch.equal(y, torch.randint(0, 4, (8,), generator=ref)[2:6])
+
+
+def test_the_training_noise_generator_is_a_cpu_one_on_every_device():
+    """Its state, saved in every checkpoint, then resumes on either kind of device."""
+    from sagan.step import TrainStep
+
+    cfg = load_config(TINY)
+    states = []
+    for device in ("cpu", "meta"):
+        torch.manual_seed(0)
+        update = TrainStep(cfg, 4, torch.device(device))
+        assert update.noise.device == torch.device("cpu")
+        z, y = update.draw()
+        assert z.device.type == device and y.device.type == device
+        states.append(update.noise.get_state())
+    assert torch.equal(*states)
+    assert states[0].numel() == torch.Generator().get_state().numel()
