@@ -98,6 +98,11 @@ class TrainStep:
             raise ConfigError("train.sync_bn: true needs CUDA (SyncBatchNorm has no CPU path)")
         # This rank's slice of every global batch.
         self.local = slice(rank * tc.batch_size // world, (rank + 1) * tc.batch_size // world)
+        if self.cuda:
+            from sagan.precision import set_tf32
+
+            set_tf32(tc.tf32)
+            torch.backends.cudnn.benchmark = tc.cudnn_benchmark
         G, D = build_models(cfg.model, cfg.data.resolution, num_classes)
         # NHWC activations and weights, on the CPU as on CUDA: oneDNN's and cuDNN's
         # fast convolution paths (see sagan.bench for what it buys).

@@ -119,6 +119,8 @@ def test_a_checkpoint_older_than_a_key_stands_for_what_the_code_did_then():
         ("model", "sn_g_step"),
         ("train", "sync_bn"),
         ("train", "compile"),
+        ("train", "tf32"),
+        ("train", "cudnn_benchmark"),
     ]:
         del old[section][key]
     # Before these keys: PyTorch's BN momentum 0.1 and u moved in the G step.
