@@ -63,3 +63,33 @@ def test_the_training_noise_generator_is_a_cpu_one_on_every_device():
         states.append(update.noise.get_state())
     assert torch.equal(*states)
     assert states[0].numel() == torch.Generator().get_state().numel()
+
+
+def test_the_ema_update_is_bit_for_bit_the_per_tensor_one():
+    """Before and after train.ema_start: the EMA G of a run does not move by one bit."""
+    import copy
+
+    from sagan.step import TrainStep
+
+    cfg = load_config(TINY, {"train.ema": 0.9, "train.ema_start": 1})
+    torch.manual_seed(0)
+    update = TrainStep(cfg, 4, torch.device("cpu"))
+    for step in (1, 2, 3):
+        with torch.no_grad():  # G moves as an update would move it
+            for p in update.G.parameters():
+                p.add_(torch.randn_like(p))
+            for b in update.G.buffers():
+                b.add_(1)
+        expected = copy.deepcopy(update.G_ema)
+        decay = 0.9 if step > 1 else 0.0
+        with torch.no_grad():
+            for e, p in zip(expected.parameters(), update.G.parameters(), strict=True):
+                e.lerp_(p, 1.0 - decay)
+            for e, b in zip(expected.buffers(), update.G.buffers(), strict=True):
+                e.copy_(b)
+        update.ema_update(step)
+        got = update.G_ema.state_dict()
+        assert all(torch.equal(v, got[k]) for k, v in expected.state_dict().items())
+    # After ema_start the EMA lags G: it was averaged, not copied.
+    ema, g = update.G_ema.parameters(), update.G.parameters()
+    assert not all(torch.equal(e, p) for e, p in zip(ema, g, strict=True))
