@@ -19,8 +19,65 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from sagan.layers import Layers
+
+# CUDA's flash kernel takes fp16/bf16 only, head sizes up to this, and one head size
+# for q, k and v; the memory-efficient kernel also takes fp32 and a value head wider
+# than the query's.
+FLASH_MAX_HEAD = 256
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def sdpa_plan(
+    device_type: str, dtype: torch.dtype, qk_dim: int, v_dim: int
+) -> tuple[bool, tuple[SDPBackend, ...] | None]:
+    """How the attention's weighted sum runs: whether to zero-pad q and k to v's head
+    size, and the SDPA backends it may use (``None``: torch's own choice).
+
+    On the CPU: always padded, which lets the flash kernel run (the official variant's
+    values are 4x wider than its keys), torch choosing. On CUDA: padded only where
+    that lets the flash kernel run (fp16/bf16, padded head size up to
+    :data:`FLASH_MAX_HEAD`); otherwise unpadded on the memory-efficient kernel, which
+    takes the wider values as they are. Never the math path there: it holds the
+    B x N x N/4 weights (4 GiB each at feat64, batch 256).
+    """
+    pad = v_dim > qk_dim
+    if device_type != "cuda":
+        return pad, None
+    if dtype in _LOW_PRECISION and max(qk_dim, v_dim) <= FLASH_MAX_HEAD:
+        return pad, (SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION)
+    return False, (SDPBackend.EFFICIENT_ATTENTION,)
+
+
+def fused_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backends: tuple[SDPBackend, ...]
+) -> torch.Tensor:
+    """``softmax(q k^T) v`` (unscaled) on one of ``backends`` only.
+
+    Raises:
+        RuntimeError: none of them takes these shapes and dtype; names them, rather
+            than letting torch fall back to the math path silently.
+    """
+    if torch.compiler.is_compiling():  # torch's own error still stops a fallback
+        with sdpa_kernel(list(backends)):
+            return F.scaled_dot_product_attention(q, k, v, scale=1.0)
+    try:
+        with sdpa_kernel(list(backends)):
+            return F.scaled_dot_product_attention(q, k, v, scale=1.0)
+    except RuntimeError as e:
+        b, _, n, _ = q.shape
+        m = k.shape[2]
+        gib = b * n * m * q.element_size() / 2**30
+        names = ", ".join(be.name for be in backends)
+        raise RuntimeError(
+            f"self-attention: no fused kernel ({names}) takes q {tuple(q.shape)}, "
+            f"k {tuple(k.shape)}, v {tuple(v.shape)} in {q.dtype} on {q.device}; the math "
+            f"path would hold the {b}x{n}x{m} weights ({gib:.2f} GiB). "
+            "model.attention_kernel: matmul computes them explicitly on purpose. "
+            f"(torch: {str(e).splitlines()[0]})"
+        ) from e
 
 
 class SelfAttention(nn.Module):
@@ -71,10 +128,15 @@ class SelfAttention(nn.Module):
             # B x N x N/4 weights) into a fused kernel: at feat64 on a 2-core CPU the
             # step ran 1.6-2x faster than with explicit weights, at the peak memory of
             # a step without attention (README, Measured).
-            pad = v.shape[-1] - q.shape[-1]
-            if pad > 0:
-                q, k = F.pad(q, (0, pad)), F.pad(k, (0, pad))
-            o = F.scaled_dot_product_attention(q, k, v, scale=1.0)
+            # On CUDA only where it lets a fused kernel run (sdpa_plan).
+            pad, backends = sdpa_plan(x.device.type, q.dtype, q.shape[-1], v.shape[-1])
+            if pad:
+                width = v.shape[-1] - q.shape[-1]
+                q, k = F.pad(q, (0, width)), F.pad(k, (0, width))
+            if backends is None:
+                o = F.scaled_dot_product_attention(q, k, v, scale=1.0)
+            else:
+                o = fused_attention(q, k, v, backends)
         else:
             o = torch.softmax(q @ k.transpose(-2, -1), dim=-1) @ v
         return o.squeeze(1).transpose(1, 2).reshape(b, -1, h, w)

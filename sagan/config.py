@@ -120,6 +120,14 @@ class TrainConfig(_Strict):
     # Several devices (DDP): batch-norm statistics per device, as the official code
     # computes them, unless this is set (SyncBatchNorm, CUDA only).
     sync_bn: bool = False
+    # Whether CUDA's float32 convolutions and matmuls may use TF32 (10 mantissa bits).
+    # false: exact float32, as the official code trains; torch would otherwise run
+    # cuDNN convolutions in TF32. No effect on the CPU.
+    tf32: bool = False
+    # cuDNN's autotuner for the step's static shapes (CUDA only). Not in the run id: it
+    # only chooses among cuDNN's algorithms for the same convolutions, which changes
+    # results by rounding on CUDA alone; the value used is recorded in env.jsonl.
+    cudnn_benchmark: bool = True
     ckpt_every: int = Field(1000, ge=1)
     ckpt_keep: int = Field(2, ge=1)
     log_every: int = Field(100, ge=1)
@@ -239,6 +247,14 @@ class Config(_Strict):
             raise ValueError(
                 f"model.bn_group: {group} does not divide train.batch_size={self.train.batch_size}"
             )
+        if self.train.sync_bn and group is not None:
+            # SyncBatchNorm replaces the grouped batch norm with one over the whole
+            # global batch: the groups would be dropped without a word.
+            raise ValueError(
+                f"train.sync_bn: true normalises over the whole global batch, so it cannot "
+                f"keep model.bn_group: {group}; set one of them (sync_bn: false keeps the "
+                "groups per device)"
+            )
         if self.data.name == "cifar10" and res != 32:
             raise ValueError(f"data.resolution: cifar10 images are 32x32, got {res}")
         return self
@@ -255,6 +271,7 @@ RESUME_SAFE = (
     "train.n_samples",
     "train.tensorboard",
     "train.device",
+    "train.cudnn_benchmark",
     "data.root",
     "data.num_workers",
     "eval.",
@@ -399,6 +416,8 @@ LEGACY_DEFAULTS: dict[str, Any] = {
     "train.sync_bn": False,
     "train.compile": False,
     "model.attention_kernel": "sdpa",
+    # No CUDA run had trained before the key (CPU runs are unaffected by it).
+    "train.tf32": False,
 }
 
 

@@ -9,10 +9,13 @@ on the world size.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 import torch.distributed as dist
+
+from sagan.config import ConfigError
 
 
 def active() -> bool:
@@ -29,6 +32,57 @@ def world_size() -> int:
 
 def is_main() -> bool:
     return rank() == 0
+
+
+class DeviceError(ConfigError):
+    """This process cannot tell which GPU is its own; the message says what it saw."""
+
+
+def local_device(name: str, env: Mapping[str, str], device_count: int) -> torch.device:
+    """The device of this process: ``train.device`` resolved against what it can see.
+
+    ``env`` is the process's environment and ``device_count`` the GPUs torch sees in
+    it (after ``CUDA_VISIBLE_DEVICES``). Both launch layouts are right: one GPU
+    visible per task (SLURM's ``--gpus-per-task``, or submitit's export, which sets
+    ``CUDA_VISIBLE_DEVICES`` to the local rank) gives ``cuda:0``; every GPU of the
+    node visible to every task gives ``cuda:LOCAL_RANK``. The local rank is
+    ``LOCAL_RANK`` (torchrun, submitit), else ``SLURM_LOCALID``, else 0.
+
+    Raises:
+        DeviceError: ``cuda`` asked for with no GPU visible, or several GPUs visible
+            but fewer than this node's tasks (each task would not get its own).
+    """
+    if name == "cpu":
+        return torch.device("cpu")
+    visible = env.get("CUDA_VISIBLE_DEVICES")
+    seen = (
+        f"CUDA_VISIBLE_DEVICES={visible!r}" if visible is not None else "CUDA_VISIBLE_DEVICES unset"
+    )
+    if device_count == 0:
+        if name == "auto":
+            return torch.device("cpu")
+        raise DeviceError(
+            f"train.device: cuda was asked for but no CUDA device is visible ({seen})"
+        )
+    local_rank = int(env.get("LOCAL_RANK", env.get("SLURM_LOCALID", "0")))
+    local_world = int(env.get("LOCAL_WORLD_SIZE", str(local_rank + 1)))
+    if device_count == 1:
+        return torch.device("cuda", 0)
+    if device_count >= local_world and local_rank < device_count:
+        return torch.device("cuda", local_rank)
+    raise DeviceError(
+        f"local rank {local_rank} of {local_world} tasks on this node sees {device_count} GPUs "
+        f"({seen}): give each task one GPU, or every task all of them, with at least as "
+        "many GPUs as tasks per node (slurm profile: tasks_per_node = gpus_per_node)"
+    )
+
+
+def backend_for(gpus_per_node: int, device: str = "auto") -> str:
+    """The process group's backend from what the job was given, the same on every rank:
+    NCCL when the job has GPUs and the run may use them, gloo otherwise. Never from a
+    rank's own ``torch.cuda.is_available()``: a rank whose CUDA failed to start would
+    pick gloo while the others pick NCCL, and every rank would wait for ever."""
+    return "nccl" if gpus_per_node > 0 and device != "cpu" else "gloo"
 
 
 def barrier() -> None:

@@ -67,8 +67,13 @@ def environment(device: torch.device | str, world_size: int = 1) -> dict[str, An
         "world_size": world_size,
     }
     if device.type == "cuda":
+        from sagan.precision import tf32_state
+
         info["gpu"] = torch.cuda.get_device_name(device)
         info["cuda"] = torch.version.cuda
+        # What training runs under (train.tf32, train.cudnn_benchmark), as set now.
+        info["tf32"] = tf32_state()
+        info["cudnn_benchmark"] = torch.backends.cudnn.benchmark
     return info
 
 

@@ -29,6 +29,50 @@ from sagan.models import build_models
 log = logging.getLogger(__name__)
 
 
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``t`` (on the CPU) on ``device``; to CUDA from pinned memory without blocking the
+    host, so the copy overlaps the step that is running."""
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
+def draw_noise(
+    noise: torch.Generator,
+    batch: int,
+    z_dim: int,
+    num_classes: int,
+    device: torch.device,
+    local: slice = slice(None),
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """z (standard normal, ``[batch, z_dim]``) and fake labels (uniform over
+    ``num_classes``; zeros when 0) of one global batch, drawn from the CPU generator
+    ``noise``; the ``local`` rows are moved to ``device``. What is drawn depends on
+    the generator alone, never on the device."""
+    z = torch.randn(batch, z_dim, generator=noise)
+    if num_classes > 0:
+        y = torch.randint(0, num_classes, (batch,), generator=noise)
+    else:
+        y = torch.zeros(batch, dtype=torch.long)
+    return to_device(z[local], device), to_device(y[local], device)
+
+
+def with_ema_copy(
+    G: torch.nn.Module, ema: bool, sync_bn: bool
+) -> tuple[torch.nn.Module, torch.nn.Module | None]:
+    """G as the update trains it (its batch norms synchronised across the ranks when
+    ``sync_bn``) and its EMA copy (``None`` without ``ema``).
+
+    The copy is taken before the conversion: only rank 0 samples and evaluates G_ema,
+    and a SyncBatchNorm in it, in train mode (``eval.g_mode: train``), would start a
+    collective the other ranks never join. Both hold the same parameters and buffers.
+    """
+    G_ema = copy.deepcopy(G).eval().requires_grad_(False) if ema else None
+    if sync_bn:
+        G = torch.nn.SyncBatchNorm.convert_sync_batchnorm(G)
+    return G, G_ema
+
+
 class TrainStep:
     """G, D, their optimizers and the training noise; ``step(batches, first_bad, s)``.
 
@@ -54,6 +98,11 @@ class TrainStep:
             raise ConfigError("train.sync_bn: true needs CUDA (SyncBatchNorm has no CPU path)")
         # This rank's slice of every global batch.
         self.local = slice(rank * tc.batch_size // world, (rank + 1) * tc.batch_size // world)
+        if self.cuda:
+            from sagan.precision import set_tf32
+
+            set_tf32(tc.tf32)
+            torch.backends.cudnn.benchmark = tc.cudnn_benchmark
         G, D = build_models(cfg.model, cfg.data.resolution, num_classes)
         # NHWC activations and weights, on the CPU as on CUDA: oneDNN's and cuDNN's
         # fast convolution paths (see sagan.bench for what it buys).
@@ -70,8 +119,7 @@ class TrainStep:
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         self.G = G.to(device, memory_format=fmt)
         self.D = D.to(device, memory_format=fmt)
-        if tc.sync_bn and world > 1:
-            self.G = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.G)
+        self.G, self.G_ema = with_ema_copy(self.G, tc.ema is not None, tc.sync_bn and world > 1)
         # What the updates call: the DDP wrappers under several processes. The G update
         # calls D's module itself, so that D's gradient reducer never waits for
         # gradients D's frozen weights do not get; G's gradient still flows through it.
@@ -80,11 +128,9 @@ class TrainStep:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             ids = [device.index] if self.cuda else None
-            self.G_step = DDP(self.G, device_ids=ids)
-            self.D_step = DDP(self.D, device_ids=ids)
-        self.G_ema = (
-            copy.deepcopy(self.G).eval().requires_grad_(False) if tc.ema is not None else None
-        )
+            # Gradients as views of DDP's buckets: no copy into and out of the buckets.
+            self.G_step = DDP(self.G, device_ids=ids, gradient_as_bucket_view=True)
+            self.D_step = DDP(self.D, device_ids=ids, gradient_as_bucket_view=True)
         if tc.compile:
             # After the EMA copy: a deep copy of a compiled module would call the
             # original's compiled forward. In place (Module.compile), so state-dict keys
@@ -108,7 +154,10 @@ class TrainStep:
         # in every checkpoint: nothing else that draws random numbers (a data loader, an
         # evaluation, a library) can shift it, so a resumed run draws exactly what an
         # uninterrupted one does.
-        self.noise = torch.Generator(device).manual_seed(tc.seed + 104729)
+        # On the CPU whatever the device: MT19937 there, Philox on CUDA, so a generator on
+        # the device would train another noise stream on a GPU under the same run id, and
+        # its saved state would not resume on the other kind of device.
+        self.noise = torch.Generator().manual_seed(tc.seed + 104729)
 
     def autocast(self):
         """bf16 autocast when ``train.amp``, on CUDA and on the CPU alike; the losses
@@ -118,24 +167,20 @@ class TrainStep:
         return nullcontext()
 
     def draw(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """z and fake labels: this rank's slice of the global batch's draw."""
+        """z and fake labels: this rank's slice of the global batch's draw, on the device."""
         B, z_dim = self.cfg.train.batch_size, self.cfg.model.z_dim
-        z = torch.randn(B, z_dim, device=self.device, generator=self.noise)
-        if self.num_classes > 0:
-            y = torch.randint(0, self.num_classes, (B,), device=self.device, generator=self.noise)
-        else:
-            y = torch.zeros(B, dtype=torch.long, device=self.device)
-        return z[self.local], y[self.local]
+        return draw_noise(self.noise, B, z_dim, self.num_classes, self.device, self.local)
 
     def ema_update(self, step: int) -> None:
         """G_ema moves towards G (a copy of it until ``train.ema_start``)."""
         tc = self.cfg.train
         decay = tc.ema if step > tc.ema_start else 0.0
         with torch.no_grad():
+            # One foreach call each (a few fused kernels on CUDA, not one per tensor);
+            # on the CPU bit for bit what per-tensor lerp_ and copy_ compute.
             ema_p = list(self.G_ema.parameters())
             torch._foreach_lerp_(ema_p, list(self.G.parameters()), 1.0 - decay)
-            for be, b in zip(self.G_ema.buffers(), self.G.buffers(), strict=True):
-                be.copy_(b)
+            torch._foreach_copy_(list(self.G_ema.buffers()), list(self.G.buffers()))
 
     def __call__(self, batches: Any, first_bad: torch.Tensor, step: int) -> dict[str, torch.Tensor]:
         """G step number ``step`` (1-based): its D updates, the G update and the EMA.
@@ -184,4 +229,4 @@ class TrainStep:
         }
 
 
-__all__ = ["TrainStep"]
+__all__ = ["TrainStep", "draw_noise", "to_device", "with_ema_copy"]

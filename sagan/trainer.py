@@ -56,11 +56,10 @@ class Stopped(Exception):
 
 
 def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device: cuda was asked for but no CUDA device is visible")
-    return torch.device(name)
+    """``train.device`` for this process (its own GPU under DDP):
+    :func:`sagan.distributed.local_device` with this process's environment."""
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return distributed.local_device(name, os.environ, count)
 
 
 def seed_everything(seed: int) -> None:
@@ -118,9 +117,8 @@ class Trainer:
         self.is_main = self.rank == 0
         self.device = pick_device(tc.device)
         self.cuda = self.device.type == "cuda"
-        if self.cuda and self.world > 1:
-            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-            torch.cuda.set_device(self.device)
+        if self.cuda:
+            torch.cuda.set_device(self.device)  # what the job joined its process group on
         seed_everything(tc.seed)  # the models' initialisation draws from the global RNG
         self.data_id = data_id or data_identity(cfg.data)
         self.dataset = build_dataset(cfg.data, "train")
@@ -188,6 +186,12 @@ class Trainer:
             raise CheckpointError(
                 f"{path}: written by an older sagan-bench without the training noise generator; "
                 "it cannot be resumed exactly. Start the run anew in a new directory."
+            )
+        if rng["noise"].numel() != self.noise.get_state().numel():
+            raise CheckpointError(
+                f"{path}: its training noise generator state has {rng['noise'].numel()} bytes, "
+                f"not a CPU generator's {self.noise.get_state().numel()}: it was drawn on a GPU "
+                "by an older sagan-bench and cannot be resumed exactly. Start the run anew."
             )
         self.noise.set_state(rng["noise"])
         per_rank = rng.get("process_per_rank")

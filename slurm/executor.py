@@ -139,7 +139,8 @@ class SlurmExecutor(Executor):
         ex = self._submitit(kind)
         # Submitting from inside an allocation must not pass its SLURM_* to the jobs.
         with submitit.helpers.clean_env(), ex.batch():
-            submitted = [ex.submit(TrainCell(t.run_dir, t.rescore)) for t in tasks]
+            gpus = self.profile.gpus_per_node
+            submitted = [ex.submit(TrainCell(t.run_dir, t.rescore, gpus)) for t in tasks]
         now = time.time()
         out = {}
         for i, (task, job) in enumerate(zip(tasks, submitted, strict=True)):

@@ -43,23 +43,61 @@ def _log_to_stdout() -> None:
             logger.setLevel(logging.INFO)
 
 
-def _join_process_group() -> None:
-    """One process per task: NCCL between GPUs, gloo on CPUs. Rank 0 may evaluate for
-    a long time while the others wait at a barrier, hence the long timeout."""
+def _run_device(run_dir: Path) -> str:
+    """The run's ``train.device``; ``auto`` when its config cannot be read (the worker
+    then reports why, under the run's lock)."""
+    from sagan.config import ConfigError, load_config
+
+    try:
+        return load_config(run_dir / "config.yaml").train.device
+    except ConfigError:
+        return "auto"
+
+
+def _gpus_on_node(gpus_per_node: int | None) -> int:
+    """The GPUs the job was given per node: the profile's, or for a cell pickled before
+    it carried them, what SLURM says it allocated."""
+    if gpus_per_node is not None:
+        return gpus_per_node
+    return int(os.environ.get("SLURM_GPUS_ON_NODE", "0") or 0)
+
+
+def _join_process_group(gpus_per_node: int, device: str) -> None:
+    """One process per task: NCCL between GPUs, gloo on CPUs, chosen from the job's
+    resources so that every rank chooses the same. Rank 0 may evaluate for a long time
+    while the others wait at a barrier, hence the long timeout."""
     import datetime
+    import inspect
 
     import torch
     import torch.distributed as dist
 
-    dist_env = submitit.helpers.TorchDistributedEnvironment().export()
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
-    dist.init_process_group(backend=backend, timeout=datetime.timedelta(hours=2))
+    from sagan import distributed
+
+    # Every GPU of the node stays visible (submitit's default would set
+    # CUDA_VISIBLE_DEVICES to the local rank, a wrong GPU where SLURM had already
+    # narrowed the list); sagan.distributed.local_device picks this task's.
+    dist_env = submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+    backend = distributed.backend_for(gpus_per_node, device)
+    kwargs = {}
+    where = "cpu"
+    if backend == "nccl":
+        count = torch.cuda.device_count()
+        dev = distributed.local_device("cuda", os.environ, count)
+        # Before the group exists: NCCL's communicator is bound to this device, and
+        # never to cuda:0 on every rank.
+        torch.cuda.set_device(dev)
+        if "device_id" in inspect.signature(dist.init_process_group).parameters:
+            kwargs["device_id"] = dev
+        where = str(dev)
+    dist.init_process_group(backend=backend, timeout=datetime.timedelta(hours=2), **kwargs)
     log.info(
-        "rank %d of %d (local rank %d) via %s at %s:%s",
+        "rank %d of %d (local rank %d) via %s on %s at %s:%s",
         dist_env.rank,
         dist_env.world_size,
         dist_env.local_rank,
         backend,
+        where,
         dist_env.master_addr,
         dist_env.master_port,
     )
@@ -68,9 +106,10 @@ def _join_process_group() -> None:
 class TrainCell(submitit.helpers.Checkpointable):
     """Train one run directory in a SLURM job; requeue it when SLURM warns of the end."""
 
-    def __init__(self, run_dir: str | Path, rescore: bool = False):
+    def __init__(self, run_dir: str | Path, rescore: bool = False, gpus_per_node: int = 0):
         self.run_dir = str(run_dir)
         self.rescore = rescore
+        self.gpus_per_node = gpus_per_node
 
     def __call__(self) -> str:
         _log_to_stdout()
@@ -92,7 +131,8 @@ class TrainCell(submitit.helpers.Checkpointable):
             self.run_dir,
         )
         if env.num_tasks > 1:
-            _join_process_group()
+            gpus = _gpus_on_node(self.__dict__.get("gpus_per_node"))
+            _join_process_group(gpus, _run_device(Path(self.run_dir)))
         try:
             rc = worker.run(Path(self.run_dir), stop=stop, rescore=self.rescore)
         finally:

@@ -356,6 +356,11 @@ def sbatch_parameters(profile: Profile) -> dict[str, Any]:
         "additional_parameters": {k: v for k, v in profile.sbatch.items() if v is not False}
         | {"signal": f"{profile.signal}@{profile.signal_delay_s}"},
         "stderr_to_stdout": True,
+        # Several tasks (DDP): one that dies ends the others, which would otherwise wait
+        # in a collective until the process group's timeout.
+        "srun_args": ["--kill-on-bad-exit=1"]
+        if profile.nodes * profile.tasks_per_node > 1
+        else None,
     }
     return {k: v for k, v in params.items() if v is not None}
 

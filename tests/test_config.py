@@ -119,6 +119,8 @@ def test_a_checkpoint_older_than_a_key_stands_for_what_the_code_did_then():
         ("model", "sn_g_step"),
         ("train", "sync_bn"),
         ("train", "compile"),
+        ("train", "tf32"),
+        ("train", "cudnn_benchmark"),
     ]:
         del old[section][key]
     # Before these keys: PyTorch's BN momentum 0.1 and u moved in the G step.
@@ -130,3 +132,11 @@ def test_a_checkpoint_older_than_a_key_stands_for_what_the_code_did_then():
 def test_bn_group_must_divide_the_batch():
     with pytest.raises(ConfigError, match="model.bn_group: 3 does not divide train.batch_size=8"):
         build_config(BASE, {"model.bn_group": 3, "train.batch_size": 8})
+
+
+def test_sync_bn_with_batch_norm_groups_is_refused_naming_both_keys():
+    """SyncBatchNorm would replace the grouped batch norm: the groups would vanish."""
+    with pytest.raises(ConfigError, match=r"train.sync_bn: true .* model.bn_group: 4"):
+        build_config(BASE, {"train.sync_bn": True, "model.bn_group": 4, "train.batch_size": 8})
+    build_config(BASE, {"train.sync_bn": True})
+    build_config(BASE, {"model.bn_group": 4, "train.batch_size": 8})

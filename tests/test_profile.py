@@ -251,3 +251,39 @@ def test_bundled_profiles_ship_with_the_package():
     assert BUNDLED.name == "profiles" and BUNDLED.parent.name == "slurm"
     text = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
     assert 'slurm = ["profiles/*.yaml"]' in text
+
+
+def test_a_multi_task_job_ends_all_its_tasks_when_one_dies(tmp_path):
+    """Without it, the ranks left alive wait in DDP's collective until its timeout."""
+    (srun,) = [
+        line
+        for line in sbatch_script(
+            load_profile("local", {"tasks_per_node": 2}), tmp_path
+        ).splitlines()
+        if line.startswith("srun ")
+    ]
+    assert "--kill-on-bad-exit=1" in srun.split()
+    single = sbatch_script(load_profile("local"), tmp_path)
+    assert "--kill-on-bad-exit" not in single
+    two_nodes = sbatch_parameters(Profile(nodes=2))
+    assert two_nodes["srun_args"] == ["--kill-on-bad-exit=1"]
+
+
+def test_the_dry_run_of_a_multi_task_grid_shows_kill_on_bad_exit(tmp_path, capsys):
+    from ablations import run as run_cli
+
+    grid = {
+        "name": "ddp",
+        "base": {
+            "data": {"name": "synthetic", "resolution": 32},
+            "model": {"ch": 8, "z_dim": 8},
+            "train": {"steps": 2, "batch_size": 4, "device": "cpu"},
+        },
+        "axes": {"lr": {"equal": {"train.lr_g": 0.0004}}},
+    }
+    path = write(tmp_path, grid, "ddp.yaml")
+    argv = [str(path), "--out", str(tmp_path / "runs"), "--executor", "slurm"]
+    argv += ["--profile", "local", "slurm.tasks_per_node=2", "--dry-run"]
+    assert run_cli.main(argv) == 0
+    (srun,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("srun ")]
+    assert "--kill-on-bad-exit=1" in srun

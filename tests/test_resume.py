@@ -354,3 +354,15 @@ def test_a_kill_between_an_evaluation_and_the_status_keeps_the_best_checkpoint(t
     for key in ("best", "latest", "best_checkpoint"):
         assert got[key] == want[key], key
     assert best in {step for step, _ in list_checkpoints(run)}
+
+
+def test_a_noise_state_drawn_on_a_gpu_is_refused_naming_its_size(tmp_path):
+    """A CUDA generator's (Philox) state cannot continue a CPU generator's stream."""
+    run = tmp_path / "run"
+    assert train(config(**{"train.steps": 4}), run, progress=False) == "done"
+    path = list_checkpoints(run)[0][1]
+    state = load_checkpoint(path)
+    state["rng"]["noise"] = torch.zeros(16, dtype=torch.uint8)  # a CUDA generator's size
+    torch.save(state, path)
+    with pytest.raises(CheckpointError, match=r"noise generator state has 16 bytes, not a CPU"):
+        train(config(**{"train.steps": 8}), run, progress=False)

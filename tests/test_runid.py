@@ -172,3 +172,10 @@ def test_every_key_newer_than_the_frozen_table_says_what_it_meant_before():
         and k not in LEGACY_DEFAULTS
     ]
     assert unknown == []
+
+
+def test_tf32_enters_the_run_id_only_when_switched_on_and_cudnn_benchmark_never():
+    base = run_id(build_config(BASE))
+    assert run_id(build_config(BASE, {"train.tf32": False})) == base
+    assert run_id(build_config(BASE, {"train.tf32": True})) != base
+    assert run_id(build_config(BASE, {"train.cudnn_benchmark": False})) == base

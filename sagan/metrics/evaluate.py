@@ -22,7 +22,13 @@ import torch
 from torch.utils.data import Dataset
 
 from sagan.metrics.errors import MetricsError
-from sagan.metrics.fidelity import FeatureAccumulator, compute_metrics, feature_extractor, to_uint8
+from sagan.metrics.fidelity import (
+    FeatureAccumulator,
+    compute_metrics,
+    exact_float32,
+    feature_extractor,
+    to_uint8,
+)
 from sagan.metrics.protocol import (
     INCEPTION_METRICS,
     ISC_SPLITS,
@@ -68,7 +74,10 @@ def sample_batches(
         b = min(batch_size, n - start)
         z = torch.randn(b, G.z_dim, generator=gen)
         y = torch.randint(0, max(num_classes, 1), (b,), generator=gen)
-        yield G(z.to(device), y.to(device))
+        # Exact float32, as the features are: the protocol records "tf32": false.
+        with exact_float32(torch.device(device)):
+            images = G(z.to(device), y.to(device))
+        yield images
 
 
 class LazySplit(Dataset):

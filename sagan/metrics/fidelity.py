@@ -91,14 +91,12 @@ def exact_float32(device: torch.device) -> Iterator[None]:
         with torch.autocast(device.type, enabled=False):
             yield
         return
-    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
-    try:
-        with torch.autocast("cuda", enabled=False):
-            yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+    from sagan.precision import exact_fp32
+
+    # Through sagan.precision: after train.tf32 set the flags with torch's current
+    # API, reading the legacy allow_tf32 flags here would raise.
+    with exact_fp32(), torch.autocast("cuda", enabled=False):
+        yield
 
 
 class FeatureAccumulator:
