@@ -58,7 +58,8 @@ def _in_grid_order(runs: pd.DataFrame, order: dict[str, list[str]]) -> pd.DataFr
 
     def rank(col: pd.Series) -> pd.Series:
         levels = order[col.name.removeprefix("axis.")]
-        return col.map(lambda v: levels.index(v) if v in levels else len(levels))
+        where = {v: i for i, v in reversed(list(enumerate(levels)))}
+        return col.map(lambda v: where.get(v, len(levels)))
 
     return runs.sort_values(keys, key=rank, kind="stable") if keys else runs
 

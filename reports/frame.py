@@ -135,28 +135,49 @@ def _flat(prefix: str, d: dict[str, Any]) -> dict[str, Any]:
 
 @functools.lru_cache(maxsize=8192)
 def _config_section(text: str) -> tuple[str | None, bool, dict[str, Any]]:
-    """One top-level section of a config.yaml (``train:`` and its indented lines),
-    parsed and flattened: (its key, whether its value is null, its ``config.*``
-    columns). Sections repeat across a grid's runs (only the varied keys differ), so
-    each distinct one is parsed once: libyaml's loader builds Python objects at about
-    a third of a millisecond per config, which at 10,000 runs is most of a report."""
+    """One part of a config.yaml (see :func:`_sections`), parsed and flattened: (its
+    top-level key, whether that key's value is null, its ``config.*`` columns). Parts
+    repeat across a grid's runs (only the varied keys differ), so each distinct one is
+    parsed once: libyaml's loader builds Python objects at about a third of a
+    millisecond per config, which at 10,000 runs would be most of a report."""
     data = yaml.load(text, Loader=_LOADER)
     if not isinstance(data, dict) or len(data) != 1:
         raise yaml.YAMLError("not one top-level key")
     ((key, value),) = data.items()
+    if text.count("\n") > 1 and not isinstance(value, dict):
+        raise yaml.YAMLError("a key with a block under it that is not a mapping")
     return str(key), value is None, _flat("config.", data)
 
 
-def _sections(text: str) -> list[str]:
-    """config.yaml cut before each top-level key: each part is a YAML document of its own
-    (lines that are indented, or a block list item, belong to the key above them)."""
+def _cut(lines: list[str], indent: str) -> list[list[str]]:
+    """``lines`` cut before each key at exactly ``indent``: lines indented deeper, or
+    a block list item at that indent, belong to the key above them."""
     parts: list[list[str]] = []
-    for line in text.splitlines(keepends=True):
-        top = line[:1] not in (" ", "-", "#", "\n", "\t", "") and not line.startswith("...")
-        if top or not parts:
+    width = len(indent)
+    for line in lines:
+        head = line[width : width + 1]
+        starts = line.startswith(indent) and head not in (" ", "-", "#", "\n", "\t", "")
+        if starts or not parts:
             parts.append([])
         parts[-1].append(line)
-    return ["".join(p) for p in parts if "".join(p).strip()]
+    return parts
+
+
+def _sections(text: str) -> list[str]:
+    """config.yaml cut into small YAML documents of their own: each top-level key, and
+    within a block mapping each of its keys under the top-level key's line (``train:``
+    then ``  seed: 3``), so that what varies between a grid's runs is a few lines."""
+    out = []
+    for part in _cut(text.splitlines(keepends=True), ""):
+        if not "".join(part).strip():
+            continue
+        head, body = part[0], part[1:]
+        items = _cut(body, "  ")
+        if head.rstrip().endswith(":") and body and all(i[0].startswith("  ") for i in items):
+            out += [head + "".join(item) for item in items]
+        else:
+            out.append("".join(part))
+    return out
 
 
 def _read_config(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:

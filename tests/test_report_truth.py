@@ -398,3 +398,25 @@ def test_the_warning_names_the_canonical_inception_file(tmp_path):
     t = _table1(tmp_path, 1_000_000, canonical=False, best=False)
     html = build(tmp_path).read_text()
     assert "weights-inception-2015-12-05-6726825d.pth" in html and t
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        to_yaml(build_config({**SYN, "model": {"attn_g": [8, 16]}, "final": {"metrics": ["fid"]}})),
+        to_yaml(build_config(SYN)),
+        "data: {name: synthetic}\nfinal: null\ntrain:\n  betas:\n  - 0.0\n  - 0.9\n  seed: 3\n",
+        "# a comment\ntrain: &t\n  seed: 1\neval:\n  <<: *t\n",  # an alias across parts
+        "train:\n  steps: 10\n  nested:\n    a: [1, 2]\n    b: {c: 3}\n",
+    ],
+)
+def test_the_config_columns_are_those_of_the_whole_file(tmp_path, text):
+    import yaml
+
+    from reports import frame
+
+    (tmp_path / "config.yaml").write_text(text)
+    whole = yaml.safe_load(text) or {}
+    columns, facts = frame._read_config(tmp_path)
+    assert columns == frame._flat("config.", whole)
+    assert facts["has_final"] == (whole.get("final") is not None)
