@@ -128,6 +128,7 @@ def test_a_nonfinite_seed_is_counted_shown_and_never_bold(tmp_path):
         ("dead", 0): [_fid(float("inf"))],
         ("worse", 0): [_fid(50)],
         ("worse", 1): [_fid(52)],
+        ("lastnan", 0): [_monitored(50, 10.0), _monitored(100, float("nan")), _fid(60)],
     }
     _grid(tmp_path, "g", "arm", runs)
     t = _summary(_summaries(tmp_path), "g")
@@ -140,13 +141,17 @@ def test_a_nonfinite_seed_is_counted_shown_and_never_bold(tmp_path):
     assert "best" in _cell(t, ("base",), 1)["cls"]
     last = _cell(t, ("collapsed",), 3)
     assert last["text"] == "15.00"  # best/last monitored: the one finite monitored value
+    # The newest monitored value is NaN: that is the last value, not the earlier 10;
+    # the best value is the best finite one.
+    assert _cell(t, ("lastnan",), 3)["text"] == "nan"
+    assert _cell(t, ("lastnan",), 2)["text"] == "10.00"
     dead = _cell(t, ("dead",), 1)
     assert dead["text"] == "inf" and "bad" in dead["cls"]
     assert dead["sub"].startswith("n=0 of 1 (1 non-finite: inf at step 100")
     assert any("non-finite" in n and "never marked best" in n for n in t["notes"])
     # The values themselves, from the stats layer.
     v = per_run(read_store(tmp_path), "fid", "final")
-    assert v["finite"].sum() == 7 and (~v["finite"]).sum() == 2
+    assert v["finite"].sum() == 8 and (~v["finite"]).sum() == 2
 
 
 def test_final_scores_at_both_checkpoints_are_two_labelled_values(tmp_path):
