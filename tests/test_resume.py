@@ -354,3 +354,41 @@ def test_a_kill_between_an_evaluation_and_the_status_keeps_the_best_checkpoint(t
     for key in ("best", "latest", "best_checkpoint"):
         assert got[key] == want[key], key
     assert best in {step for step, _ in list_checkpoints(run)}
+
+
+# --- a stop request during an evaluation ---------------------------------------------
+
+EVALUATED = {
+    "train.steps": 4,
+    "eval.every": 2,
+    "eval.metrics": ["consistency"],
+    "eval.n_samples": 32,
+    "eval.batch_size": 8,
+}
+
+
+def _evaluations(run_dir):
+    """eval.jsonl without what the clock writes."""
+    return [
+        {k: v for k, v in r.items() if k not in ("time", "wall_s", "timing")}
+        for r in rundir.read_jsonl(Path(run_dir) / "eval.jsonl")
+    ]
+
+
+def test_a_stop_during_an_evaluation_abandons_it_and_the_resume_redoes_it_exactly(tmp_path):
+    cfg = config(**EVALUATED)
+    whole, stopped = tmp_path / "whole", tmp_path / "stopped"
+    assert train(cfg, whole, progress=False) == "done"
+    # The loop looks once at step 1; the evaluation of step 2 looks before each of its
+    # 4 batches: the 3rd look falls inside it.
+    assert train(cfg, stopped, progress=False, stop=_StopAtCall(3)) == "interrupted"
+    status = rundir.read_status(stopped)
+    assert (status["state"], status["step"], status["stops"]) == ("interrupted", 2, 1)
+    assert status.get("failures", 0) == 0
+    assert list_checkpoints(stopped)[0][0] == 2
+    assert _evaluations(stopped) == [], "an abandoned evaluation records nothing"
+    assert train(cfg, stopped, progress=False) == "done"
+    _assert_same_end(whole, stopped)
+    assert _evaluations(stopped) == _evaluations(whole)
+    want, got = rundir.read_status(whole), rundir.read_status(stopped)
+    assert (got["best"], got["latest"]) == (want["best"], want["latest"])
