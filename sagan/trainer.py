@@ -82,6 +82,31 @@ def record_failure(status: dict[str, Any], error: BaseException | str, **fields:
     )
 
 
+def record_interruption(status: dict[str, Any], checkpoint_step: int, **fields: Any) -> str:
+    """Mark ``status`` interrupted (resumable, not a failure), its newest checkpoint at
+    ``checkpoint_step``; returns the state recorded.
+
+    Every interruption goes through here, the loop's own stops as the jobs SLURM ended
+    (preempted, timed out), because only a place that sees them all can tell that two
+    in a row left the same newest checkpoint: such a run made no progress in between
+    and would be resumed and interrupted forever, so the second is a failure that
+    says why (and ``--max-attempts`` bounds it).
+    """
+    if status.get("interrupted_at_step") == checkpoint_step:
+        record_failure(
+            status,
+            "no progress between two interruptions: both left the newest checkpoint at "
+            f"G step {checkpoint_step}. A job's time limit leaves too little to resume and "
+            "reach the next checkpoint (with any evaluation owed): raise the profile's time, "
+            "or lower signal_delay_s, train.ckpt_every or eval.n_samples",
+            **fields,
+        )
+    else:
+        status.update(state="interrupted", **fields)
+    status["interrupted_at_step"] = checkpoint_step
+    return status["state"]
+
+
 def sample_inputs(
     cfg: Config, num_classes: int, n: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -327,7 +352,9 @@ class Trainer:
         Every start is an attempt; only a failure (any exception, in restoring as in
         training) counts in ``failures``. A stop by KeyboardInterrupt is ``interrupted``,
         and so is a stop requested through ``stop`` (counted in ``stops``), which
-        returns ``interrupted`` after checkpointing the step it stopped at.
+        returns ``interrupted`` after checkpointing the step it stopped at, unless the
+        previous interruption left the same checkpoint (:func:`record_interruption`):
+        then ``failed``.
         """
         tc = self.cfg.train
         status = rundir.read_status(self.run_dir)
@@ -365,8 +392,11 @@ class Trainer:
             status.update(state="diverged", diverged_step=e.step, step=self.step)
             self.progress.write(f"diverged: {e}; recorded as a result, not a crash")
         except Stopped as e:
-            status.update(state="interrupted", step=self.step, stops=status.get("stops", 0) + 1)
-            self.progress.write(f"{e}; resume continues from here")
+            status["stops"] = status.get("stops", 0) + 1
+            if record_interruption(status, self.step, step=self.step) == "failed":
+                self.progress.write(f"{e}; {status['error']}")
+            else:
+                self.progress.write(f"{e}; resume continues from here")
         except KeyboardInterrupt:
             status.update(state="interrupted", step=self.step)
             self._write_status(status)

@@ -392,3 +392,16 @@ def test_a_stop_during_an_evaluation_abandons_it_and_the_resume_redoes_it_exactl
     assert _evaluations(stopped) == _evaluations(whole)
     want, got = rundir.read_status(whole), rundir.read_status(stopped)
     assert (got["best"], got["latest"]) == (want["best"], want["latest"])
+
+
+def test_a_second_stop_without_progress_is_a_failure_that_says_why(tmp_path):
+    cfg = config(**EVALUATED)
+    assert train(cfg, tmp_path, progress=False, stop=_StopAtCall(3)) == "interrupted"
+    # The owed evaluation of step 2 is stopped again at its first batch: the run would
+    # be requeued, resumed and stopped forever.
+    assert train(cfg, tmp_path, progress=False, stop=_StopAtCall(1)) == "failed"
+    status = rundir.read_status(tmp_path)
+    assert (status["state"], status["step"], status["failures"]) == ("failed", 2, 1)
+    assert "no progress between two interruptions" in status["error"]
+    assert "G step 2" in status["error"]
+    assert train(cfg, tmp_path, progress=False) == "done"  # retried with time enough
