@@ -20,6 +20,17 @@ from sagan import rundir
 from sagan.checkpoint import list_checkpoints
 from sagan.trainer import record_failure, record_interruption
 
+# What uses up the profile's max_requeues, as submitit 1.5 decides it
+# (submitit/core/job_environment.py, SignalHandler.has_timed_out): shown by
+# ablations.status and said in the README.
+REQUEUE_RULE = (
+    "max_requeues counts timeouts only: submitit calls a signal a timeout when the job "
+    "(since it or its requeue started) has run at least min(0.8 x time, time - 10 min), "
+    "which is every signal when time <= 10 min; any earlier signal (a preemption, scancel "
+    "--signal) requeues without counting. A timeout with none left is not requeued: the "
+    "job ends FAILED and its run is recorded as failed."
+)
+
 # SLURM's states, as this suite names them. Only queued, running and requeued jobs
 # (requeue-held included) are followed. PREEMPTED is an end: with PreemptMode=CANCEL
 # nothing runs the job again, and a job SLURM does requeue shows PENDING or REQUEUED

@@ -97,8 +97,11 @@ class Profile(BaseModel):
                                      preemption (a name from Python's ``signal``
                                      without ``SIG``); the job checkpoints and requeues
     signal_delay_s      120          seconds before the limit that the signal arrives
-    max_requeues        100          requeues after a time limit before the job is given
-                                     up (preemptions do not count)
+    max_requeues        100          timeouts requeued before the job is given up: a
+                                     signal after min(0.8 x time, time - 10 min) of
+                                     the job's run is a timeout (every one when
+                                     time <= 10); an earlier one (a preemption) is
+                                     requeued without counting
     setup               []           shell lines run in the job before python (module
                                      loads, environment activation)
     sbatch              {}           extra sbatch parameters, keys without dashes, e.g.

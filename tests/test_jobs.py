@@ -162,3 +162,15 @@ def test_a_timed_out_job_after_progress_is_an_interruption_again(scheduler, cell
     scheduler(sacct="78_0|TIMEOUT|0:0|TimeLimit\n")
     assert jobs.settle(d, jobs.views([d])[d]) == "interrupted"
     assert rundir.read_status(d).get("failures", 0) == 0
+
+
+def test_status_says_what_uses_up_max_requeues_under_slurm_jobs(
+    scheduler, cell_dir, tmp_path, capsys
+):
+    from ablations import status as status_cli
+
+    scheduler(sacct="77_0|RUNNING|0:0|None\n")
+    assert status_cli.main([str(tmp_path / "mini.yaml"), "--out", str(tmp_path / "runs")]) == 0
+    out = capsys.readouterr().out
+    assert "max_requeues counts timeouts only" in out
+    assert "min(0.8 x time, time - 10 min)" in out
