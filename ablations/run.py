@@ -226,7 +226,7 @@ def build_executor(args, grid: Grid, store: RunStore) -> Executor:
             raise GridError(f"{' '.join(args.overrides)}: profile overrides need --executor slurm")
         jobs = args.jobs or getattr(spec, "jobs", 1)
         return make_executor("local", jobs=jobs)
-    from slurm.profile import ProfileError, bundled_profiles, load_profile
+    from slurm.profile import ProfileError, bundled_profiles, check_cells, load_profile
 
     profile_name = args.profile or getattr(spec, "profile", None)
     if profile_name is None:
@@ -243,6 +243,10 @@ def build_executor(args, grid: Grid, store: RunStore) -> Executor:
         )
     except ProfileError as e:
         raise GridError(f"{e}\nnothing was submitted.") from None
+    problems = check_cells(profile, [(c.label(), c.config) for c in grid.cells])
+    if problems:
+        lines = "\n".join(f"{grid.path}: {p}" for p in problems)
+        raise GridError(f"{lines}\non the SLURM profile {profile.source}\nnothing was submitted.")
     return make_executor(
         "slurm", out=store.out, profile=profile, detach=args.detach, job_name=f"sagan-{grid.name}"
     )

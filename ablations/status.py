@@ -4,8 +4,12 @@ One row per cell with its state, G step and the latest FID/IS (or the synthetic
 consistency score). Cells submitted to SLURM also show their job id, the job's state
 as ``sacct`` has it (queued, running, requeued, completed, preempted, failed, cancelled,
 timeout, or vanished) and its log, and a job that ended without finishing its run
-is explained below the table. Reads the run store and the scheduler only; starts
-and changes nothing.
+is explained below the table, followed by what uses up the profile's
+``max_requeues``: only timeouts, as submitit tells them (a signal after
+min(0.8 x time, time - 10 min) of the job's run, so every signal when time <= 10 min);
+a preemption or any earlier signal requeues without counting, and a timeout with none
+left ends the job FAILED, its run failed. Reads the run store and the scheduler only;
+starts and changes nothing.
 """
 
 from __future__ import annotations
@@ -50,6 +54,10 @@ def main(argv: list[str] | None = None) -> int:
         st = store.state(c)
         if job and not job.live and st.state not in FINAL_STATES:
             print(f"{c.label()} ({c.run_id}): {job.reason()}; log: {job.log}")
+    if jobs:
+        from slurm.jobs import REQUEUE_RULE
+
+        print(f"\n{REQUEUE_RULE}")
     return 0
 
 

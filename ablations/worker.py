@@ -6,8 +6,8 @@ It reads ``RUN_DIR/config.yaml`` only once it holds the claim. A run that is don
 is then scored under its ``final`` protocol, if it owes that (``--rescore``: look
 again even if it does not). Exit status: 0 done
 or diverged (both results), 1 failed, 2 bad config or a refused resume (the run is
-left as it was), 3 claimed by another process, 4 stopped on request (``stop`` set,
-checkpointed at a step boundary: resume it later).
+left as it was), 3 claimed by another process, 4 stopped on request (``stop`` set:
+checkpointed at a step boundary, or a final scoring abandoned; resume it later).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from sagan import distributed
 from sagan.checkpoint import CheckpointError
 from sagan.config import ConfigError, load_config
 from sagan.data import DataError
-from sagan.metrics.errors import MetricsError
+from sagan.metrics.errors import EvaluationStopped, MetricsError
 from sagan.rundir import FINAL_STATES
 from sagan.score import score_final
 from sagan.train import train
@@ -45,7 +45,12 @@ def run(run_dir: Path, stop: threading.Event | None = None, rescore: bool = Fals
         state = train(cfg, run_dir, progress=False, stop=stop)
         if state == "done" and cfg.final is not None and distributed.is_main():
             # The scoring of record, owed once training is done (sagan.score).
-            score_final(cfg, run_dir, device=pick_device(cfg.train.device), again=rescore)
+            device = pick_device(cfg.train.device)
+            asked = stop.is_set if stop is not None else None
+            score_final(cfg, run_dir, device=device, again=rescore, stop=asked)
+    except EvaluationStopped as e:  # the scoring is owed still; the next start does it
+        print(f"{run_dir}: {e}", file=sys.stderr)
+        return EXIT_STOPPED
     except (ConfigError, DataError, MetricsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -108,15 +108,6 @@ def gather(obj: Any) -> list[Any]:
     return out
 
 
-def any_flag(flag: bool, device: torch.device) -> bool:
-    """Whether any rank's ``flag`` is set (one collective; a host sync)."""
-    if not active():
-        return flag
-    t = torch.tensor([int(flag)], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
-
-
 def mean(t: torch.Tensor) -> torch.Tensor:
     """The mean of ``t`` over the ranks (a new tensor; gloo has no AVG)."""
     if not active():
@@ -134,3 +125,41 @@ def first_step(step: torch.Tensor) -> torch.Tensor:
         dist.all_reduce(step, op=dist.ReduceOp.MIN)
         step.copy_(torch.where(step == big, -1, step))
     return step
+
+
+class StopVote:
+    """Whether any rank was asked to stop, agreed by every rank one step later, without
+    making any rank wait for it within a step.
+
+    Each call starts an all-reduce (MAX) of this rank's flag without waiting for it
+    (``async_op``) and returns the result of the one started at the previous call, which
+    every rank has started too by then (the step's gradient all-reduce lies between
+    them). Every rank therefore stops at the same step, at most one step after the
+    first rank was asked. The flags travel on a gloo group of their own, on the CPU: no
+    device sync, and no place in the order of the step's NCCL collectives. Call it at
+    the same steps on every rank; call :meth:`close` when done with it.
+    """
+
+    def __init__(self) -> None:
+        self.group = dist.new_group(backend="gloo") if active() else None
+        self.pending: tuple[Any, torch.Tensor] | None = None
+
+    def __call__(self, flag: bool) -> bool:
+        """Whether the ranks agreed to stop (one process: ``flag`` itself)."""
+        if not active():
+            return flag
+        agreed = self.close()
+        if not agreed:
+            t = torch.tensor([int(flag)], dtype=torch.int32)
+            work = dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self.group, async_op=True)
+            self.pending = (work, t)
+        return agreed
+
+    def close(self) -> bool:
+        """Wait for the vote in flight, if any; whether it said stop."""
+        if self.pending is None:
+            return False
+        work, t = self.pending
+        self.pending = None
+        work.wait()
+        return bool(t.item())

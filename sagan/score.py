@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ import torch
 from sagan import rundir
 from sagan.checkpoint import CheckpointError, list_checkpoints, load_checkpoint
 from sagan.config import Config, EvalConfig, to_dict
+from sagan.metrics.errors import EvaluationStopped
 from sagan.models import load_generator
 
 log = logging.getLogger("sagan.score")
@@ -82,16 +84,23 @@ def _targets(cfg: Config, run_dir: Path) -> list[tuple[str, int, Path]]:
 
 
 def score_final(
-    cfg: Config, run_dir: Path, device: torch.device | str = "cpu", again: bool = False
+    cfg: Config,
+    run_dir: Path,
+    device: torch.device | str = "cpu",
+    again: bool = False,
+    stop: Callable[[], bool] | None = None,
 ) -> list[dict[str, Any]]:
     """Score the run under ``cfg.final``; return the records made (none if all were there).
 
     Args:
         again: look again even if the status says this ``final`` section was scored
             (``--rescore``: catches what the config does not show, a new weights file).
+        stop: asked before each batch; when it says True the scoring in progress is
+            abandoned (what was recorded before it stays) and the rest is still owed.
 
     Raises:
         CheckpointError, MetricsError, DataError: nothing could be scored.
+        EvaluationStopped: ``stop`` said True; not recorded as a failure.
     """
     from sagan.metrics import evaluate_generator
     from sagan.metrics.evaluate import planned_protocol, reference_set
@@ -127,12 +136,14 @@ def score_final(
             else:
                 G = load_generator(cfg, state, ema=use_ema, device=device)
                 record = evaluate_generator(
-                    G, ecfg, step=step, device=device, ema=use_ema, reference=reference
+                    G, ecfg, step=step, device=device, ema=use_ema, reference=reference, stop=stop
                 )
             record.update(origin="final", checkpoint=role, checkpoint_file=path.name)
             rundir.append_jsonl(run_dir / "eval.jsonl", record)
             _record_in_status(run_dir, cfg, record, role)
             made.append(record)
+    except EvaluationStopped:
+        raise  # owed still, and no failure: the next start scores it
     except Exception as e:
         # Said in status.json so that a report tells "scoring failed" from "not
         # scored"; the run stays done, and the next invocation tries again.

@@ -123,7 +123,8 @@ def train(
     A run already ``done`` at ``train.steps``, or ``diverged``, is left as it is. The
     caller owns ``run_dir`` for the duration (the ablation worker holds its lock).
     Setting ``stop`` (from a signal handler, say) makes the run checkpoint at the next
-    step boundary and return ``interrupted``.
+    step boundary (or abandon the evaluation in progress, owed still) and return
+    ``interrupted``.
 
     Raises:
         ConfigError: the run's checkpoint was computed from another config or other

@@ -34,6 +34,7 @@ from sagan.checkpoint import (
 from sagan.config import Config, ConfigError, to_dict
 from sagan.data import build_dataset
 from sagan.data_identity import data_identity
+from sagan.metrics.errors import EvaluationStopped
 from sagan.models import attention_gammas
 from sagan.progress import Progress
 from sagan.step import TrainStep
@@ -48,7 +49,8 @@ class Diverged(Exception):
 
 
 class Stopped(Exception):
-    """Stopped on request at a step boundary, with a checkpoint of that step on disk."""
+    """Stopped on request at a step boundary (or in the evaluation after it, which is
+    then owed), with a checkpoint of that step on disk."""
 
     def __init__(self, step: int):
         super().__init__(f"stopped on request at G step {step}, checkpointed")
@@ -77,6 +79,31 @@ def record_failure(status: dict[str, Any], error: BaseException | str, **fields:
         error=error if isinstance(error, str) else f"{type(error).__name__}: {error}",
         **fields,
     )
+
+
+def record_interruption(status: dict[str, Any], checkpoint_step: int, **fields: Any) -> str:
+    """Mark ``status`` interrupted (resumable, not a failure), its newest checkpoint at
+    ``checkpoint_step``; returns the state recorded.
+
+    Every interruption goes through here, the loop's own stops as the jobs SLURM ended
+    (preempted, timed out), because only a place that sees them all can tell that two
+    in a row left the same newest checkpoint: such a run made no progress in between
+    and would be resumed and interrupted forever, so the second is a failure that
+    says why (and ``--max-attempts`` bounds it).
+    """
+    if status.get("interrupted_at_step") == checkpoint_step:
+        record_failure(
+            status,
+            "no progress between two interruptions: both left the newest checkpoint at "
+            f"G step {checkpoint_step}. A job's time limit leaves too little to resume and "
+            "reach the next checkpoint (with any evaluation owed): raise the profile's time, "
+            "or lower signal_delay_s, train.ckpt_every or eval.n_samples",
+            **fields,
+        )
+    else:
+        status.update(state="interrupted", **fields)
+    status["interrupted_at_step"] = checkpoint_step
+    return status["state"]
 
 
 def sample_inputs(
@@ -109,7 +136,8 @@ class Trainer:
     ):
         self.cfg = cfg
         # Set from outside (a signal handler before a time limit or a preemption): the
-        # loop checkpoints at the next step boundary and stops, never mid-step.
+        # loop checkpoints at the next step boundary and stops, never mid-step; an
+        # evaluation is abandoned at its next batch, and redone on resume.
         self.stop = stop
         self.run_dir = Path(run_dir)
         tc = cfg.train
@@ -270,7 +298,13 @@ class Trainer:
         use_ema = self.cfg.eval.use_ema and self.G_ema is not None
         G = self.G_ema if use_ema else self.G
         record = evaluate_generator(
-            G, self.cfg, step=self.step, device=self.device, ema=use_ema, run_dir=self.run_dir
+            G,
+            self.cfg,
+            step=self.step,
+            device=self.device,
+            ema=use_ema,
+            run_dir=self.run_dir,
+            stop=self._asked_to_stop,
         )
         record["origin"] = "train"
         rundir.append_jsonl(self.run_dir / "eval.jsonl", record)
@@ -322,7 +356,9 @@ class Trainer:
         Every start is an attempt; only a failure (any exception, in restoring as in
         training) counts in ``failures``. A stop by KeyboardInterrupt is ``interrupted``,
         and so is a stop requested through ``stop`` (counted in ``stops``), which
-        returns ``interrupted`` after checkpointing the step it stopped at.
+        returns ``interrupted`` after checkpointing the step it stopped at, unless the
+        previous interruption left the same checkpoint (:func:`record_interruption`):
+        then ``failed``.
         """
         tc = self.cfg.train
         status = rundir.read_status(self.run_dir)
@@ -360,8 +396,11 @@ class Trainer:
             status.update(state="diverged", diverged_step=e.step, step=self.step)
             self.progress.write(f"diverged: {e}; recorded as a result, not a crash")
         except Stopped as e:
-            status.update(state="interrupted", step=self.step, stops=status.get("stops", 0) + 1)
-            self.progress.write(f"{e}; resume continues from here")
+            status["stops"] = status.get("stops", 0) + 1
+            if record_interruption(status, self.step, step=self.step) == "failed":
+                self.progress.write(f"{e}; {status['error']}")
+            else:
+                self.progress.write(f"{e}; resume continues from here")
         except KeyboardInterrupt:
             status.update(state="interrupted", step=self.step)
             self._write_status(status)
@@ -378,15 +417,22 @@ class Trainer:
         return status["state"]
 
     def _loop(self, batches: Batches, status: dict[str, Any], writer) -> None:
+        vote = distributed.StopVote()
+        try:
+            self._steps(batches, status, writer, vote)
+        finally:
+            # Every rank started the vote in flight, so waiting for it cannot hang.
+            vote.close()
+
+    def _steps(
+        self, batches: Batches, status: dict[str, Any], writer, vote: distributed.StopVote
+    ) -> None:
         tc = self.cfg.train
         first_bad = torch.full((), -1, dtype=torch.long, device=self.device)
         self.progress.start(self.step)
         if self.step > 0 and self._eval_due(self.step):
-            # Killed while evaluating a checkpointed step: that evaluation is still owed.
-            if self.is_main:
-                self.evaluate(status)
-                rundir.write_status(self.run_dir, status)
-            distributed.barrier()
+            # Killed or stopped while evaluating a checkpointed step: still owed.
+            self._evaluate_or_stop(status)
         t0, s0 = time.perf_counter(), self.step
         while self.step < tc.steps:
             vals = self.train_step(batches, first_bad)
@@ -415,11 +461,8 @@ class Trainer:
             if is_ckpt:
                 self.save()
             if is_eval:
-                if self.is_main:
-                    self.evaluate(status)
-                    rundir.write_status(self.run_dir, status)
-                distributed.barrier()  # the other ranks wait while rank 0 evaluates
-            if s < tc.steps and self._stop_requested(s):
+                self._evaluate_or_stop(status)
+            if s < tc.steps and vote(self._asked_to_stop()):
                 # A divergence not yet seen is seen now, at the step it happened.
                 if int(distributed.first_step(first_bad)) >= 0:
                     raise Diverged(int(first_bad))
@@ -428,16 +471,31 @@ class Trainer:
                 status.update(step=s)
                 raise Stopped(s)
 
-    def _stop_requested(self, step: int) -> bool:
-        """Whether to stop after ``step``. One process looks at every step (a host flag,
-        no sync); under DDP the ranks agree at logging steps only, to keep the step
-        free of collectives, since the signal may reach them at different steps."""
-        flag = self.stop is not None and self.stop.is_set()
-        if self.world == 1:
-            return flag
-        if step % self.cfg.train.log_every:
-            return False
-        return distributed.any_flag(flag, self.device)
+    def _asked_to_stop(self) -> bool:
+        """This process's stop flag (a host flag, no sync). Under DDP the signal may
+        reach the ranks at different steps: the loop stops where they agree
+        (:class:`sagan.distributed.StopVote`)."""
+        return self.stop is not None and self.stop.is_set()
+
+    def _evaluate_or_stop(self, status: dict[str, Any]) -> None:
+        """Rank 0 evaluates the checkpointed step while the other ranks wait.
+
+        Raises:
+            Stopped: a stop was asked for during the evaluation, which was abandoned
+                (nothing recorded); the resumed run does it again from this step.
+        """
+        abandoned = False
+        if self.is_main:
+            try:
+                self.evaluate(status)
+            except EvaluationStopped as e:
+                abandoned = True
+                self.progress.write(str(e))
+            else:
+                rundir.write_status(self.run_dir, status)
+        # The wait of the other ranks, which also tells them whether rank 0 stopped.
+        if distributed.broadcast(abandoned):
+            raise Stopped(self.step)
 
     def _log_record(self, vals: dict[str, torch.Tensor], it_per_s: float) -> dict[str, Any]:
         keys = list(vals)

@@ -17,7 +17,19 @@ from pathlib import Path
 from ablations.executors import JobView
 from ablations.store import is_locked, read_job
 from sagan import rundir
-from sagan.trainer import record_failure
+from sagan.checkpoint import list_checkpoints
+from sagan.trainer import record_failure, record_interruption
+
+# What uses up the profile's max_requeues, as submitit 1.5 decides it
+# (submitit/core/job_environment.py, SignalHandler.has_timed_out): shown by
+# ablations.status and said in the README.
+REQUEUE_RULE = (
+    "max_requeues counts timeouts only: submitit calls a signal a timeout when the job "
+    "(since it or its requeue started) has run at least min(0.8 x time, time - 10 min), "
+    "which is every signal when time <= 10 min; any earlier signal (a preemption, scancel "
+    "--signal) requeues without counting. A timeout with none left is not requeued: the "
+    "job ends FAILED and its run is recorded as failed."
+)
 
 # SLURM's states, as this suite names them. Only queued, running and requeued jobs
 # (requeue-held included) are followed. PREEMPTED is an end: with PreemptMode=CANCEL
@@ -148,11 +160,14 @@ def _state(raw: str) -> str:
 def settle(run_dir: Path, job: JobView) -> str:
     """Bring a run's status in line with its ended job; returns the run's state.
 
-    A preempted job's run is interrupted (resumable; the next invocation submits it
-    again). A job that ended while its run was neither done nor diverged nor stopped at a
-    checkpoint (killed, cancelled, out of memory, out of time with no requeue left)
-    is a failure: it is recorded in ``status.json`` with the job's state, exit code
-    and log, once. A run whose job completed keeps what the run itself wrote.
+    A job SLURM preempted or timed out (killed before it could stop at a checkpoint)
+    leaves its run interrupted: resumable from its newest checkpoint, and the next
+    invocation submits it again; but a second such end with the same newest
+    checkpoint is a failure (:func:`sagan.trainer.record_interruption`). A job that
+    ended otherwise while its run was neither done nor diverged nor stopped at a
+    checkpoint (killed, cancelled, out of memory, given up after ``max_requeues``) is
+    a failure: it is recorded in ``status.json`` with the job's state, exit code and
+    log, once. A run whose job completed keeps what the run itself wrote.
     """
     if is_locked(run_dir):
         return "running"  # trained by another process now, whatever this job did
@@ -162,12 +177,20 @@ def settle(run_dir: Path, job: JobView) -> str:
         return state
     if job.state == "completed" and state == "interrupted":
         return state  # stopped at a checkpoint; resumable
-    if job.state == "preempted":
-        # Not requeued by SLURM: resumable from its last checkpoint, and not a failure.
+    if job.state in ("preempted", "timeout"):
+        # Not requeued by SLURM: resumable from its newest checkpoint. A run the loop
+        # stopped itself ("interrupted") has recorded that interruption already.
         if state == "running":
-            status.update(state="interrupted", slurm_state=job.slurm_state)
+            found = list_checkpoints(run_dir)
+            state = record_interruption(
+                status,
+                found[0][0] if found else 0,
+                slurm_state=job.slurm_state or job.state,
+                settled_job=job.job_id,
+            )
+            if state == "failed":
+                status["error"] += f" ({job.reason()}; log: {job.log})"
             rundir.write_status(run_dir, status)
-            return "interrupted"
         return state
     if status.get("settled_job") == job.job_id:
         return state

@@ -49,7 +49,20 @@ wait_for() {  # wait_for SECONDS WHAT CMD...: poll CMD until it succeeds
 node_up() {
   local st
   st=$(sinfo -h -n "$HOST" -o %T 2>/dev/null) || return 1
+  # A trailing '*' (idle*) means slurmctld gets no answer from the node's slurmd.
+  [[ $st == *'*' ]] && return 1
   [[ $st == idle* || $st == mixed* || $st == allocated* ]]
+}
+
+# slurmctld does not take back on its own a node it drained or set down (an earlier
+# crash, a failed job, a restart it missed): resume such a node, then wait for it.
+resume_and_check_node() {
+  local st
+  st=$(sinfo -h -n "$HOST" -o %T 2>/dev/null) || return 1
+  case $st in
+    down* | drain* | fail*) scontrol update nodename="$HOST" state=resume >/dev/null 2>&1 ;;
+  esac
+  node_up
 }
 
 stop_all() {
@@ -199,7 +212,6 @@ fi
 if ! alive /run/slurmd.pid; then
   slurmd
 fi
-wait_for 60 "node $HOST" node_up
-scontrol update nodename="$HOST" state=resume >/dev/null 2>&1 || true
+wait_for 60 "node $HOST" resume_and_check_node
 say "up: node $HOST with $CPUS CPUs, partition debug, cluster $CLUSTER"
 sinfo

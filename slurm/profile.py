@@ -97,8 +97,11 @@ class Profile(BaseModel):
                                      preemption (a name from Python's ``signal``
                                      without ``SIG``); the job checkpoints and requeues
     signal_delay_s      120          seconds before the limit that the signal arrives
-    max_requeues        100          requeues after a time limit before the job is given
-                                     up (preemptions do not count)
+    max_requeues        100          timeouts requeued before the job is given up: a
+                                     signal after min(0.8 x time, time - 10 min) of
+                                     the job's run is a timeout (every one when
+                                     time <= 10); an earlier one (a preemption) is
+                                     requeued without counting
     setup               []           shell lines run in the job before python (module
                                      loads, environment activation)
     sbatch              {}           extra sbatch parameters, keys without dashes, e.g.
@@ -315,7 +318,62 @@ def load_profile(
     if cli_layer:
         parts.append(f"command line ({', '.join(CLI_PREFIX + k for k in flatten(cli_layer))})")
     profile._source = " < ".join(parts)
+    problems = _contradictions(profile)
+    if problems:
+        raise ProfileError("\n".join(f"{profile.source}: {p}" for p in problems))
     return profile
+
+
+def _contradictions(profile: Profile) -> list[str]:
+    """Keys that are each valid but together make a job that can only fail once it
+    runs (so they are checked on the merged layers): ``KEY: why (got VALUE)``."""
+    out = []
+    delay = profile.signal_delay_s
+    for key, does in (("time", "train"), ("score_time", "score")):
+        minutes = getattr(profile, key)
+        if delay >= minutes * 60:
+            out.append(
+                f"signal_delay_s: {delay} s is not shorter than {key} ({minutes} min = "
+                f"{minutes * 60} s): the signal would come as the job starts, before it "
+                f"could {does} (got {delay})"
+            )
+    if profile.gpus_per_node and profile.tasks_per_node > profile.gpus_per_node:
+        out.append(
+            f"tasks_per_node: {profile.tasks_per_node} processes per node for "
+            f"{profile.gpus_per_node} GPUs per node: each process trains on a GPU of its "
+            f"own (got {profile.tasks_per_node})"
+        )
+    return out
+
+
+def check_cells(profile: Profile, cells: list[tuple[str, Any]]) -> list[str]:
+    """What in each cell's config this profile's jobs could not run, one line each:
+    ``LABEL: KEY: why (got VALUE)``; empty when every cell fits.
+
+    Args:
+        cells: ``(label, config)`` of each cell to submit (:class:`sagan.config.Config`).
+    """
+    world = profile.tasks_per_node * profile.nodes
+    out = []
+    for label, cfg in cells:
+        tc = cfg.train
+        if tc.batch_size % world:
+            out.append(
+                f"{label}: train.batch_size: {tc.batch_size} is not divisible by the "
+                f"{world} processes of the profile's tasks_per_node x nodes = "
+                f"{profile.tasks_per_node} x {profile.nodes} (got {tc.batch_size})"
+            )
+        if tc.device == "cuda" and not profile.gpus_per_node:
+            out.append(
+                f"{label}: train.device: 'cuda' needs a GPU, but the profile's "
+                f"gpus_per_node is 0 (got 'cuda')"
+            )
+        if tc.sync_bn and world > 1 and not profile.gpus_per_node:
+            out.append(
+                f"{label}: train.sync_bn: SyncBatchNorm needs CUDA, but the profile's "
+                f"gpus_per_node is 0 (got True)"
+            )
+    return out
 
 
 def _mem(mem_gb: float) -> str:
@@ -370,6 +428,7 @@ __all__ = [
     "Profile",
     "ProfileError",
     "bundled_profiles",
+    "check_cells",
     "load_profile",
     "sbatch_parameters",
 ]

@@ -125,3 +125,52 @@ def test_a_squeue_that_does_not_answer_is_an_error_not_a_vanished_job(scheduler,
     scheduler(sacct="", squeue="", squeue_sleep=5)
     with pytest.raises(RuntimeError, match="squeue did not answer within 1s"):
         jobs.views([d], grace_s=1.0, timeout_s=1.0)
+
+
+def test_a_timed_out_job_is_an_interruption_and_a_second_one_without_progress_a_failure(
+    scheduler, cell_dir
+):
+    cell, store, d = cell_dir
+    (d / "checkpoints").mkdir()
+    (d / "checkpoints" / "ckpt-000000002.pt").write_bytes(b"")  # only its step is read
+    scheduler(sacct="77_0|TIMEOUT|0:0|TimeLimit\n")
+    assert jobs.settle(d, jobs.views([d])[d]) == "interrupted"
+    status = rundir.read_status(d)
+    assert status.get("failures", 0) == 0 and status["slurm_state"] == "TIMEOUT"
+    assert run_cli.plan(cell, store, _args(), None).action is run_cli.Action.RESUME
+
+    # Resubmitted, and timed out again before it could write a checkpoint past step 2.
+    write_job(d, {"executor": "slurm", "job_id": "78_0", "submitted_at": 0.0, "log": "y.log"})
+    rundir.write_status(d, {**rundir.read_status(d), "state": "running", "attempts": 2})
+    scheduler(sacct="78_0|TIMEOUT|0:0|TimeLimit\n")
+    assert jobs.settle(d, jobs.views([d])[d]) == "failed"
+    status = rundir.read_status(d)
+    assert status["failures"] == 1
+    assert "no progress between two interruptions" in status["error"]
+    assert "G step 2" in status["error"]
+
+
+def test_a_timed_out_job_after_progress_is_an_interruption_again(scheduler, cell_dir):
+    _, _, d = cell_dir
+    (d / "checkpoints").mkdir()
+    (d / "checkpoints" / "ckpt-000000002.pt").write_bytes(b"")
+    scheduler(sacct="77_0|TIMEOUT|0:0|TimeLimit\n")
+    assert jobs.settle(d, jobs.views([d])[d]) == "interrupted"
+    (d / "checkpoints" / "ckpt-000000004.pt").write_bytes(b"")
+    write_job(d, {"executor": "slurm", "job_id": "78_0", "submitted_at": 0.0, "log": "y.log"})
+    rundir.write_status(d, {**rundir.read_status(d), "state": "running", "attempts": 2})
+    scheduler(sacct="78_0|TIMEOUT|0:0|TimeLimit\n")
+    assert jobs.settle(d, jobs.views([d])[d]) == "interrupted"
+    assert rundir.read_status(d).get("failures", 0) == 0
+
+
+def test_status_says_what_uses_up_max_requeues_under_slurm_jobs(
+    scheduler, cell_dir, tmp_path, capsys
+):
+    from ablations import status as status_cli
+
+    scheduler(sacct="77_0|RUNNING|0:0|None\n")
+    assert status_cli.main([str(tmp_path / "mini.yaml"), "--out", str(tmp_path / "runs")]) == 0
+    out = capsys.readouterr().out
+    assert "max_requeues counts timeouts only" in out
+    assert "min(0.8 x time, time - 10 min)" in out

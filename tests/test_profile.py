@@ -13,6 +13,7 @@ from slurm.profile import (
     Profile,
     ProfileError,
     bundled_profiles,
+    check_cells,
     load_profile,
     sbatch_parameters,
 )
@@ -287,3 +288,79 @@ def test_the_dry_run_of_a_multi_task_grid_shows_kill_on_bad_exit(tmp_path, capsy
     assert run_cli.main(argv) == 0
     (srun,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("srun ")]
     assert "--kill-on-bad-exit=1" in srun
+
+
+# --- profiles that could only fail once the job runs ---------------------------------
+
+
+@pytest.mark.parametrize(
+    "grid,cli,line",
+    [
+        (
+            {"time": 2},
+            ["slurm.signal_delay_s=120"],
+            "signal_delay_s: 120 s is not shorter than time (2 min = 120 s): the signal "
+            "would come as the job starts, before it could train (got 120)",
+        ),
+        (
+            {"score_time": 1},
+            ["slurm.signal_delay_s=90"],
+            "signal_delay_s: 90 s is not shorter than score_time (1 min = 60 s): the signal "
+            "would come as the job starts, before it could score (got 90)",
+        ),
+        (
+            {"gpus_per_node": 2},
+            ["slurm.tasks_per_node=4"],
+            "tasks_per_node: 4 processes per node for 2 GPUs per node: each process "
+            "trains on a GPU of its own (got 4)",
+        ),
+    ],
+)
+def test_keys_that_contradict_each_other_across_layers_are_one_error(grid, cli, line):
+    (got,) = errors("local", grid, cli, grid_where="g.yaml")
+    assert got.endswith(line)
+    assert got.startswith("slurm/profiles/local.yaml < g.yaml: executor.slurm")
+
+
+def test_a_signal_delay_shorter_than_both_limits_is_accepted():
+    p = load_profile("local", {"time": 2, "score_time": 2}, ["slurm.signal_delay_s=119"])
+    assert p.signal_delay_s == 119
+
+
+def _cell(label: str, **train):
+    from sagan.config import build_config
+    from tests.test_resume import BASE
+
+    return label, build_config(BASE, {f"train.{k}": v for k, v in train.items()})
+
+
+def test_a_batch_the_process_count_does_not_divide_is_rejected_naming_cell_and_keys():
+    profile = load_profile("local", {"tasks_per_node": 3, "nodes": 2})
+    cells = [_cell("lr=ttur,seed=0", batch_size=12), _cell("lr=ttur,seed=1", batch_size=8)]
+    assert check_cells(profile, cells) == [
+        "lr=ttur,seed=1: train.batch_size: 8 is not divisible by the 6 processes of "
+        "the profile's tasks_per_node x nodes = 3 x 2 (got 8)"
+    ]
+    assert check_cells(load_profile("local", {"tasks_per_node": 2}), cells) == []
+
+
+def test_a_cuda_cell_on_a_profile_without_gpus_is_rejected():
+    cells = [_cell("a=1", device="cuda")]
+    assert check_cells(load_profile("local"), cells) == [
+        "a=1: train.device: 'cuda' needs a GPU, but the profile's gpus_per_node is 0 (got 'cuda')"
+    ]
+    assert check_cells(load_profile("local", {"gpus_per_node": 1}), cells) == []
+
+
+def test_a_grid_that_cannot_run_on_its_profile_submits_nothing(tmp_path, capsys):
+    from ablations import run as run_cli
+    from tests.test_jobs import GRID
+
+    grid = tmp_path / "g.yaml"
+    grid.write_text(yaml.safe_dump(GRID))  # train.batch_size 4
+    argv = [str(grid), "--executor", "slurm", "--profile", "local", "slurm.tasks_per_node=3"]
+    assert run_cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "train.batch_size: 4 is not divisible by the 3 processes" in err
+    assert err.rstrip().endswith("nothing was submitted.")
+    assert not (tmp_path / "runs").exists()

@@ -366,3 +366,54 @@ def test_a_noise_state_drawn_on_a_gpu_is_refused_naming_its_size(tmp_path):
     torch.save(state, path)
     with pytest.raises(CheckpointError, match=r"noise generator state has 16 bytes, not a CPU"):
         train(config(**{"train.steps": 8}), run, progress=False)
+
+
+# --- a stop request during an evaluation ---------------------------------------------
+
+EVALUATED = {
+    "train.steps": 4,
+    "eval.every": 2,
+    "eval.metrics": ["consistency"],
+    "eval.n_samples": 32,
+    "eval.batch_size": 8,
+}
+
+
+def _evaluations(run_dir):
+    """eval.jsonl without what the clock writes."""
+    return [
+        {k: v for k, v in r.items() if k not in ("time", "wall_s", "timing")}
+        for r in rundir.read_jsonl(Path(run_dir) / "eval.jsonl")
+    ]
+
+
+def test_a_stop_during_an_evaluation_abandons_it_and_the_resume_redoes_it_exactly(tmp_path):
+    cfg = config(**EVALUATED)
+    whole, stopped = tmp_path / "whole", tmp_path / "stopped"
+    assert train(cfg, whole, progress=False) == "done"
+    # The loop looks once at step 1; the evaluation of step 2 looks before each of its
+    # 4 batches: the 3rd look falls inside it.
+    assert train(cfg, stopped, progress=False, stop=_StopAtCall(3)) == "interrupted"
+    status = rundir.read_status(stopped)
+    assert (status["state"], status["step"], status["stops"]) == ("interrupted", 2, 1)
+    assert status.get("failures", 0) == 0
+    assert list_checkpoints(stopped)[0][0] == 2
+    assert _evaluations(stopped) == [], "an abandoned evaluation records nothing"
+    assert train(cfg, stopped, progress=False) == "done"
+    _assert_same_end(whole, stopped)
+    assert _evaluations(stopped) == _evaluations(whole)
+    want, got = rundir.read_status(whole), rundir.read_status(stopped)
+    assert (got["best"], got["latest"]) == (want["best"], want["latest"])
+
+
+def test_a_second_stop_without_progress_is_a_failure_that_says_why(tmp_path):
+    cfg = config(**EVALUATED)
+    assert train(cfg, tmp_path, progress=False, stop=_StopAtCall(3)) == "interrupted"
+    # The owed evaluation of step 2 is stopped again at its first batch: the run would
+    # be requeued, resumed and stopped forever.
+    assert train(cfg, tmp_path, progress=False, stop=_StopAtCall(1)) == "failed"
+    status = rundir.read_status(tmp_path)
+    assert (status["state"], status["step"], status["failures"]) == ("failed", 2, 1)
+    assert "no progress between two interruptions" in status["error"]
+    assert "G step 2" in status["error"]
+    assert train(cfg, tmp_path, progress=False) == "done"  # retried with time enough

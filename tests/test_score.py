@@ -2,18 +2,21 @@
 and the best checkpoint kept for it."""
 
 import copy
+import shutil
 from pathlib import Path
 
 import pytest
 import yaml
 
 from ablations import run as run_cli
+from ablations import worker
 from ablations.grid import load_grid
-from ablations.store import RunStore
+from ablations.store import EXIT_STOPPED, RunStore
 from sagan import rundir, score
 from sagan.checkpoint import list_checkpoints
 from sagan.config import build_config
 from sagan.train import train
+from tests.test_resume import _StopAtCall
 
 GRID = {
     "name": "fin",
@@ -204,3 +207,21 @@ def test_a_failed_scoring_is_recorded_and_cleared_once_it_succeeds(tmp_path):
     assert "no.pth" in error["error"] and error["final_key"] == score.final_key(bad)
     assert len(score.score_final(_cfg(), tmp_path)) == 1
     assert "final_error" not in rundir.read_status(tmp_path)
+
+
+def test_a_stop_during_final_scoring_records_nothing_and_the_next_start_scores_exactly(tmp_path):
+    cfg = _cfg(**{"final.batch_size": 8})  # 32 samples: 4 batches, a look before each
+    run, ref = tmp_path / "run", tmp_path / "ref"
+    assert train(cfg, run) == "done"
+    shutil.copytree(run, ref)
+    assert worker.run(run, stop=_StopAtCall(2)) == EXIT_STOPPED
+    status = rundir.read_status(run)
+    assert _finals(run) == [] and score.owed(cfg, run)
+    assert status["state"] == "done" and "final_error" not in status, "a stop is no failure"
+    assert worker.run(run) == 0
+
+    def unclocked(record):
+        return {k: v for k, v in record.items() if k not in ("time", "wall_s", "timing")}
+
+    (want,) = score.score_final(cfg, ref)
+    assert [unclocked(r) for r in _finals(run)] == [unclocked(want)]

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from sagan.metrics.errors import MetricsError
+from sagan.metrics.errors import EvaluationStopped, MetricsError
 from sagan.metrics.fidelity import (
     FeatureAccumulator,
     compute_metrics,
@@ -276,6 +276,7 @@ def evaluate_generator(
     ema: bool,
     run_dir: Path | None = None,
     reference: tuple[Dataset, str] | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> dict[str, Any]:
     """Score ``G`` with ``cfg.eval`` and return one JSON-serialisable record.
 
@@ -297,6 +298,9 @@ def evaluate_generator(
             ``run_dir/eval.jsonl``.
         reference: ``(dataset, fingerprint)`` to use instead of
             ``sagan.data.build_dataset(cfg.data, split)`` and its fingerprint.
+        stop: asked before each batch (generated, or real on a reference cache miss):
+            when it says True the evaluation is abandoned, so that a time limit's
+            warning is heeded within one batch however large ``n_samples`` is.
 
     Returns:
         ``{"kind": "eval", "step", "time", "wall_s", "metrics": {...}, "protocol": {...},
@@ -305,6 +309,7 @@ def evaluate_generator(
 
     Raises:
         MetricsError: no weights file, or sample counts too small for a metric.
+        EvaluationStopped: ``stop`` said True; G, its buffers and the RNG are as before.
     """
     del run_dir
     t_start = time.perf_counter()
@@ -340,7 +345,7 @@ def evaluate_generator(
             t = time.perf_counter()
             _check_counts(inception, ev.n_samples, key_parts["n"])
             ref = reference_statistics(
-                dataset, key_parts=key_parts, cfg=cfg, device=device, weights=weights
+                dataset, key_parts=key_parts, cfg=cfg, device=device, weights=weights, stop=stop
             )
             timing["reference_s"] = round(set_s + time.perf_counter() - t, 3)
             timing["reference_cache"] = "hit" if ref.hit else "miss"
@@ -363,6 +368,11 @@ def evaluate_generator(
             for images in sample_batches(
                 G, n_sample, batch_size=ev.batch_size, seed=ev.seed, device=device
             ):
+                if stop is not None and stop():
+                    raise EvaluationStopped(
+                        f"evaluation of G step {step}: abandoned on a stop request after "
+                        f"{seen} of {n_sample} samples"
+                    )
                 _check_shape(images, cfg.data.resolution)
                 images = to_uint8(images)
                 if acc is not None:

@@ -22,6 +22,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ import torch
 import torch_fidelity
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from sagan.metrics.errors import MetricsError
+from sagan.metrics.errors import EvaluationStopped, MetricsError
 from sagan.metrics.fidelity import FeatureAccumulator, feature_extractor, fid_statistics
 from sagan.metrics.protocol import FEATURE_LAYERS, REFERENCE_SUBSET_SEED
 from sagan.metrics.weights import EXTRACTOR, WeightsInfo, resolve_weights
@@ -150,7 +151,13 @@ def _images_only(batch: list) -> torch.Tensor:
 
 
 def _extract(
-    dataset: Dataset, n: int, extractor, device, batch_size: int, num_workers: int
+    dataset: Dataset,
+    n: int,
+    extractor,
+    device,
+    batch_size: int,
+    num_workers: int,
+    stop: Callable[[], bool] | None = None,
 ) -> torch.Tensor:
     loader = DataLoader(
         _subset(dataset, n),
@@ -162,6 +169,8 @@ def _extract(
     )
     acc = FeatureAccumulator(extractor, device)
     for images in loader:
+        if stop is not None and stop():
+            raise EvaluationStopped("reference statistics: abandoned on a stop request")
         acc.add(images)
     return acc.result()[FEATURE_LAYERS["fid"]]
 
@@ -197,6 +206,7 @@ def reference_statistics(
     cfg: Any,
     device: torch.device | str,
     weights: WeightsInfo | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> ReferenceStats:
     """The reference set's FID statistics and features, from the cache or extracted and cached.
 
@@ -209,12 +219,15 @@ def reference_statistics(
             ``eval.inception_weights``, ``eval.batch_size``, ``data.num_workers``).
         device: where to run the extractor on a miss.
         weights: the resolved weights; looked up from ``cfg`` when omitted.
+        stop: asked before each batch of an extraction; when it says True the
+            extraction is abandoned and nothing is cached.
 
     Returns:
         A :class:`ReferenceStats`; its ``hit`` says whether extraction was skipped.
 
     Raises:
         MetricsError: ``n`` larger than the dataset, or no weights file.
+        EvaluationStopped: ``stop`` said True.
     """
     weights = weights or resolve_weights(cfg.eval.inception_weights)
     n_available = len(dataset)
@@ -234,7 +247,9 @@ def reference_statistics(
     if hasattr(dataset, "build"):  # listed only now, on a miss (LazySplit)
         dataset = dataset.build()
     extractor = feature_extractor(weights, device)
-    features = _extract(dataset, n, extractor, device, cfg.eval.batch_size, cfg.data.num_workers)
+    features = _extract(
+        dataset, n, extractor, device, cfg.eval.batch_size, cfg.data.num_workers, stop
+    )
     stats = fid_statistics(features)
     try:
         _write_entry(folder, parts, stats, features)
