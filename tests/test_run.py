@@ -399,15 +399,18 @@ def test_bad_counts_are_refused_before_anything_starts(grid_file, flag, value, c
     assert not (grid_file.parent / "runs").exists()
 
 
-def _kill_the_worker_once_training(d, timeout_s=60.0):
-    """SIGKILL the worker of run ``d`` (not the executor) once it trains."""
+def _kill_the_worker_once_training(d, attempt=1, timeout_s=60.0):
+    """SIGKILL the worker of run ``d`` (not the executor) once its ``attempt``-th start
+    has said in train.log that it trains (its state is written before that line)."""
     import signal
     import time
 
     deadline = time.time() + timeout_s
     while time.time() < deadline:
         job = json.loads((d / "job.json").read_text()) if (d / "job.json").is_file() else None
-        if job and rundir.read_status(d).get("state") == "running":
+        log = (d / "train.log").read_text() if (d / "train.log").is_file() else ""
+        started = log.count("training from G step") >= attempt
+        if job and started and rundir.read_status(d).get("state") == "running":
             os.kill(int(job["job_id"].rsplit(":", 1)[1]), signal.SIGKILL)
             return
         time.sleep(0.02)
@@ -428,7 +431,7 @@ def test_a_worker_killed_alone_is_a_failure_bounded_by_max_attempts(grid_file, c
             target=lambda rc=rc: rc.append(run_cli.main([*argv, "--retry-failed"]))
         )
         t.start()
-        _kill_the_worker_once_training(d)
+        _kill_the_worker_once_training(d, attempt)
         t.join(60)
         assert rc == [1]
         status = rundir.read_status(d)
