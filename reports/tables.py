@@ -341,15 +341,6 @@ def _unwell(runs: pd.DataFrame) -> str:
     return ", ".join(parts)
 
 
-def _in_cell(frame: pd.DataFrame, key: dict[str, str]) -> pd.Series:
-    """Which rows of ``frame`` (runs, or a summary) have the levels ``key``."""
-    mask = pd.Series(True, index=frame.index)
-    for a, v in key.items():
-        col = f"axis.{a}"
-        mask &= (frame[col].astype(str) == v) if col in frame else False
-    return mask
-
-
 def _text(v: Any) -> str:
     """A config value as text; 128.0 (a number in a column with gaps) is 128."""
     return str(int(v)) if isinstance(v, float) and v.is_integer() else str(v)
