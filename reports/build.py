@@ -48,7 +48,6 @@ from reports.tables import (
 )
 
 METRICS = ("fid", "is_mean", "kid_mean", "swd", "consistency", "precision", "recall")
-KINDS = (("final", "final score"), ("best", "best during training"), ("last", "last monitored"))
 CANONICAL_INCEPTION = "weights-inception-2015-12-05-6726825d.pth"
 
 

@@ -341,11 +341,6 @@ def _unwell(runs: pd.DataFrame) -> str:
     return ", ".join(parts)
 
 
-def _text(v: Any) -> str:
-    """A config value as text; 128.0 (a number in a column with gaps) is 128."""
-    return str(int(v)) if isinstance(v, float) and v.is_integer() else str(v)
-
-
 def _combos(axes: dict[str, list[str]], names: list[str]) -> list[tuple[str, ...]]:
     return list(itertools.product(*(axes[a] for a in names))) if names else [()]
 
