@@ -313,12 +313,16 @@ def _levels(v: Any) -> str:
 
 
 def grid_tables(
-    df: pd.DataFrame, index: dict[str, Any], extra: list[dict[str, Any]] | None = None
+    df: pd.DataFrame,
+    index: dict[str, Any],
+    extra: list[dict[str, Any]] | None = None,
+    runs: pd.DataFrame | None = None,
 ) -> list[dict[str, Any]]:
     """The laid-out tables of one grid: its ``report.tables`` (or one table with every
-    axis as rows), then ``extra`` specs (the command line's)."""
+    axis as rows), then ``extra`` specs (the command line's). ``runs``: the grid's
+    :func:`grid_runs` of ``df``, where the caller has them already."""
     name = index["name"]
-    runs = grid_runs(df, index)
+    runs = grid_runs(df, index) if runs is None else runs
     if runs.empty:
         return []
     axes = grid_axes(index)
@@ -398,7 +402,7 @@ def grid_section(
         "finals": [],
         "curves": [],
     }
-    for i, table in enumerate(grid_tables(df, index, extra)):
+    for i, table in enumerate(grid_tables(df, index, extra, runs)):
         _export(table, out, f"table-{_slug(name)}-{i + 1}")
         section["layouts"].append(table)
     cell_axes = [f"axis.{a}" for a in axes]

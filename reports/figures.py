@@ -92,8 +92,8 @@ def finals(runs: pd.DataFrame, metric: str, axes: list[str]) -> tuple[Figure | N
     summary = _with_cell(summary, axes).assign(value_kind=label)
     values = _with_cell(values, axes)
     plt = _plt()
-    pids = list(dict.fromkeys(summary["protocol_id"]))
-    cells = list(dict.fromkeys(summary["cell"]))
+    pids = list(dict.fromkeys(summary["protocol_id"].tolist()))
+    cells = list(dict.fromkeys(summary["cell"].tolist()))
     fig, axs = plt.subplots(
         len(pids), 1, figsize=(7, (0.9 + 0.32 * len(cells)) * len(pids)), dpi=90, squeeze=False
     )
@@ -189,7 +189,7 @@ def health(train: pd.DataFrame, axes: list[str] | None = None) -> Figure | None:
             ax = axs[i][j]
             if key in train and train[key].notna().any():
                 means = train.groupby(["cell", "step"], sort=False)[key].mean()
-                for cell in dict.fromkeys(train["cell"]):
+                for cell in dict.fromkeys(train["cell"].tolist()):
                     line = means.loc[cell].sort_index() if cell in means.index else None
                     if line is not None:
                         ax.plot(line.index, line.to_numpy(), label=cell)

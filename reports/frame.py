@@ -27,6 +27,8 @@ from __future__ import annotations
 import functools
 import json
 import math
+import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -79,45 +81,32 @@ def grid_levels(out: Path) -> dict[str, dict[str, Any]]:
     return {rid: {**e, "grid": ",".join(e["grid"])} for rid, e in found.items()}
 
 
-_SEEN: dict[Path, tuple[tuple[int, int], list[dict[str, Any]]]] = {}
+_SEEN: dict[str, tuple[tuple[int, int], list[dict[str, Any]]]] = {}
 
 
-def _logged(path: Path) -> list[dict[str, Any]]:
-    """``rundir.read_jsonl`` of a metrics.jsonl, read once per version of the file: the
-    store's table and the training-health figure both need it. Treat as read-only."""
+def _records(path: str) -> list[dict[str, Any]]:
+    """``rundir.read_jsonl`` of a run's file, its whole records only."""
+    return [r for r in rundir.read_jsonl(path) if isinstance(r, dict)]
+
+
+def _logged(path: str) -> list[dict[str, Any]]:
+    """The records of a metrics.jsonl, read once per version of the file: the store's
+    table and the training-health figure both need it. Treat as read-only."""
     try:
-        st = path.stat()
-    except FileNotFoundError:
+        st = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
         return []
     key = (st.st_mtime_ns, st.st_size)
     hit = _SEEN.get(path)
     if hit is None or hit[0] != key:
-        hit = _SEEN[path] = (key, _jsonl(path))
+        hit = _SEEN[path] = (key, _records(path))
     return hit[1]
 
 
-def _jsonl(path: Path) -> list[dict[str, Any]]:
-    """``rundir.read_jsonl``, with one JSON parse per file when every line is whole
-    (the common case; a store of 10,000 runs reads 150,000 lines), and that reader's
-    line-by-line care (skipping and reporting a torn line) when one is not."""
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        return []
-    lines = [line for line in text.split("\n") if line.strip()]
-    try:
-        records = json.loads("[" + ",".join(lines) + "]")
-    except json.JSONDecodeError:
-        return rundir.read_jsonl(path)
-    if len(records) != len(lines) or not all(isinstance(r, dict) for r in records):
-        return rundir.read_jsonl(path)
-    return records
-
-
-def _train_seconds(run_dir: Path) -> float | None:
+def _train_seconds(run_dir: str) -> float | None:
     """Training wall time, from each logged interval's steps and throughput."""
     total, last = 0.0, 0
-    for rec in _logged(run_dir / "metrics.jsonl"):
+    for rec in _logged(os.path.join(run_dir, "metrics.jsonl")):
         rate = rec.get("it_per_s")
         if rate:
             total += (rec["step"] - last) / rate
@@ -149,41 +138,35 @@ def _config_section(text: str) -> tuple[str | None, bool, dict[str, Any]]:
     return str(key), value is None, _flat("config.", data)
 
 
-def _cut(lines: list[str], indent: str) -> list[list[str]]:
-    """``lines`` cut before each key at exactly ``indent``: lines indented deeper, or
-    a block list item at that indent, belong to the key above them."""
-    parts: list[list[str]] = []
-    width = len(indent)
-    for line in lines:
-        head = line[width : width + 1]
-        starts = line.startswith(indent) and head not in (" ", "-", "#", "\n", "\t", "")
-        if starts or not parts:
-            parts.append([])
-        parts[-1].append(line)
-    return parts
+# A line that starts a key at the top level, or at two spaces under one: anything but
+# indentation, a block list item, a comment or a blank line.
+_TOP_KEY = re.compile(r"^(?=[^ \-#\n\t])", re.M)
+_SUB_KEY = re.compile(r"^(?=  [^ \-#\n\t])", re.M)
 
 
 def _sections(text: str) -> list[str]:
     """config.yaml cut into small YAML documents of their own: each top-level key, and
     within a block mapping each of its keys under the top-level key's line (``train:``
-    then ``  seed: 3``), so that what varies between a grid's runs is a few lines."""
+    then ``  seed: 3``), so that what varies between a grid's runs is a few lines.
+    Lines indented deeper, comments and block list items belong to the key above."""
     out = []
-    for part in _cut(text.splitlines(keepends=True), ""):
-        if not "".join(part).strip():
+    for part in _TOP_KEY.split(text):
+        if not part.strip():
             continue
-        head, body = part[0], part[1:]
-        items = _cut(body, "  ")
-        if head.rstrip().endswith(":") and body and all(i[0].startswith("  ") for i in items):
-            out += [head + "".join(item) for item in items]
+        head, newline, body = part.partition("\n")
+        head += newline
+        if head.rstrip().endswith(":") and body.startswith("  "):
+            out += [head + item for item in _SUB_KEY.split(body) if item]
         else:
-            out.append("".join(part))
+            out.append(part)
     return out
 
 
-def _read_config(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+def _read_config(run_dir: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """(the ``config.*`` columns, facts the rows need: ``steps``, ``has_final``)."""
     try:
-        text = (run_dir / "config.yaml").read_text()
+        with open(os.path.join(run_dir, "config.yaml")) as f:
+            text = f.read()
     except OSError:
         return {}, {"steps": None, "has_final": False}
     try:
@@ -221,12 +204,12 @@ def _protocol_columns(
     return pid, columns
 
 
-def _run_row(run_dir: Path, levels: dict[str, Any] | None) -> dict[str, Any]:
+def _run_row(run_dir: str, levels: dict[str, Any] | None) -> dict[str, Any]:
     """A run's columns (state, counts, config, grid levels): its rows all share them."""
     status = rundir.read_status(run_dir)
     config, facts = _read_config(run_dir)
     return {
-        "run_id": run_dir.name,
+        "run_id": os.path.basename(run_dir),
         "grid": "",
         "state": status.get("state", "pending"),
         "step": int(status.get("step", 0)),
@@ -244,18 +227,19 @@ def _run_row(run_dir: Path, levels: dict[str, Any] | None) -> dict[str, Any]:
 
 
 def _record_rows(
-    run_dir: Path, seen: dict[str, dict[str, Any]] | None = None
+    run_dir: str, seen: dict[str, dict[str, Any]] | None = None
 ) -> list[dict[str, Any]]:
     """A run's evaluation records as rows of their own columns (and ``run_id``)."""
     rows = []
     seen = {} if seen is None else seen
-    for r in _jsonl(run_dir / "eval.jsonl"):
+    run_id = os.path.basename(run_dir)
+    for r in _records(os.path.join(run_dir, "eval.jsonl")):
         pid, protocol = _protocol_columns(r, seen)
         metrics = r.get("metrics", {})
         nan = [k for k, v in metrics.items() if isinstance(v, float) and math.isnan(v)]
         rows.append(
             {
-                "run_id": run_dir.name,
+                "run_id": run_id,
                 "eval_step": r.get("step"),
                 "origin": r.get("origin", "train"),
                 "checkpoint": r.get("checkpoint"),
@@ -271,7 +255,7 @@ def _record_rows(
 
 def run_rows(run_dir: Path, levels: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """The rows of one run directory: one per evaluation record, at least one."""
-    run_dir = Path(run_dir)
+    run_dir = os.fspath(run_dir)
     base = _run_row(run_dir, levels)
     return [base | r for r in _record_rows(run_dir)] or [base]
 
@@ -281,10 +265,13 @@ def read_store(out: str | Path) -> pd.DataFrame:
     and evaluation step. An empty store gives an empty frame with the run columns."""
     out = Path(out)
     levels = grid_levels(out)
-    present = sorted(p for p in out.iterdir() if (p / "config.yaml").is_file())
-    runs = [_run_row(d, levels.get(d.name)) for d in present]
+    names = sorted(
+        e.name for e in os.scandir(out) if os.path.isfile(os.path.join(e.path, "config.yaml"))
+    )
+    present = [os.path.join(out, name) for name in names]
+    runs = [_run_row(d, levels.get(name)) for d, name in zip(present, names, strict=True)]
     # Cells a grid names that were never started: shown as missing, not dropped.
-    for run_id in sorted(set(levels) - {p.name for p in present}):
+    for run_id in sorted(set(levels) - set(names)):
         runs.append({"run_id": run_id, "state": "missing", "step": 0, **levels[run_id]})
     seen: dict[str, dict[str, Any]] = {}
     records = [row for d in present for row in _record_rows(d, seen)]
@@ -316,8 +303,9 @@ def grid_runs(df: pd.DataFrame, index: dict[str, Any]) -> pd.DataFrame:
     rows = df[df["run_id"].isin(levels)]
     rows = rows.drop(columns=[c for c in rows if c.startswith("axis.")])
     axes = list(dict.fromkeys([*index.get("axes", {}), *(k for lv in levels.values() for k in lv)]))
+    ids = rows["run_id"].tolist()
     extra = {
-        f"axis.{a}": rows["run_id"].map(lambda r, a=a: levels[r].get(a)).astype(object)
+        f"axis.{a}": pd.Series([levels[r].get(a) for r in ids], index=rows.index, dtype=object)
         for a in axes
     }
     return rows.assign(**extra) if extra else rows
@@ -334,6 +322,11 @@ def no_grid_index(df: pd.DataFrame) -> dict[str, Any] | None:
 HEALTH_KEYS = ("loss_d", "loss_g", "d_real", "d_fake")
 
 
+def _mean_over_blocks(per_block: dict[str, float] | None) -> float | None:
+    values = list((per_block or {}).values())
+    return sum(values) / len(values) if values else None
+
+
 def read_training(out: str | Path, run_ids: list[str] | None = None) -> pd.DataFrame:
     """The logged training records (``metrics.jsonl``) of the store's runs: a row per run
     and logging step with ``run_id``, ``step``, the losses, mean D(x) and D(G(z)),
@@ -345,20 +338,19 @@ def read_training(out: str | Path, run_ids: list[str] | None = None) -> pd.DataF
     columns: dict[str, list[Any]] = {k: [] for k in ("run_id", "step", *HEALTH_KEYS)}
     gammas: dict[str, list[Any]] = {"gamma_g": [], "gamma_d": []}
     for name in names:
-        for rec in _logged(out / name / "metrics.jsonl"):
-            columns["run_id"].append(name)
-            columns["step"].append(rec.get("step"))
-            for k in HEALTH_KEYS:
-                columns[k].append(rec.get(k))
-            for key, found in gammas.items():
-                values = list((rec.get(key) or {}).values())
-                found.append(sum(values) / len(values) if values else None)
+        recs = _logged(os.path.join(out, name, "metrics.jsonl"))
+        columns["run_id"] += [name] * len(recs)
+        for k in ("step", *HEALTH_KEYS):
+            columns[k] += [rec.get(k) for rec in recs]
+        for key, found in gammas.items():
+            found += [_mean_over_blocks(rec.get(key)) for rec in recs]
     if not columns["run_id"]:
         return pd.DataFrame()
     df = pd.DataFrame({**columns, **gammas})
     axes = sorted({k for e in levels.values() for k in e if k.startswith("axis.")})
+    ids = columns["run_id"]
     for axis in axes:
-        df[axis] = df["run_id"].map(lambda r, a=axis: levels.get(r, {}).get(a))
+        df[axis] = pd.Series([levels.get(r, {}).get(axis) for r in ids], dtype=object)
     return df
 
 

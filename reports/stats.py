@@ -96,7 +96,10 @@ def per_run(
     value = picked[col].astype(float)
     out = picked.drop(columns=[c for c in picked if c.startswith("metric.")])
     out = out.assign(value=value, value_step=picked["eval_step"], finite=np.isfinite(value))
-    return out.reset_index(drop=True)
+    # In run id order whatever order the rows came in: a cell's bootstrap draws values
+    # by position, so the same runs must give the same interval in every table,
+    # figure and export.
+    return out.sort_values(["run_id", "protocol_id"], kind="stable").reset_index(drop=True)
 
 
 @functools.lru_cache(maxsize=4)
@@ -287,7 +290,7 @@ def versus(values: pd.DataFrame, by: list[str], baseline: dict[str, str]) -> pd.
                 base_seeds is not None
                 and arm_seeds is not None
                 and len(v) > 1
-                and set(arm_seeds.index) == set(base_seeds.index)
+                and set(arm_seeds.index.tolist()) == set(base_seeds.index.tolist())
                 and len(arm_rows) == len(base_rows) == len(v) == len(base)
             )
             d = (arm_seeds - base_seeds.reindex(arm_seeds.index)).to_numpy() if paired else None

@@ -30,13 +30,16 @@ def now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
-def read_status(run_dir: Path) -> dict[str, Any]:
+def read_status(run_dir: str | Path) -> dict[str, Any]:
     """The run's status; ``{'state': 'pending', ...}`` for a run never started."""
-    path = Path(run_dir) / "status.json"
-    if not path.is_file():
+    path = os.path.join(run_dir, "status.json")
+    try:
+        with open(path) as f:
+            text = f.read()
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
         return {"state": "pending", "step": 0, "attempts": 0}
     try:
-        return json.loads(path.read_text())
+        return json.loads(text)
     except json.JSONDecodeError:
         # Written atomically, so this only happens if someone edited it by hand.
         return {"state": "failed", "step": 0, "attempts": 0, "error": f"{path} is not valid JSON"}
@@ -47,18 +50,32 @@ def write_status(run_dir: Path, status: dict[str, Any]) -> None:
     atomic_write_text(Path(run_dir) / "status.json", json.dumps(status, indent=2) + "\n")
 
 
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     """Records of a JSON-lines file, in order.
 
     A line that is not JSON (a torn write no append has cut yet, a hand edit) is
     skipped with a warning naming the file and line, so one bad line never costs the
     records around it.
     """
-    path = Path(path)
     try:
-        text = path.read_text()
+        with open(path) as f:
+            text = f.read()
     except FileNotFoundError:
         return []
+    lines = [line for line in text.split("\n") if line.strip()]
+    # One parse for the whole file when every line is one whole record (the common
+    # case: a report of 10,000 runs reads 150,000 lines); line by line otherwise.
+    try:
+        records = json.loads("[" + ",".join(lines) + "]")
+    except json.JSONDecodeError:
+        records = None
+    if (
+        records is not None
+        and len(records) == len(lines)
+        and all(isinstance(r, dict) for r in records)
+        and all(line.lstrip().startswith("{") for line in lines)
+    ):
+        return records
     out = []
     for i, line in enumerate(text.splitlines(), 1):
         try:

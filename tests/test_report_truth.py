@@ -425,3 +425,17 @@ def test_the_config_columns_are_those_of_the_whole_file(tmp_path, text):
     columns, facts = frame._read_config(tmp_path)
     assert columns == frame._flat("config.", whole)
     assert facts["has_final"] == (whole.get("final") is not None)
+
+
+def test_a_cells_interval_does_not_depend_on_the_order_of_the_rows(tmp_path):
+    # The bootstrap draws values by position: a table built from rows sorted by grid
+    # level and one built from rows in run id order must give the same interval.
+    values = np.random.default_rng(0).uniform(20, 60, size=12).round(3)
+    evals = {("a", s): [_fid(float(v))] for s, v in enumerate(values)}
+    _grid(tmp_path, "g", "attention", evals)
+    df = read_store(tmp_path)
+    intervals = []
+    for frame in (df, df.iloc[::-1], df.sample(frac=1.0, random_state=3)):
+        s = summarize(per_run(frame, "fid", "final"), ["axis.attention"])
+        intervals.append((s["ci_low"].item(), s["ci_high"].item()))
+    assert intervals[0] == intervals[1] == intervals[2]
