@@ -528,7 +528,8 @@ def pivot(
     no_runs = runs.iloc[:0]
     lookups = {k: (_Lookup(s, names), _Lookup(d, names)) for k, (_, s, d) in data.items()}
     final_ids = {
-        m: {r: set(v["run_id"].tolist()) for r, v in finals.items()} for m, finals in finals_of.items()
+        m: {r: set(v["run_id"].tolist()) for r, v in finals.items()}
+        for m, finals in finals_of.items()
     }
     for row_combo in _combos(axes, layout.rows):
         row_key = dict(zip(layout.rows, row_combo, strict=True))
