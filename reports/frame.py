@@ -84,6 +84,13 @@ def grid_levels(out: Path) -> dict[str, dict[str, Any]]:
 _SEEN: dict[str, tuple[tuple[int, int], list[dict[str, Any]]]] = {}
 
 
+def forget_reads() -> None:
+    """Empty this module's read caches, so that the next read of a store is cold (the
+    report benchmark times what a fresh ``python -m reports.build`` does)."""
+    _SEEN.clear()
+    _config_section.cache_clear()
+
+
 def _records(path: str) -> list[dict[str, Any]]:
     """``rundir.read_jsonl`` of a run's file, its whole records only."""
     return [r for r in rundir.read_jsonl(path) if isinstance(r, dict)]
@@ -382,6 +389,7 @@ def write_results(df: pd.DataFrame, folder: str | Path) -> list[Path]:
 
 __all__ = [
     "NO_GRID",
+    "forget_reads",
     "grid_indexes",
     "grid_runs",
     "no_grid_index",
