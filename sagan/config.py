@@ -145,7 +145,9 @@ class ProtocolConfig(_Strict):
     """How a number is made: what ``eval`` (monitoring) and ``final`` (scoring) share."""
 
     n_samples: int = Field(50_000, ge=2)
-    metrics: list[Literal["fid", "is", "kid", "prc", "swd", "consistency"]] = ["fid", "is"]
+    metrics: list[
+        Literal["fid", "is", "kid", "prc", "fid_inf", "dc", "intra_fid", "swd", "consistency"]
+    ] = ["fid", "is"]
     reference: ReferenceConfig = ReferenceConfig()
     seed: int = 0
     batch_size: int = Field(100, ge=1)
@@ -171,6 +173,10 @@ BEST_BY = {
     "recall": "prc",
     "consistency": "consistency",
     "swd": "swd",
+    "fid_inf": "fid_inf",
+    "density": "dc",
+    "coverage": "dc",
+    "intra_fid": "intra_fid",
 }
 
 
@@ -185,7 +191,20 @@ class FinalConfig(ProtocolConfig):
 
     checkpoint: Literal["last", "best", "both"] = "last"
     best_by: (
-        Literal["fid", "is_mean", "kid_mean", "precision", "recall", "swd", "consistency"] | None
+        Literal[
+            "fid",
+            "is_mean",
+            "kid_mean",
+            "precision",
+            "recall",
+            "swd",
+            "consistency",
+            "fid_inf",
+            "density",
+            "coverage",
+            "intra_fid",
+        ]
+        | None
     ) = None
 
 

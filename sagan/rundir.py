@@ -133,6 +133,10 @@ HIGHER_IS_BETTER = {
     "recall": True,
     "consistency": True,
     "swd": False,
+    "fid_inf": False,
+    "density": True,
+    "coverage": True,
+    "intra_fid": False,
 }
 
 
