@@ -57,10 +57,14 @@ def fid_inf(
     """
     gen = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(features), generator=gen)
+    dim = features.shape[1]
     moments = RunningMoments()
     done = 0
     values = []
     for n in sizes:
+        if n <= dim:  # a D x D decomposition would cost more than an n x n one
+            values.append(reference.distance_to_features(features[order[:n]]))
+            continue
         moments.add(features[order[done:n]])
         done = n
         values.append(reference.distance(moments.statistics()))

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from sagan.metrics.errors import MetricsError
-from sagan.metrics.moments import FrechetReference, moments_of
+from sagan.metrics.moments import FrechetReference
 from sagan.metrics.reference import CLASS_RULE
 
 
@@ -51,7 +51,7 @@ def intra_fid(
                 f"intra_fid: class {c} got {len(rows)} generated sample(s); a covariance needs at "
                 f"least 2. Raise eval.n_samples."
             )
-        per_class[c] = FrechetReference(class_statistics[c]).distance(moments_of(rows))
+        per_class[c] = FrechetReference(class_statistics[c]).distance_to_features(rows)
         counts[c] = len(rows)
     missing = sorted(set(class_statistics) - set(per_class))
     if missing:

@@ -111,23 +111,50 @@ class FrechetReference:
     def __init__(self, stats: dict[str, np.ndarray]):
         self.mu = torch.as_tensor(np.asarray(stats["mu"]), dtype=torch.float64)
         self.sigma = torch.as_tensor(np.asarray(stats["sigma"]), dtype=torch.float64)
-        self._root = _sqrt_psd(self.sigma)
+        self._root: torch.Tensor | None = None
         self._trace = float(torch.trace(self.sigma))
+
+    def _check(self, dim: int) -> None:
+        if dim != len(self.mu):
+            raise ValueError(
+                f"Fréchet distance: features of dimension {dim} against a reference of dimension {len(self.mu)}"
+            )
 
     def distance(self, stats: dict[str, np.ndarray]) -> float:
         """The Fréchet distance ``|mu1 - mu2|^2 + tr(S1) + tr(S2) - 2 tr((S1 S2)^(1/2))`` to ``stats``."""
         mu = torch.as_tensor(np.asarray(stats["mu"]), dtype=torch.float64)
         sigma = torch.as_tensor(np.asarray(stats["sigma"]), dtype=torch.float64)
-        if mu.shape != self.mu.shape or sigma.shape != self.sigma.shape:
-            raise ValueError(
-                f"Fréchet distance: statistics of dimension {tuple(mu.shape)} against a reference of "
-                f"dimension {tuple(self.mu.shape)}"
-            )
+        self._check(len(mu))
+        if self._root is None:
+            self._root = _sqrt_psd(self.sigma)
         inner = self._root @ sigma @ self._root
         eig = torch.linalg.eigvalsh((inner + inner.T) / 2).clamp(min=0)
+        return self._value(mu, float(torch.trace(sigma)), eig)
+
+    def distance_to_features(self, features: torch.Tensor) -> float:
+        """:meth:`distance` to the moments of ``features`` [N, D], N >= 2.
+
+        With N <= D the sample covariance is ``A A^T`` with ``A = X_c^T / sqrt(N - 1)``
+        of rank below N, and the non-zero eigenvalues of ``sqrt(S) A A^T sqrt(S)`` are
+        those of the N x N matrix ``A^T S A``: the same number, from an N x N
+        eigendecomposition (intra-FID's classes and FID∞'s small subsets).
+        """
+        x = features.detach().to("cpu", torch.float64)
+        n, d = x.shape
+        self._check(d)
+        if n < 2:
+            raise ValueError(f"Fréchet distance: a covariance needs at least 2 rows, got {n}")
+        if n > d:
+            return self.distance(moments_of(x))
+        mu = x.mean(0)
+        a = (x - mu).T / (n - 1) ** 0.5
+        gram = a.T @ self.sigma @ a
+        eig = torch.linalg.eigvalsh((gram + gram.T) / 2).clamp(min=0)
+        return self._value(mu, float((a * a).sum()), eig)
+
+    def _value(self, mu: torch.Tensor, trace: float, eig: torch.Tensor) -> float:
         diff = mu - self.mu
-        value = diff @ diff + self._trace + torch.trace(sigma) - 2 * eig.sqrt().sum()
-        return float(value)
+        return float(diff @ diff + self._trace + trace - 2 * eig.sqrt().sum())
 
 
 def frechet_distance(stats_1: dict[str, np.ndarray], stats_2: dict[str, np.ndarray]) -> float:
