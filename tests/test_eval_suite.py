@@ -103,6 +103,14 @@ def test_every_value_is_recorded_with_its_own_protocol_id(suite):
     assert r["protocol"]["weights_canonical"] is False
 
 
+def test_new_metrics_have_directions_for_reports_and_best_by():
+    from sagan.rundir import HIGHER_IS_BETTER
+
+    assert [HIGHER_IS_BETTER[m] for m in ("fid_inf", "intra_fid", "density", "coverage")] == [
+        False, False, True, True,
+    ]  # fmt: skip
+
+
 def test_adding_new_metrics_leaves_fids_protocol_id_alone(suite, fake_weights, tmp_path):
     """FID's id is that of an evaluation asking for FID, IS, KID and PR only; the plan
     of the full evaluation is the record's protocol."""
@@ -116,7 +124,9 @@ def test_intra_fid_is_the_mean_of_the_per_class_values(suite):
     d = suite["cold"]["details"]["intra_fid"]
     assert set(d["per_class"]) == {"0", "1", "2", "3"}
     assert sum(d["n_generated"].values()) == 20
-    assert suite["cold"]["metrics"]["intra_fid"] == pytest.approx(np.mean(list(d["per_class"].values())))
+    assert suite["cold"]["metrics"]["intra_fid"] == pytest.approx(
+        np.mean(list(d["per_class"].values()))
+    )
 
 
 def test_intra_fid_equals_the_mean_of_per_class_fids_computed_by_hand():
@@ -127,9 +137,7 @@ def test_intra_fid_equals_the_mean_of_per_class_fids_computed_by_hand():
     real = {c: torch.randn(40, d, generator=g, dtype=torch.float64) + c for c in range(classes)}
     labels = torch.arange(60) % classes
     fake = torch.randn(60, d, generator=g, dtype=torch.float64) * 1.1 + labels[:, None] * 0.8
-    stats = {
-        c: {**fid_features_to_statistics(x), "n": 40} for c, x in real.items()
-    }
+    stats = {c: {**fid_features_to_statistics(x), "n": 40} for c, x in real.items()}
     by_hand = [
         fid_statistics_to_metric(
             fid_features_to_statistics(fake[labels == c]), stats[c], verbose=False

@@ -1,6 +1,7 @@
-"""Time one FID + IS evaluation, with a cold reference cache and then a warm one.
+"""Time one evaluation, with a cold reference cache and then a warm one, by stage and metric.
 
     python -m sagan.benchmarks.eval [--n 1000] [--device cpu] [--weights PATH]
+        [--metrics fid,is,kid,prc,fid_inf,dc,intra_fid]
 
 Scores N generated samples (the real SAGAN generator at its default width when
 ``sagan.models`` is importable, else a small random stand-in) against N images of the
@@ -94,6 +95,16 @@ def _weights(arg: str | None, tmp: Path) -> tuple[Path, bool]:
         return make_random_weights(tmp / WEIGHTS_FILE, seed=0), True
 
 
+def stage_shares(record: dict) -> dict[str, float]:
+    """Seconds of each stage of an evaluation record: reference, generation, each
+    extractor, each metric (``timing`` of :func:`sagan.metrics.evaluate_generator`)."""
+    timing = record["timing"]
+    out = {"reference": timing.get("reference_s", 0.0), "generate": timing.get("generate_s", 0.0)}
+    out |= {f"extract {k}": v for k, v in timing.get("extract_s", {}).items()}
+    out |= {f"metric {k}": v for k, v in timing.get("metric_s", {}).items()}
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command line entry point; returns the exit status."""
     p = argparse.ArgumentParser(
@@ -110,6 +121,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=100, help="eval.batch_size (default 100)")
     p.add_argument("--resolution", type=int, default=32, choices=(32, 64, 128))
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument(
+        "--metrics",
+        default="fid,is",
+        help="eval.metrics to time, comma-separated (default: fid,is)",
+    )
     p.add_argument("--json", action="store_true", help="also print the two records as JSON lines")
     args = p.parse_args(argv)
     device = torch.device(args.device)
@@ -134,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
                 "train": {"batch_size": 16},
                 "eval": {
                     "n_samples": args.n,
-                    "metrics": ["fid", "is"],
+                    "metrics": args.metrics.split(","),
                     "batch_size": args.batch_size,
                     "reference": {"split": "train", "n": ref_n},
                     "inception_weights": str(weights),
@@ -176,6 +192,9 @@ def main(argv: list[str] | None = None) -> int:
             )
 
     cold, warm = records["cold"], records["warm"]
+    print(f"\nwhere the warm evaluation's {warm['wall_s']:.2f} s go:")
+    for stage, seconds in stage_shares(warm).items():
+        print(f"  {stage:22} {seconds:8.2f} s  {100 * seconds / max(warm['wall_s'], 1e-9):5.1f}%")
     print(
         f"reference extraction: {ref_n / max(cold['timing']['reference_s'], 1e-9):.1f} images/s cold "
         f"(incl. loading the extractor); warm cache saves {cold['wall_s'] - warm['wall_s']:.1f} s"
