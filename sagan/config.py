@@ -146,7 +146,18 @@ class ProtocolConfig(_Strict):
 
     n_samples: int = Field(50_000, ge=2)
     metrics: list[
-        Literal["fid", "is", "kid", "prc", "fid_inf", "dc", "intra_fid", "swd", "consistency"]
+        Literal[
+            "fid",
+            "is",
+            "kid",
+            "prc",
+            "fid_inf",
+            "dc",
+            "intra_fid",
+            "fd_dinov2",
+            "swd",
+            "consistency",
+        ]
     ] = ["fid", "is"]
     reference: ReferenceConfig = ReferenceConfig()
     seed: int = 0
@@ -154,6 +165,10 @@ class ProtocolConfig(_Strict):
     use_ema: bool = True
     g_mode: Literal["eval", "train"] = "eval"
     inception_weights: str | None = None
+    # fd_dinov2's extractor (sagan.metrics.dinov2): the DINOv2 model and its weights
+    # file (null: torch.hub's cache, where `python -m sagan.prefetch --dinov2` puts it).
+    dinov2_model: Literal["vit-s-14", "vit-b-14", "vit-l-14"] = "vit-l-14"
+    dinov2_weights: str | None = None
     cache_dir: str | None = None
 
 
@@ -177,6 +192,7 @@ BEST_BY = {
     "density": "dc",
     "coverage": "dc",
     "intra_fid": "intra_fid",
+    "fd_dinov2": "fd_dinov2",
 }
 
 
@@ -203,6 +219,7 @@ class FinalConfig(ProtocolConfig):
             "density",
             "coverage",
             "intra_fid",
+            "fd_dinov2",
         ]
         | None
     ) = None

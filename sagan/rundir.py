@@ -137,6 +137,7 @@ HIGHER_IS_BETTER = {
     "density": True,
     "coverage": True,
     "intra_fid": False,
+    "fd_dinov2": False,
 }
 
 

@@ -1,6 +1,7 @@
 """One sample set, one pass per extractor: every metric of an evaluation from shared
-features, each value with its own protocol id; intra-FID per class; a reference pass
-that streams and can be stopped. Real torch-fidelity on random-valued weights."""
+features, each value with its own protocol id; intra-FID per class; FD-DINOv2 from a
+local file; a reference pass that streams and can be stopped. Real torch-fidelity on
+random-valued weights (Inception, and DINOv2 ViT-S/14: see tests/fakeweights.py)."""
 
 from __future__ import annotations
 
@@ -14,17 +15,20 @@ from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics
 
 from sagan.config import load_config
 from sagan.metrics import evaluate_generator
-from sagan.metrics.errors import EvaluationStopped
+from sagan.metrics.dinov2 import DinoV2Extractor, DinoV2ViT
+from sagan.metrics.errors import EvaluationStopped, MetricsError
 from sagan.metrics.evaluate import planned_protocol
 from sagan.metrics.intra_fid import intra_fid
-from sagan.metrics.protocol import protocol_id
+from sagan.metrics.protocol import metric_protocol_ids, protocol_id
 from sagan.models import build_models
 from tests import fakeweights
 
 fake_weights = fakeweights.fake_weights
+fake_dinov2_weights = fakeweights.fake_dinov2_weights
+other_fake_dinov2_weights = fakeweights.other_fake_dinov2_weights
 
 TINY = Path(__file__).resolve().parents[1] / "sagan" / "configs" / "tiny.yaml"
-ALL = ["fid", "is", "kid", "fid_inf", "prc", "dc", "intra_fid"]
+ALL = ["fid", "is", "kid", "fid_inf", "fd_dinov2", "prc", "dc", "intra_fid"]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -35,11 +39,13 @@ def one_torch_thread():
     torch.set_num_threads(threads)
 
 
-def _cfg(tmp: Path, weights: Path, metrics: list[str]):
+def _cfg(tmp: Path, weights: Path, metrics: list[str], dinov2: Path | None = None):
     return load_config(
         TINY,
         {
             "eval.metrics": metrics,
+            "eval.dinov2_model": "vit-s-14",
+            "eval.dinov2_weights": str(dinov2) if dinov2 else None,
             "eval.n_samples": 20,
             "eval.batch_size": 10,
             "eval.reference.n": 20,
@@ -50,36 +56,52 @@ def _cfg(tmp: Path, weights: Path, metrics: list[str]):
 
 
 @pytest.fixture(scope="module")
-def suite(fake_weights, tmp_path_factory):
-    """Two evaluations of the tiny G with every Inception metric: a cold cache, then a warm one,
-    counting G's forwards and Inception's."""
+def suite(fake_weights, fake_dinov2_weights, tmp_path_factory):
+    """Two evaluations of the tiny G with every metric on features: a cold cache, then a
+    warm one, counting G's forwards, Inception's and DINOv2's."""
     tmp = tmp_path_factory.mktemp("suite")
-    cfg = _cfg(tmp, fake_weights, ALL)
+    cfg = _cfg(tmp, fake_weights, ALL, fake_dinov2_weights)
     torch.manual_seed(0)
     G = build_models(cfg.model, cfg.data.resolution, cfg.data.synthetic.n_classes)[0]
-    g_calls, fe_calls = [0], [0]
-    G.register_forward_hook(lambda *a: g_calls.__setitem__(0, g_calls[0] + 1))
+    calls = {"G": 0, "inception": 0, "dinov2": 0}
+
+    def count(name):
+        return lambda *a: calls.__setitem__(name, calls[name] + 1)
+
+    G.register_forward_hook(count("G"))
     original = FeatureExtractorInceptionV3.forward
 
     def counting(self, x):
-        fe_calls[0] += 1
+        count("inception")()
         return original(self, x)
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(FeatureExtractorInceptionV3, "forward", counting)
-        cold = evaluate_generator(G, cfg, step=1, device="cpu", ema=True)
-        counts_cold = (g_calls[0], fe_calls[0])
-        warm = evaluate_generator(G, cfg, step=2, device="cpu", ema=True)
-        counts_warm = (g_calls[0] - counts_cold[0], fe_calls[0] - counts_cold[1])
+        mp.setattr(torch.hub, "load", _no_network)
+        handle = torch.nn.modules.module.register_module_forward_hook(
+            lambda m, *a: count("dinov2")() if isinstance(m, DinoV2ViT) else None
+        )
+        try:
+            cold = evaluate_generator(G, cfg, step=1, device="cpu", ema=True)
+            counts_cold = tuple(calls.values())
+            warm = evaluate_generator(G, cfg, step=2, device="cpu", ema=True)
+        finally:
+            handle.remove()
+        counts_warm = tuple(v - c for v, c in zip(calls.values(), counts_cold, strict=True))
     return dict(cfg=cfg, G=G, cold=cold, warm=warm, counts=(counts_cold, counts_warm))
 
 
+def _no_network(*args, **kwargs):
+    raise AssertionError("evaluation tried to load something through torch.hub")
+
+
 def test_every_metric_from_one_generation_and_one_extraction_pass(suite):
-    """20 samples in batches of 10: G runs twice, Inception twice on the samples, and
-    (cold cache only) twice on the 20 reference images, for all seven metrics."""
+    """20 samples in batches of 10: G runs twice, Inception and DINOv2 twice each on the
+    samples, and (cold cache only) twice each on the 20 reference images, for all
+    eight metrics."""
     cold, warm = suite["counts"]
-    assert cold == (2, 4)
-    assert warm == (2, 2)
+    assert cold == (2, 4, 4)
+    assert warm == (2, 2, 2)
     assert suite["cold"]["timing"]["reference_cache"] == "miss"
     assert suite["warm"]["timing"]["reference_cache"] == "hit"
     assert suite["cold"]["metrics"] == pytest.approx(suite["warm"]["metrics"], rel=1e-9)
@@ -88,19 +110,76 @@ def test_every_metric_from_one_generation_and_one_extraction_pass(suite):
 def test_every_value_is_recorded_with_its_own_protocol_id(suite):
     r = suite["cold"]
     values = {"fid", "is_mean", "is_std", "kid_mean", "kid_std", "fid_inf", "precision",
-              "recall", "density", "coverage", "intra_fid"}  # fmt: skip
+              "recall", "density", "coverage", "intra_fid", "fd_dinov2"}  # fmt: skip
     assert set(r["metrics"]) == values and set(r["protocol_ids"]) == values
     assert all(np.isfinite(v) for v in r["metrics"].values())
-    for block in ("fid_inf", "dc", "intra_fid"):
+    for block in ("fid_inf", "dc", "intra_fid", "fd_dinov2"):
         assert block in r["protocol"]
     assert r["protocol"]["dc"]["nearest_k"] == 5
     assert r["protocol"]["fid_inf"]["n"] == r["details"]["fid_inf"]["n"]
     assert len(r["details"]["fid_inf"]["fid"]) == len(r["details"]["fid_inf"]["n"])
     ids = r["protocol_ids"]
-    assert len({ids["fid_inf"], ids["density"], ids["intra_fid"], ids["fid"]}) == 4
+    assert (
+        len({ids["fid_inf"], ids["density"], ids["intra_fid"], ids["fd_dinov2"], ids["fid"]}) == 5
+    )
     assert ids["density"] == ids["coverage"] and ids["fid"] == ids["kid_mean"] == ids["is_mean"]
     assert r["protocol_id"] == protocol_id(r["protocol"])
     assert r["protocol"]["weights_canonical"] is False
+    dino = r["protocol"]["fd_dinov2"]
+    assert dino["extractor"] == "dinov2-vit-s-14" and dino["weights_canonical"] is False
+    assert dino["reference"]["cache_key"] != r["protocol"]["reference"]["cache_key"]
+    assert set(r["timing"]["extract_s"]) == {"inception", "dinov2"}
+    assert set(r["timing"]["metric_s"]) == set(ALL)
+
+
+def test_changing_only_the_dinov2_file_changes_only_fd_dinov2s_protocol_id(
+    suite, fake_weights, other_fake_dinov2_weights, tmp_path
+):
+    r = suite["cold"]
+    other = planned_protocol(_cfg(tmp_path, fake_weights, ALL, other_fake_dinov2_weights), ema=True)
+    other_ids = metric_protocol_ids(other, list(r["metrics"]))
+    changed = {k for k in other_ids if other_ids[k] != r["protocol_ids"][k]}
+    assert changed == {"fd_dinov2"}
+
+
+def test_a_missing_dinov2_file_is_one_clear_error_before_anything_runs(fake_weights, tmp_path):
+    from sagan.train import preflight
+
+    missing = tmp_path / "nowhere" / "dinov2_vits14_pretrain.pth"
+    cfg = _cfg(tmp_path, fake_weights, ["fid", "fd_dinov2"], missing)
+    G = build_models(cfg.model, cfg.data.resolution, cfg.data.synthetic.n_classes)[0]
+    calls = []
+    G.register_forward_hook(lambda *a: calls.append(1))
+    with pytest.raises(MetricsError) as err:
+        evaluate_generator(G, cfg, step=1, device="cpu", ema=True)
+    message = str(err.value)
+    for part in ("fd_dinov2", str(missing), "python -m sagan.prefetch --dinov2 vit-s-14"):
+        assert part in message
+    assert not calls, "G ran before the missing file was found"
+    scored_only = load_config(
+        TINY, {"final.metrics": ["fd_dinov2"], "final.dinov2_weights": str(missing)}
+    )
+    with pytest.raises(MetricsError, match="fd_dinov2"):
+        preflight(scored_only)
+
+
+def test_dinov2_extractor_is_torch_fidelitys_with_the_official_architecture(
+    fake_dinov2_weights,
+):
+    """The forward (resize to 224, normalisation) is torch-fidelity's own; the model has
+    the official state-dict layout: ViT-L/14 built on the meta device has the official
+    dinov2_vitl14's 343 tensors and 304,368,640 values (counted from
+    facebookresearch/dinov2 at b8931f7, whose forward ours matched exactly on shared
+    random weights)."""
+    from torch_fidelity.feature_extractor_dinov2 import FeatureExtractorDinoV2
+
+    assert DinoV2Extractor.forward is FeatureExtractorDinoV2.forward
+    with torch.device("meta"):
+        state = DinoV2ViT("vit-l-14").state_dict()
+    assert len(state) == 343 and sum(t.numel() for t in state.values()) == 304_368_640
+    fe = DinoV2Extractor("vit-s-14", fake_dinov2_weights)
+    (out,) = fe(torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8))
+    assert out.shape == (2, 384) and out.dtype == torch.float32 and torch.isfinite(out).all()
 
 
 def test_new_metrics_have_directions_for_reports_and_best_by():

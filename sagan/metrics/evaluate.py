@@ -21,19 +21,23 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from sagan.metrics import dc
 from sagan.metrics.errors import EvaluationStopped, MetricsError
-from sagan.metrics.fidelity import FeatureAccumulator, exact_float32, feature_extractor, to_uint8
+from sagan.metrics.fidelity import (
+    FeatureAccumulator,
+    exact_float32,
+    feature_extractor,
+    fid_from_statistics,
+    to_uint8,
+)
+from sagan.metrics.moments import moments_of
+from sagan.metrics.plan import _check_counts, _dino_weights, _protocol, planned_protocol
 from sagan.metrics.protocol import (
     INCEPTION_METRICS,
-    ISC_SPLITS,
-    PRC_NEIGHBORHOOD,
     REFERENCE_METRICS,
-    build_protocol,
     metric_protocol_ids,
     protocol_id,
 )
-from sagan.metrics.reference import ReferenceStats, features_kept, reference_statistics
+from sagan.metrics.reference import ReferenceStats, reference_statistics
 from sagan.metrics.refset import (
     LazySplit,
     _reference_source,
@@ -93,31 +97,6 @@ def sample_batches(
         yield images
 
 
-def _check_counts(metrics: list[str], n_generated: int, n_reference: int | None) -> None:
-    if "is" in metrics and n_generated < ISC_SPLITS:
-        raise MetricsError(
-            f"eval.n_samples = {n_generated}: the Inception Score splits the samples into "
-            f"{ISC_SPLITS} parts; use at least {ISC_SPLITS} samples (50000 to compare with papers)."
-        )
-    if "prc" in metrics and min(n_generated, n_reference or n_generated) <= PRC_NEIGHBORHOOD:
-        raise MetricsError(
-            f"eval.n_samples / eval.reference.n: precision/recall uses each sample's "
-            f"{PRC_NEIGHBORHOOD}-th nearest neighbour; use more than {PRC_NEIGHBORHOOD} images on each side."
-        )
-    if "dc" in metrics and features_kept(n_reference or n_generated) <= dc.DC_NEAREST_K:
-        raise MetricsError(
-            f"eval.reference.n = {n_reference}: density/coverage uses each real image's "
-            f"{dc.DC_NEAREST_K}-th nearest neighbour; use more than {dc.DC_NEAREST_K} reference images."
-        )
-    if "fid_inf" in metrics:
-        from sagan.metrics.fid_inf import fid_inf_sizes
-
-        try:
-            fid_inf_sizes(n_generated)
-        except ValueError as e:
-            raise MetricsError(f"eval.n_samples = {n_generated}: {e}") from None
-
-
 def _check_shape(images: torch.Tensor, resolution: int) -> None:
     if images.dim() != 4 or tuple(images.shape[1:]) != (3, resolution, resolution):
         raise MetricsError(
@@ -130,67 +109,6 @@ def _cuda_devices(device: torch.device) -> list[int]:
     if device.type != "cuda":
         return []
     return [device.index if device.index is not None else torch.cuda.current_device()]
-
-
-def _protocol(
-    cfg: Any,
-    weights: Any,
-    reference: dict[str, Any] | None,
-    n_sample: int,
-    ema: bool,
-    device: torch.device | str,
-    swd: dict[str, Any] | None = None,
-    blocks: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    ev = cfg.eval
-    return build_protocol(
-        swd=swd,
-        blocks=blocks,
-        weights=weights,
-        reference=reference,
-        n_generated=n_sample,
-        ema=ema,
-        g_mode=ev.g_mode,
-        eval_seed=ev.seed,
-        batch_size=ev.batch_size,
-        device=str(device),
-        bn_momentum=cfg.model.bn_momentum,
-    )
-
-
-def planned_protocol(
-    cfg: Any,
-    *,
-    ema: bool,
-    device: torch.device | str = "cpu",
-    reference: tuple[Dataset, str] | None = None,
-) -> dict[str, Any]:
-    """The protocol :func:`evaluate_generator` would record for ``cfg.eval``, without
-    sampling or extracting anything: so that a caller can see whether a number was
-    already made (its :func:`~sagan.metrics.protocol.protocol_id`) before paying for it.
-
-    Raises:
-        MetricsError: as :func:`evaluate_generator` would, before any work.
-    """
-    from sagan.metrics.reference import cache_key, cache_key_parts
-
-    ev = cfg.eval
-    wanted = list(dict.fromkeys(ev.metrics))
-    inception = [m for m in wanted if m in INCEPTION_METRICS]
-    want_consistency = "consistency" in wanted and cfg.data.name == "synthetic"
-    _check_counts(inception, ev.n_samples, ev.reference.n)
-    weights = resolve_weights(ev.inception_weights) if inception else None
-    n_sample = ev.n_samples if inception or want_consistency or "swd" in wanted else 0
-    ref = swd_protocol = None
-    if needs_reference(wanted):
-        dataset, key_parts = _reference_source(cfg, reference)
-    if any(m in REFERENCE_METRICS for m in inception):
-        parts = cache_key_parts(key_parts, weights.sha256, len(dataset))
-        ref = ReferenceStats(Path(), cache_key(parts), parts, hit=False).protocol()
-    if "swd" in wanted:
-        swd_protocol = _swd_protocol(cfg, key_parts, len(dataset))
-    blocks = metric_blocks(inception, n_sample, features_kept(ref["n"]) if ref else 0)
-    return _protocol(cfg, weights, ref, n_sample, ema, device, swd_protocol, blocks)
 
 
 def evaluate_generator(
@@ -259,9 +177,10 @@ def evaluate_generator(
         from sagan.synthetic import consistency
     _check_counts(inception, ev.n_samples, ev.reference.n)
     weights = resolve_weights(ev.inception_weights) if inception else None  # fail before any work
+    dino = _dino_weights(cfg, wanted)
     want_swd = "swd" in wanted
     # Nothing to compute (consistency asked for on non-synthetic data): do not sample either.
-    n_sample = ev.n_samples if inception or want_consistency or want_swd else 0
+    n_sample = ev.n_samples if inception or dino or want_consistency or want_swd else 0
 
     timing: dict[str, Any] = {}
     ref: ReferenceStats | None = None
@@ -289,6 +208,19 @@ def evaluate_generator(
             timing["reference_s"] = round(set_s + time.perf_counter() - t, 3)
             timing["reference_cache"] = "hit" if ref.hit else "miss"
 
+        dino_ref = dino_acc = None
+        if dino is not None:
+            from sagan.metrics import dinov2
+
+            t = time.perf_counter()
+            spec = dinov2.extractor_spec(dino)
+            dino_ref = reference_statistics(
+                dataset, key_parts=key_parts, cfg=cfg, device=device, stop=stop, extractor=spec
+            )
+            dino_acc = FeatureAccumulator(spec.build(device), device)
+            timing["reference_dinov2_s"] = round(time.perf_counter() - t, 3)
+            timing["reference_dinov2_cache"] = "hit" if dino_ref.hit else "miss"
+
         swd_protocol = swd_real = swd_fake = None
         if want_swd:
             from sagan.metrics import swd
@@ -303,7 +235,7 @@ def evaluate_generator(
         t = time.perf_counter()
         acc = FeatureAccumulator(feature_extractor(weights, device), device) if inception else None
         consistent = seen = 0
-        generate_s = extract_s = 0.0
+        generate_s = extract_s = dino_s = 0.0
         labels = []
         with sampling_mode(G, ev.g_mode), torch.no_grad():
             batches = sample_labeled_batches(
@@ -327,6 +259,10 @@ def evaluate_generator(
                 if acc is not None:
                     acc.add(images)
                     extract_s += time.perf_counter() - t_extract
+                if dino_acc is not None:
+                    t_dino = time.perf_counter()
+                    dino_acc.add(images)
+                    dino_s += time.perf_counter() - t_dino
                 labels.append(y)
                 if want_consistency:
                     consistent += int(consistency(images.cpu()).sum())
@@ -335,8 +271,11 @@ def evaluate_generator(
                 seen += len(images)
         timing["generate_extract_s"] = round(time.perf_counter() - t, 3)
         timing["generate_s"] = round(generate_s, 3)
+        timing["extract_s"] = {}
         if acc is not None:
-            timing["extract_s"] = {"inception": round(extract_s, 3)}
+            timing["extract_s"]["inception"] = round(extract_s, 3)
+        if dino_acc is not None:
+            timing["extract_s"]["dinov2"] = round(dino_s, 3)
 
         t = time.perf_counter()
         if acc is not None:
@@ -345,6 +284,13 @@ def evaluate_generator(
             )
             metrics.update(values)
             timing["metric_s"] = seconds
+        if dino_acc is not None:
+            t_fd = time.perf_counter()
+            features = dino_acc.result()[dinov2.FEATURE]
+            metrics["fd_dinov2"] = fid_from_statistics(
+                moments_of(features), dino_ref.fid_statistics()
+            )
+            timing.setdefault("metric_s", {})["fd_dinov2"] = round(time.perf_counter() - t_fd, 3)
         if want_consistency:
             metrics["consistency"] = consistent / n_sample
         if swd_fake is not None:
@@ -352,6 +298,8 @@ def evaluate_generator(
         timing["metrics_s"] = round(time.perf_counter() - t, 3)
 
     blocks = metric_blocks(inception, n_sample, len(ref.features()) if ref is not None else 0)
+    if dino is not None:
+        blocks["fd_dinov2"] = dinov2.protocol(dino, dino_ref.protocol())
     protocol = _protocol(
         cfg,
         weights,

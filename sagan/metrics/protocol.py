@@ -24,7 +24,9 @@ INCEPTION_METRICS = ("fid", "is", "kid", "prc", "fid_inf", "dc", "intra_fid")
 REFERENCE_METRICS = ("fid", "kid", "prc", "fid_inf", "dc", "intra_fid")
 # Metrics with a protocol block of their own (present only when they ran, so that
 # records without them keep their ids); each gets its own protocol id.
-BLOCK_METRICS = ("fid_inf", "dc", "intra_fid", "swd")
+BLOCK_METRICS = ("fid_inf", "dc", "intra_fid", "fd_dinov2", "swd")
+# Metrics on DINOv2 features (sagan.metrics.dinov2), compared against the reference set.
+DINOV2_METRICS = ("fd_dinov2",)
 # The values each metric records.
 METRIC_VALUES = {
     "fid": ("fid",),
@@ -34,6 +36,7 @@ METRIC_VALUES = {
     "fid_inf": ("fid_inf",),
     "dc": ("density", "coverage"),
     "intra_fid": ("intra_fid",),
+    "fd_dinov2": ("fd_dinov2",),
     "swd": ("swd",),
     "consistency": ("consistency",),
 }
@@ -138,7 +141,7 @@ def build_protocol(
     counts, EMA or raw G, G's mode, step unit, plus the settings of each metric.
     ``weights``/``reference`` are ``None`` when only non-Inception metrics ran.
     ``blocks``: the protocol block of each block metric that ran (``fid_inf``, ``dc``,
-    ``intra_fid``), recorded under its name.
+    ``intra_fid``, ``fd_dinov2``), recorded under its name.
     """
     n_ref = reference["n"] if reference else None
     # Present only when the SWD (or a block metric) was computed, so that records
@@ -179,6 +182,7 @@ def build_protocol(
 
 __all__ = [
     "BLOCK_METRICS",
+    "DINOV2_METRICS",
     "FEATURE_LAYERS",
     "METRIC_VALUES",
     "REFERENCE_FEATURES_MAX",

@@ -28,6 +28,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -85,8 +86,30 @@ def features_rule(n: int) -> str:
     return "all" if kept == n else f"random, seed {REFERENCE_FEATURES_SEED}, {kept} of the {n}"
 
 
+@dataclass(frozen=True)
+class ExtractorSpec:
+    """Which feature space a reference entry holds: the extractor's name, the layer
+    used, its weights' sha256, and how to build it (on a cache miss only)."""
+
+    name: str
+    layer: str
+    sha256: str
+    build: Callable[[torch.device], Any]
+
+
+def inception_spec(weights: WeightsInfo) -> ExtractorSpec:
+    """torch-fidelity's ``inception-v3-compat`` pool features, the FID space."""
+    return ExtractorSpec(
+        EXTRACTOR, FEATURE_LAYERS["fid"], weights.sha256, lambda d: feature_extractor(weights, d)
+    )
+
+
 def cache_key_parts(
-    key_parts: dict[str, Any], weights_sha256: str, n_available: int
+    key_parts: dict[str, Any],
+    weights_sha256: str,
+    n_available: int,
+    extractor: str = EXTRACTOR,
+    layer: str = FEATURE_LAYERS["fid"],
 ) -> dict[str, Any]:
     """Everything a reference entry depends on, as a flat JSON-able dict."""
     missing = [k for k in REQUIRED_PARTS if k not in key_parts]
@@ -99,8 +122,8 @@ def cache_key_parts(
         "subset": subset_rule(n, n_available),
         "features": features_rule(n),
         "weights_sha256": weights_sha256,
-        "extractor": EXTRACTOR,
-        "layer": FEATURE_LAYERS["fid"],
+        "extractor": extractor,
+        "layer": layer,
         "torch_fidelity": torch_fidelity.__version__,
         "format": CACHE_FORMAT,
     }
@@ -247,6 +270,7 @@ def _extract(
     num_workers: int,
     stop: Callable[[], bool] | None = None,
     per_class: bool = False,
+    layer: str = FEATURE_LAYERS["fid"],
 ) -> _Streamed:
     loader = DataLoader(
         _subset(dataset, n),
@@ -258,7 +282,6 @@ def _extract(
     )
     device = torch.device(device)
     acc = _Streamed(n, per_class)
-    layer = FEATURE_LAYERS["fid"]
     seen = 0
     for images, labels in loader:
         if stop is not None and stop():
@@ -314,6 +337,7 @@ def reference_statistics(
     weights: WeightsInfo | None = None,
     stop: Callable[[], bool] | None = None,
     per_class: bool = False,
+    extractor: ExtractorSpec | None = None,
 ) -> ReferenceStats:
     """The reference set's FID statistics and features, from the cache or extracted and cached.
 
@@ -334,6 +358,7 @@ def reference_statistics(
         stop: asked before each batch of an extraction; when it says True the
             extraction is abandoned and nothing is cached.
         per_class: also the per-class statistics (:meth:`ReferenceStats.class_statistics`).
+        extractor: the feature space (:class:`ExtractorSpec`); Inception's by default.
 
     Returns:
         A :class:`ReferenceStats`; its ``hit`` says whether extraction was skipped.
@@ -342,7 +367,8 @@ def reference_statistics(
         MetricsError: ``n`` larger than the dataset, or no weights file.
         EvaluationStopped: ``stop`` said True.
     """
-    weights = weights or resolve_weights(cfg.eval.inception_weights)
+    if extractor is None:
+        extractor = inception_spec(weights or resolve_weights(cfg.eval.inception_weights))
     n_available = len(dataset)
     n = int(key_parts["n"])
     if not 2 <= n <= n_available:
@@ -350,7 +376,9 @@ def reference_statistics(
             f"eval.reference.n = {n}: the {key_parts.get('dataset')} {key_parts.get('split')} split has "
             f"{n_available} images. Set eval.reference.n to at most {n_available}, or null for all of them."
         )
-    parts = cache_key_parts(key_parts, weights.sha256, n_available)
+    parts = cache_key_parts(
+        key_parts, extractor.sha256, n_available, extractor.name, extractor.layer
+    )
     key = cache_key(parts)
     folder = cache_dir(cfg) / _entry_name(parts, key)
     cparts = class_key_parts(parts) if per_class else None
@@ -363,16 +391,16 @@ def reference_statistics(
     log.info("reference statistics: extracting %d images into %s", n, folder)
     if hasattr(dataset, "build"):  # listed only now, on a miss (LazySplit)
         dataset = dataset.build()
-    extractor = feature_extractor(weights, device)
     acc = _extract(
         dataset,
         n,
-        extractor,
+        extractor.build(torch.device(device)),
         device,
         cfg.eval.batch_size,
         cfg.data.num_workers,
         stop,
         per_class=per_class and not class_hit,
+        layer=extractor.layer,
     )
     stats, features = acc.moments.statistics(), acc.kept.result()
     if not main_hit:
@@ -403,6 +431,7 @@ def reference_statistics(
 
 __all__ = [
     "CACHE_ENV",
+    "ExtractorSpec",
     "ReferenceStats",
     "cache_dir",
     "cache_key",
@@ -410,5 +439,6 @@ __all__ = [
     "class_key_parts",
     "features_kept",
     "features_rule",
+    "inception_spec",
     "reference_statistics",
 ]

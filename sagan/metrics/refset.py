@@ -11,7 +11,7 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
-from sagan.metrics.protocol import REFERENCE_METRICS
+from sagan.metrics.protocol import DINOV2_METRICS, REFERENCE_METRICS
 
 
 class LazySplit(Dataset):
@@ -45,7 +45,7 @@ _folder_splits: dict[tuple[str, str], tuple[str, int]] = {}
 def needs_reference(metrics: list[str]) -> bool:
     """Whether any of ``metrics`` compares against real images (FID, KID, precision/
     recall on Inception features; the SWD on image patches)."""
-    return any(m in REFERENCE_METRICS or m == "swd" for m in metrics)
+    return any(m in REFERENCE_METRICS or m in DINOV2_METRICS or m == "swd" for m in metrics)
 
 
 def reference_set(cfg: Any) -> tuple[Dataset, str] | None:
