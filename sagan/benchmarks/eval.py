@@ -11,7 +11,8 @@ images are pushed through Inception), then with the cache filled. Prints the mac
 
 Without real Inception weights (``--weights``, or torch.hub's cache) it writes a
 random-valued weights file of the right architecture and says so: the timing is the
-same, the metric values are meaningless.
+same, the metric values are meaningless. The same holds for DINOv2 (``fd_dinov2`` in
+``--metrics``; ``--dinov2-model``, ``--dinov2-weights``).
 """
 
 from __future__ import annotations
@@ -86,6 +87,18 @@ def _reference(cfg) -> tuple[tuple | None, str]:
         return (dataset, f"random-uint8-{n}-{r}"), "random images (sagan.data not importable)"
 
 
+def _dinov2_weights(arg: str | None, variant: str, tmp: Path) -> tuple[Path, bool]:
+    from sagan.metrics.dinov2 import make_random_dinov2_weights, resolve_dinov2_weights
+
+    try:
+        return resolve_dinov2_weights(arg, variant).path, False
+    except MetricsError:
+        if arg:
+            raise
+        print(f"no DINOv2 {variant} weights: writing a random-valued file", flush=True)
+        return make_random_dinov2_weights(tmp / f"dinov2-{variant}.pth", variant), True
+
+
 def _weights(arg: str | None, tmp: Path) -> tuple[Path, bool]:
     if arg:
         return inception_weights_path(arg), False
@@ -126,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
         default="fid,is",
         help="eval.metrics to time, comma-separated (default: fid,is)",
     )
+    p.add_argument("--dinov2-model", default="vit-l-14", help="eval.dinov2_model (fd_dinov2)")
+    p.add_argument("--dinov2-weights", default=None, help="DINOv2 weights file (fd_dinov2)")
     p.add_argument("--json", action="store_true", help="also print the two records as JSON lines")
     args = p.parse_args(argv)
     device = torch.device(args.device)
@@ -135,8 +150,12 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="sagan-bench-eval-") as tmp_name:
         tmp = Path(tmp_name)
+        dinov2 = None
         try:
             weights, fake = _weights(args.weights, tmp)
+            if "fd_dinov2" in args.metrics.split(","):
+                dinov2, dino_fake = _dinov2_weights(args.dinov2_weights, args.dinov2_model, tmp)
+                fake = fake or dino_fake
         except MetricsError as e:
             print(f"error: {e}", file=sys.stderr)
             return 1
@@ -154,6 +173,8 @@ def main(argv: list[str] | None = None) -> int:
                     "batch_size": args.batch_size,
                     "reference": {"split": "train", "n": ref_n},
                     "inception_weights": str(weights),
+                    "dinov2_model": args.dinov2_model,
+                    "dinov2_weights": str(dinov2) if dinov2 else None,
                     "cache_dir": str(tmp / "reference-cache"),
                 },
             }
@@ -168,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         if fake:
             bar = "!" * 78
             print(
-                f"{bar}\n!! NO INCEPTION WEIGHTS: using a RANDOM-VALUED file of the right architecture.\n"
+                f"{bar}\n!! NO REAL WEIGHTS: using a RANDOM-VALUED file of the right architecture.\n"
                 f"!! Timings are representative; the FID/IS VALUES ARE MEANINGLESS.\n"
                 f"!! For real values: python -m sagan.prefetch --weights, or --weights PATH.\n{bar}"
             )

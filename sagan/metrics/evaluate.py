@@ -37,7 +37,7 @@ from sagan.metrics.protocol import (
     metric_protocol_ids,
     protocol_id,
 )
-from sagan.metrics.reference import ReferenceStats, reference_statistics
+from sagan.metrics.reference import ReferenceStats, features_kept, reference_statistics
 from sagan.metrics.refset import (
     LazySplit,
     _reference_source,
@@ -297,7 +297,8 @@ def evaluate_generator(
             metrics["swd"] = swd.swd(swd_real, swd_fake, ev.seed)
         timing["metrics_s"] = round(time.perf_counter() - t, 3)
 
-    blocks = metric_blocks(inception, n_sample, len(ref.features()) if ref is not None else 0)
+    # features_kept, not len(ref.features()): a FID-only evaluation never reads them.
+    blocks = metric_blocks(inception, n_sample, features_kept(ref.n) if ref is not None else 0)
     if dino is not None:
         blocks["fd_dinov2"] = dinov2.protocol(dino, dino_ref.protocol())
     protocol = _protocol(

@@ -99,6 +99,8 @@ def planned_protocol(
     ev = cfg.eval
     wanted = list(dict.fromkeys(ev.metrics))
     inception = [m for m in wanted if m in INCEPTION_METRICS]
+    if not cfg.data.conditional and "intra_fid" in inception:
+        inception.remove("intra_fid")  # skipped for an unconditional G, as evaluation does
     want_consistency = "consistency" in wanted and cfg.data.name == "synthetic"
     _check_counts(inception, ev.n_samples, ev.reference.n)
     weights = resolve_weights(ev.inception_weights) if inception else None
