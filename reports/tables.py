@@ -46,6 +46,7 @@ LABELS = {
     "precision": "precision",
     "recall": "recall",
     "fid_inf": "FID∞",
+    "is_inf": "IS∞",
     "fd_dinov2": "FD-DINOv2",
     "intra_fid": "intra-FID",
     "density": "density",

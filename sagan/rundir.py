@@ -134,6 +134,7 @@ HIGHER_IS_BETTER = {
     "consistency": True,
     "swd": False,
     "fid_inf": False,
+    "is_inf": True,
     "density": True,
     "coverage": True,
     "intra_fid": False,

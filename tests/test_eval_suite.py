@@ -28,7 +28,7 @@ fake_dinov2_weights = fakeweights.fake_dinov2_weights
 other_fake_dinov2_weights = fakeweights.other_fake_dinov2_weights
 
 TINY = Path(__file__).resolve().parents[1] / "sagan" / "configs" / "tiny.yaml"
-ALL = ["fid", "is", "kid", "fid_inf", "fd_dinov2", "prc", "dc", "intra_fid"]
+ALL = ["fid", "is", "kid", "fid_inf", "is_inf", "fd_dinov2", "prc", "dc", "intra_fid"]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -98,7 +98,7 @@ def _no_network(*args, **kwargs):
 def test_every_metric_from_one_generation_and_one_extraction_pass(suite):
     """20 samples in batches of 10: G runs twice, Inception and DINOv2 twice each on the
     samples, and (cold cache only) twice each on the 20 reference images, for all
-    eight metrics."""
+    nine metrics."""
     cold, warm = suite["counts"]
     assert cold == (2, 4, 4)
     assert warm == (2, 2, 2)
@@ -110,10 +110,10 @@ def test_every_metric_from_one_generation_and_one_extraction_pass(suite):
 def test_every_value_is_recorded_with_its_own_protocol_id(suite):
     r = suite["cold"]
     values = {"fid", "is_mean", "is_std", "kid_mean", "kid_std", "fid_inf", "precision",
-              "recall", "density", "coverage", "intra_fid", "fd_dinov2"}  # fmt: skip
+              "recall", "density", "coverage", "intra_fid", "fd_dinov2", "is_inf"}  # fmt: skip
     assert set(r["metrics"]) == values and set(r["protocol_ids"]) == values
     assert all(np.isfinite(v) for v in r["metrics"].values())
-    for block in ("fid_inf", "dc", "intra_fid", "fd_dinov2"):
+    for block in ("fid_inf", "is_inf", "dc", "intra_fid", "fd_dinov2"):
         assert block in r["protocol"]
     assert r["protocol"]["dc"]["nearest_k"] == 5
     assert r["protocol"]["fid_inf"]["n"] == r["details"]["fid_inf"]["n"]

@@ -112,7 +112,11 @@ def stage_shares(record: dict) -> dict[str, float]:
     """Seconds of each stage of an evaluation record: reference, generation, each
     extractor, each metric (``timing`` of :func:`sagan.metrics.evaluate_generator`)."""
     timing = record["timing"]
-    out = {"reference": timing.get("reference_s", 0.0), "generate": timing.get("generate_s", 0.0)}
+    out = {
+        "reference inception": timing.get("reference_s", 0.0),
+        "reference dinov2": timing.get("reference_dinov2_s", 0.0),
+        "generate": timing.get("generate_s", 0.0),
+    }
     out |= {f"extract {k}": v for k, v in timing.get("extract_s", {}).items()}
     out |= {f"metric {k}": v for k, v in timing.get("metric_s", {}).items()}
     return out

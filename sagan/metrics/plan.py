@@ -45,7 +45,7 @@ def _check_counts(metrics: list[str], n_generated: int, n_reference: int | None)
             f"eval.reference.n = {n_reference}: density/coverage uses each real image's "
             f"{dc.DC_NEAREST_K}-th nearest neighbour; use more than {dc.DC_NEAREST_K} reference images."
         )
-    if "fid_inf" in metrics:
+    if "fid_inf" in metrics or "is_inf" in metrics:
         from sagan.metrics.fid_inf import fid_inf_sizes
 
         try:

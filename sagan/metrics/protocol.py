@@ -19,12 +19,12 @@ from torch_fidelity.defaults import DEFAULTS
 
 from sagan.metrics.weights import EXTRACTOR, WeightsInfo
 
-INCEPTION_METRICS = ("fid", "is", "kid", "prc", "fid_inf", "dc", "intra_fid")
+INCEPTION_METRICS = ("fid", "is", "kid", "prc", "fid_inf", "is_inf", "dc", "intra_fid")
 # Metrics compared against the reference set (IS looks at generated images only).
 REFERENCE_METRICS = ("fid", "kid", "prc", "fid_inf", "dc", "intra_fid")
 # Metrics with a protocol block of their own (present only when they ran, so that
 # records without them keep their ids); each gets its own protocol id.
-BLOCK_METRICS = ("fid_inf", "dc", "intra_fid", "fd_dinov2", "swd")
+BLOCK_METRICS = ("fid_inf", "is_inf", "dc", "intra_fid", "fd_dinov2", "swd")
 # Metrics on DINOv2 features (sagan.metrics.dinov2), compared against the reference set.
 DINOV2_METRICS = ("fd_dinov2",)
 # The values each metric records.
@@ -34,6 +34,7 @@ METRIC_VALUES = {
     "kid": ("kid_mean", "kid_std"),
     "prc": ("precision", "recall"),
     "fid_inf": ("fid_inf",),
+    "is_inf": ("is_inf",),
     "dc": ("density", "coverage"),
     "intra_fid": ("intra_fid",),
     "fd_dinov2": ("fd_dinov2",),

@@ -25,10 +25,12 @@ FIDELITY_METRICS = ("fid", "is", "kid", "prc")
 
 
 def metric_blocks(wanted: list[str], n_generated: int, n_reference_features: int) -> dict:
-    """The protocol block of each of ``fid_inf``, ``dc``, ``intra_fid`` in ``wanted``."""
+    """The protocol block of each of ``fid_inf``, ``is_inf``, ``dc``, ``intra_fid`` in ``wanted``."""
     blocks: dict[str, Any] = {}
     if "fid_inf" in wanted:
         blocks["fid_inf"] = fid_inf.protocol(n_generated)
+    if "is_inf" in wanted:
+        blocks["is_inf"] = fid_inf.is_inf_protocol(n_generated)
     if "dc" in wanted:
         blocks["dc"] = dc.protocol(n_generated, n_reference_features)
     if "intra_fid" in wanted:
@@ -75,6 +77,13 @@ def score_features(
         metrics["fid_inf"] = r.pop("fid_inf")
         details["fid_inf"] = r
         seconds["fid_inf"] = time.perf_counter() - t
+    if "is_inf" in wanted:
+        t = time.perf_counter()
+        logits = generated[FEATURE_LAYERS["is"]]
+        r = fid_inf.is_inf(logits, fid_inf.fid_inf_sizes(len(logits)))
+        metrics["is_inf"] = r.pop("is_inf")
+        details["is_inf"] = r
+        seconds["is_inf"] = time.perf_counter() - t
     if "dc" in wanted:
         t = time.perf_counter()
         metrics.update(dc.density_coverage(ref_features, pool, dc.DC_NEAREST_K))
