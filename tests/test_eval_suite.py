@@ -5,6 +5,7 @@ random-valued weights (Inception, and DINOv2 ViT-S/14: see tests/fakeweights.py)
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -245,3 +246,47 @@ def test_a_stop_request_during_reference_extraction_abandons_it_and_caches_nothi
         evaluate_generator(G, cfg, step=1, device="cpu", ema=True, stop=stop)
     cache = tmp_path / "cache"
     assert not cache.exists() or not [p for p in cache.iterdir() if not p.name.startswith(".")]
+
+
+def test_a_reference_that_keeps_all_its_features_keeps_its_old_key_and_entry(
+    fake_weights, tmp_path
+):
+    """The streaming pass left the key of a reference of up to 50,000 images as it was
+    (so existing caches and protocol ids stay valid), and an entry written before it
+    (a float32 mean) is read and scored; past 50,000 the key names the feature subset."""
+    import torch_fidelity
+
+    from sagan.metrics.fidelity import fid_from_statistics
+    from sagan.metrics.moments import moments_of
+    from sagan.metrics.reference import (
+        _entry_name,
+        cache_dir,
+        cache_key,
+        cache_key_parts,
+        reference_statistics,
+    )
+    from sagan.metrics.weights import sha256_file
+
+    base = dict(dataset="synthetic", split="train", resolution=32, n=12, fingerprint="fp")
+    sha = sha256_file(fake_weights)
+    parts = cache_key_parts(base, sha, 12)
+    assert parts == {**base, "subset": "all", "weights_sha256": sha,
+                     "extractor": "inception-v3-compat", "layer": "2048",
+                     "torch_fidelity": torch_fidelity.__version__, "format": 1}  # fmt: skip
+    big = cache_key_parts(base | {"n": 60_000}, sha, 1_281_167)
+    assert big["features"] == "random, seed 1, 50000 of the 60000"
+
+    g = torch.Generator().manual_seed(0)
+    features = torch.randn(12, 2048, generator=g)
+    old_stats = {"mu": features.numpy().mean(0), "sigma": np.cov(features.numpy(), rowvar=False)}
+    assert old_stats["mu"].dtype == np.float32
+    cfg = _cfg(tmp_path, fake_weights, ["fid"])
+    folder = cache_dir(cfg) / _entry_name(parts, cache_key(parts))
+    folder.mkdir(parents=True)
+    torch.save({k: torch.from_numpy(v) for k, v in old_stats.items()}, folder / "fid_stats.pt")
+    torch.save(features, folder / "features.pt")
+    (folder / "meta.json").write_text(json.dumps({"parts": parts}))
+    ref = reference_statistics(list(range(12)), key_parts=base, cfg=cfg, device="cpu")
+    assert ref.hit and "features" not in ref.protocol()
+    fake = torch.randn(12, 2048, generator=g)
+    assert np.isfinite(fid_from_statistics(moments_of(fake), ref.fid_statistics()))

@@ -51,8 +51,11 @@ from sagan.metrics.weights import EXTRACTOR, WeightsInfo, resolve_weights
 log = logging.getLogger(__name__)
 
 CACHE_ENV = "SAGAN_BENCH_CACHE"
-# 2: streaming float64 moments, and features of a bounded subset (format 1 held all).
-CACHE_FORMAT = 2
+# Unchanged by the streaming pass: an entry holds the same statistics (to rounding)
+# and, up to REFERENCE_FEATURES_MAX images, the same features as before, so entries
+# and protocol ids made before stay valid. A reference past that bound keeps a subset
+# of the features, which its key says ("features").
+CACHE_FORMAT = 1
 REQUIRED_PARTS = ("dataset", "split", "resolution", "n", "fingerprint")
 _FILES = ("meta.json", "fid_stats.pt", "features.pt")
 _CLASS_FILES = ("meta.json", "class_stats.pt")
@@ -116,11 +119,14 @@ def cache_key_parts(
     if missing:
         raise ValueError(f"key_parts lacks {missing}; it needs {list(REQUIRED_PARTS)}")
     n = int(key_parts["n"])
+    # Only a bounded subset is named: every entry (and protocol id) of a reference
+    # that keeps all its features is as it was before the bound existed.
+    features = {"features": features_rule(n)} if features_kept(n) < n else {}
     return {
         **{k: key_parts[k] for k in REQUIRED_PARTS},
         "n": n,
         "subset": subset_rule(n, n_available),
-        "features": features_rule(n),
+        **features,
         "weights_sha256": weights_sha256,
         "extractor": extractor,
         "layer": layer,
@@ -176,7 +182,8 @@ class ReferenceStats:
         """``{"mu": float64 [2048], "sigma": float64 [2048, 2048]}``, torch-fidelity's layout."""
         if self._stats is None:
             raw = torch.load(self.path / "fid_stats.pt", map_location="cpu", weights_only=True)
-            self._stats = {k: v.numpy() for k, v in raw.items()}
+            # float64: entries written before the streaming pass hold a float32 mean.
+            self._stats = {k: v.double().numpy() for k, v in raw.items()}
         return self._stats
 
     def features(self) -> torch.Tensor:
@@ -204,7 +211,7 @@ class ReferenceStats:
     def protocol(self) -> dict[str, Any]:
         """The reference part of an evaluation's protocol record."""
         keep = ("dataset", "split", "n", "resolution", "fingerprint", "subset", "features")
-        return {**{k: self.parts[k] for k in keep}, "cache_key": self.key[:16]}
+        return {**{k: self.parts[k] for k in keep if k in self.parts}, "cache_key": self.key[:16]}
 
 
 def _lookup(folder: Path, parts: dict[str, Any], files=_FILES) -> bool:
