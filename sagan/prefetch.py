@@ -41,6 +41,28 @@ class PrefetchError(Exception):
     """A download that failed or gave the wrong file, phrased for a person."""
 
 
+def _download_checked(what: str, url: str, dest: Path, check) -> None:
+    """Download ``url`` to a temporary file beside ``dest``; ``check(tmp)`` raises
+    :class:`PrefetchError` on a bad file; only a file that passes is renamed to ``dest``."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".partial", dir=dest.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        print(f"{what}: downloading {url}\n      -> {dest}")
+        try:
+            download_url_to_file(url, str(tmp), hash_prefix=None, progress=sys.stderr.isatty())
+        except Exception as e:  # urllib raises URLError, HTTPError, OSError, ...
+            raise PrefetchError(
+                f"could not download {url} ({type(e).__name__}: {e}). Run this on a machine with internet "
+                f"(a login node), or fetch the file by other means and put it at {dest}."
+            ) from None
+        check(tmp)
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def fetch_weights(
     dest: str | os.PathLike | None = None,
     *,
@@ -75,28 +97,17 @@ def fetch_weights(
             f"{dest} exists but its sha256 is {sha}, not {hash_prefix}...: it is not torch-fidelity's "
             f"{WEIGHTS_FILE}. Delete it and run this again."
         )
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".partial", dir=dest.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        print(f"weights: downloading {url}\n      -> {dest}")
-        try:
-            download_url_to_file(url, str(tmp), hash_prefix=None, progress=sys.stderr.isatty())
-        except Exception as e:  # urllib raises URLError, HTTPError, OSError, ...
-            raise PrefetchError(
-                f"could not download {url} ({type(e).__name__}: {e}). Run this on a machine with internet "
-                f"(a login node), or fetch the file by other means and put it at {dest}."
-            ) from None
+
+    def check(tmp: Path) -> None:
         sha = sha256_file(tmp)
         if not sha.startswith(hash_prefix):
             raise PrefetchError(
                 f"the file downloaded from {url} has sha256 {sha}, expected one starting {hash_prefix}; "
                 f"not saved. Retry (a proxy may have altered it), or fetch it by other means."
             )
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
+
+    _download_checked("weights", url, dest, check)
+    sha = sha256_file(dest)
     print(f"weights: ok, sha256 {sha[:16]}...")
     return dest
 
@@ -139,23 +150,7 @@ def fetch_dinov2(
         check(dest)
         print(f"dinov2: {dest} is already there")
         return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".partial", dir=dest.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        print(f"dinov2: downloading {url}\n      -> {dest}")
-        try:
-            download_url_to_file(url, str(tmp), hash_prefix=None, progress=sys.stderr.isatty())
-        except Exception as e:
-            raise PrefetchError(
-                f"could not download {url} ({type(e).__name__}: {e}). Run this on a machine with internet "
-                f"(a login node), or fetch the file by other means and put it at {dest}."
-            ) from None
-        check(tmp)
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
+    _download_checked("dinov2", url, dest, check)
     print(f"dinov2: ok, sha256 {sha256_file(dest)[:16]}...")
     return dest
 
