@@ -47,7 +47,11 @@ from reports.tables import (
     wide_frame,
 )
 
-METRICS = ("fid", "is_mean", "kid_mean", "swd", "consistency", "precision", "recall")
+# The metrics the default summary shows, in this order, when the runs recorded them.
+METRICS = (
+    "fid", "is_mean", "kid_mean", "swd", "consistency", "precision", "recall",
+    "fid_inf", "is_inf", "fd_dinov2", "intra_fid", "density", "coverage",
+)  # fmt: skip
 CANONICAL_INCEPTION = "weights-inception-2015-12-05-6726825d.pth"
 
 

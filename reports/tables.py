@@ -45,6 +45,12 @@ LABELS = {
     "consistency": "consistency",
     "precision": "precision",
     "recall": "recall",
+    "fid_inf": "FID∞",
+    "is_inf": "IS∞",
+    "fd_dinov2": "FD-DINOv2",
+    "intra_fid": "intra-FID",
+    "density": "density",
+    "coverage": "coverage",
 }
 # Below this many seeds a percentile bootstrap is narrower than the truth (it only
 # resamples the few values it has): the report says so.

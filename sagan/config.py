@@ -145,13 +145,31 @@ class ProtocolConfig(_Strict):
     """How a number is made: what ``eval`` (monitoring) and ``final`` (scoring) share."""
 
     n_samples: int = Field(50_000, ge=2)
-    metrics: list[Literal["fid", "is", "kid", "prc", "swd", "consistency"]] = ["fid", "is"]
+    metrics: list[
+        Literal[
+            "fid",
+            "is",
+            "kid",
+            "prc",
+            "fid_inf",
+            "is_inf",
+            "dc",
+            "intra_fid",
+            "fd_dinov2",
+            "swd",
+            "consistency",
+        ]
+    ] = ["fid", "is"]
     reference: ReferenceConfig = ReferenceConfig()
     seed: int = 0
     batch_size: int = Field(100, ge=1)
     use_ema: bool = True
     g_mode: Literal["eval", "train"] = "eval"
     inception_weights: str | None = None
+    # fd_dinov2's extractor (sagan.metrics.dinov2): the DINOv2 model and its weights
+    # file (null: torch.hub's cache, where `python -m sagan.prefetch --dinov2` puts it).
+    dinov2_model: Literal["vit-s-14", "vit-b-14", "vit-l-14"] = "vit-l-14"
+    dinov2_weights: str | None = None
     cache_dir: str | None = None
 
 
@@ -171,6 +189,12 @@ BEST_BY = {
     "recall": "prc",
     "consistency": "consistency",
     "swd": "swd",
+    "fid_inf": "fid_inf",
+    "is_inf": "is_inf",
+    "density": "dc",
+    "coverage": "dc",
+    "intra_fid": "intra_fid",
+    "fd_dinov2": "fd_dinov2",
 }
 
 
@@ -185,7 +209,22 @@ class FinalConfig(ProtocolConfig):
 
     checkpoint: Literal["last", "best", "both"] = "last"
     best_by: (
-        Literal["fid", "is_mean", "kid_mean", "precision", "recall", "swd", "consistency"] | None
+        Literal[
+            "fid",
+            "is_mean",
+            "kid_mean",
+            "precision",
+            "recall",
+            "swd",
+            "consistency",
+            "fid_inf",
+            "is_inf",
+            "density",
+            "coverage",
+            "intra_fid",
+            "fd_dinov2",
+        ]
+        | None
     ) = None
 
 

@@ -150,6 +150,12 @@ HIGHER_IS_BETTER = {
     "recall": True,
     "consistency": True,
     "swd": False,
+    "fid_inf": False,
+    "is_inf": True,
+    "density": True,
+    "coverage": True,
+    "intra_fid": False,
+    "fd_dinov2": False,
 }
 
 

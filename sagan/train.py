@@ -68,6 +68,13 @@ def preflight(cfg: Config) -> None:
         inception_weights_path(ev.inception_weights)
         if any(m in REFERENCE_METRICS for m in ev.metrics):
             check_available(cfg.data, ev.reference.split)
+    # The DINOv2 file (1.2 GB) is the one most likely missing on a compute node: look
+    # for it before training, for monitoring and for the scoring of record alike.
+    for section in (ev if will_eval else None, cfg.final):
+        if section is not None and "fd_dinov2" in section.metrics:
+            from sagan.metrics.dinov2 import resolve_dinov2_weights
+
+            resolve_dinov2_weights(section.dinov2_weights, section.dinov2_model)
 
 
 def check_resume(run_dir: Path, cfg: Config, data_id: dict[str, Any]) -> None:

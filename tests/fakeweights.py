@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from sagan.metrics.dinov2 import make_random_dinov2_weights, weights_file
 from sagan.metrics.weights import WEIGHTS_FILE, make_random_weights
 
 
@@ -29,3 +30,22 @@ def fake_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def other_fake_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A second random-valued weights file (seed 1): same name, different sha256."""
     return make_random_weights(tmp_path_factory.mktemp("weights-b") / WEIGHTS_FILE, seed=1)
+
+
+@pytest.fixture(scope="session")
+def fake_dinov2_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-valued DINOv2 ViT-S/14 file (seed 0; 22M parameters, 88 MB), named like
+    the official one. ViT-S/14, not the default ViT-L/14 (300M parameters, 1.2 GB,
+    ~2 s an image on these CPUs): the same code path, and ``eval.dinov2_model``
+    (recorded in the protocol's extractor name) says which."""
+    return make_random_dinov2_weights(
+        tmp_path_factory.mktemp("dinov2-a") / weights_file("vit-s-14"), "vit-s-14", seed=0
+    )
+
+
+@pytest.fixture(scope="session")
+def other_fake_dinov2_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A second random ViT-S/14 file (seed 1): same name, different sha256."""
+    return make_random_dinov2_weights(
+        tmp_path_factory.mktemp("dinov2-b") / weights_file("vit-s-14"), "vit-s-14", seed=1
+    )

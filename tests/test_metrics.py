@@ -460,7 +460,7 @@ def test_an_image_folder_reference_is_listed_only_on_a_cache_miss(
     folder again: its size and fingerprint come from the folder's cached identity."""
     import sagan.data
     import sagan.data_identity
-    import sagan.metrics.evaluate as evaluate_mod
+    import sagan.metrics.refset as refset_mod
     from tests.datafiles import write_tiny_imagefolder
 
     write_tiny_imagefolder(tmp_path / "imgs", n_classes=2, n_per_class=6, size=(40, 40))
@@ -489,7 +489,7 @@ def test_an_image_folder_reference_is_listed_only_on_a_cache_miss(
 
     monkeypatch.setattr(sagan.data, "build_dataset", counting_build)
     monkeypatch.setattr(sagan.data_identity, "list_image_files", counting_list)
-    monkeypatch.setattr(evaluate_mod, "_folder_splits", {})
+    monkeypatch.setattr(refset_mod, "_folder_splits", {})
     G = TinyG()
     first = evaluate_generator(G, cfg, step=1, device="cpu", ema=False)
     assert builds[0] == 1 and first["timing"]["reference_cache"] == "miss"

@@ -9,6 +9,9 @@ import pytest
 
 from sagan import prefetch
 from sagan.metrics import WEIGHTS_FILE, WEIGHTS_URL, default_weights_path, inception_weights_path
+from tests import fakeweights
+
+fake_dinov2_weights = fakeweights.fake_dinov2_weights
 
 PAYLOAD = b"not really inception weights\n"
 PAYLOAD_PREFIX = hashlib.sha256(PAYLOAD).hexdigest()[:8]
@@ -113,9 +116,52 @@ def test_cli_flags_choose_what_to_fetch(tmp_path, monkeypatch, torch_home, downl
     assert prefetch.main(["--weights"]) == 0
     assert len(downloads) == 1 and not cifar_calls
 
+    dinov2_calls = []
+    monkeypatch.setattr(prefetch, "fetch_dinov2", lambda variant: dinov2_calls.append(variant))
     default_weights_path().unlink()
-    assert prefetch.main([]) == 0  # both, data under ./data
+    assert prefetch.main([]) == 0  # everything, data under ./data
     assert len(downloads) == 2 and [c[0] for c in cifar_calls] == ["data", "data"]
+    assert dinov2_calls == ["vit-l-14"]
+
+    assert prefetch.main(["--dinov2", "vit-s-14"]) == 0
+    assert dinov2_calls == ["vit-l-14", "vit-s-14"] and len(downloads) == 2
+
+
+def test_dinov2_weights_go_where_fd_dinov2_looks_and_must_load(
+    torch_home, monkeypatch, fake_dinov2_weights
+):
+    """The download is checked by loading it strictly into the architecture (DINOv2
+    publishes no hash); a file that does not load is refused and not kept."""
+    import shutil
+
+    from sagan.metrics.dinov2 import default_weights_path as dinov2_path
+    from sagan.metrics.dinov2 import resolve_dinov2_weights, weights_url
+
+    urls = []
+
+    def copy_download(url, dst, hash_prefix=None, progress=True):
+        urls.append(url)
+        shutil.copyfile(fake_dinov2_weights, dst)
+
+    monkeypatch.setattr(prefetch, "download_url_to_file", copy_download)
+    path = prefetch.fetch_dinov2("vit-s-14")
+    assert path == torch_home / "hub" / "checkpoints" / "dinov2_vits14_pretrain.pth"
+    assert path == dinov2_path("vit-s-14") and urls == [weights_url("vit-s-14")]
+    assert (
+        urls[0] == "https://dl.fbaipublicfiles.com/dinov2/dinov2_vits14/dinov2_vits14_pretrain.pth"
+    )
+    assert resolve_dinov2_weights(None, "vit-s-14").path == path
+    prefetch.fetch_dinov2("vit-s-14")
+    assert len(urls) == 1  # already there and loadable: kept
+
+    def bad_download(url, dst, hash_prefix=None, progress=True):
+        Path(dst).write_bytes(PAYLOAD)
+
+    monkeypatch.setattr(prefetch, "download_url_to_file", bad_download)
+    with pytest.raises(prefetch.PrefetchError, match="not a DINOv2 vit-b-14 checkpoint"):
+        prefetch.fetch_dinov2("vit-b-14")
+    assert not dinov2_path("vit-b-14").exists()
+    assert [p.name for p in path.parent.iterdir()] == [path.name]
 
 
 def test_cifar10_failure_is_explained(tmp_path, monkeypatch):

@@ -324,3 +324,42 @@ def test_the_report_section_of_a_grid_file_replaces_the_stores(tmp_path):
     html = (out / "report" / "index.html").read_text()
     assert "FID by placement and block" in html and "Table 1" not in html
     assert "Table 1" in build(out).read_text()  # without --grid: the store's own section
+
+
+def test_the_new_metrics_are_ordinary_columns_with_their_directions(tmp_path):
+    """FD-DINOv2, FID∞ and intra-FID: lower is better; density and coverage: higher.
+    A grid of two arms whose final records carry them shows each in the default
+    summary with its arrow, and marks the better arm best."""
+    from reports.build import _present_metrics
+
+    arms = {"a": {"fd_dinov2": 300.0, "fid_inf": 20.0, "intra_fid": 40.0, "density": 0.9,
+                  "coverage": 0.6},
+            "b": {"fd_dinov2": 200.0, "fid_inf": 25.0, "intra_fid": 50.0, "density": 1.1,
+                  "coverage": 0.5}}  # fmt: skip
+    cells = []
+    for arm, values in arms.items():
+        rec = _final(30.0, 10.0) | {"metrics": {"fid": 30.0, **values}}
+        _run(tmp_path, f"run{arm}", {"data": {"name": "synthetic", "resolution": 32}}, evals=[rec])
+        cells.append({"run_id": f"run{arm}", "levels": {"arm": arm}})
+    _index(tmp_path, "new_metrics", {"arm": ["a", "b"]}, cells, {})
+    df = read_store(tmp_path)
+    assert _present_metrics(df) == [
+        "fid",
+        "fid_inf",
+        "fd_dinov2",
+        "intra_fid",
+        "density",
+        "coverage",
+    ]
+    axes = {"arm": ["a", "b"]}
+    metrics = ["fd_dinov2", "fid_inf", "intra_fid", "density", "coverage"]
+    t = pivot(df, resolve({"rows": ["arm"], "metrics": metrics}, axes), axes, None)
+    assert [h["text"] for h in t["header"][0][1:]] == [
+        "FD-DINOv2 ↓", "FID∞ ↓", "intra-FID ↓", "density ↑", "coverage ↑",
+    ]  # fmt: skip
+    best = {
+        m: [r[0]["text"] for r in t["rows"] if "best" in r[1 + i]["cls"].split()]
+        for i, m in enumerate(metrics)
+    }
+    assert best == {"fd_dinov2": ["b"], "fid_inf": ["a"], "intra_fid": ["a"], "density": ["b"],
+                    "coverage": ["a"]}  # fmt: skip

@@ -1,6 +1,7 @@
-"""Time one FID + IS evaluation, with a cold reference cache and then a warm one.
+"""Time one evaluation, with a cold reference cache and then a warm one, by stage and metric.
 
     python -m sagan.benchmarks.eval [--n 1000] [--device cpu] [--weights PATH]
+        [--metrics fid,is,kid,prc,fid_inf,dc,intra_fid]
 
 Scores N generated samples (the real SAGAN generator at its default width when
 ``sagan.models`` is importable, else a small random stand-in) against N images of the
@@ -10,7 +11,8 @@ images are pushed through Inception), then with the cache filled. Prints the mac
 
 Without real Inception weights (``--weights``, or torch.hub's cache) it writes a
 random-valued weights file of the right architecture and says so: the timing is the
-same, the metric values are meaningless.
+same, the metric values are meaningless. The same holds for DINOv2 (``fd_dinov2`` in
+``--metrics``; ``--dinov2-model``, ``--dinov2-weights``).
 """
 
 from __future__ import annotations
@@ -85,6 +87,18 @@ def _reference(cfg) -> tuple[tuple | None, str]:
         return (dataset, f"random-uint8-{n}-{r}"), "random images (sagan.data not importable)"
 
 
+def _dinov2_weights(arg: str | None, variant: str, tmp: Path) -> tuple[Path, bool]:
+    from sagan.metrics.dinov2 import make_random_dinov2_weights, resolve_dinov2_weights
+
+    try:
+        return resolve_dinov2_weights(arg, variant).path, False
+    except MetricsError:
+        if arg:
+            raise
+        print(f"no DINOv2 {variant} weights: writing a random-valued file", flush=True)
+        return make_random_dinov2_weights(tmp / f"dinov2-{variant}.pth", variant), True
+
+
 def _weights(arg: str | None, tmp: Path) -> tuple[Path, bool]:
     if arg:
         return inception_weights_path(arg), False
@@ -92,6 +106,20 @@ def _weights(arg: str | None, tmp: Path) -> tuple[Path, bool]:
         return inception_weights_path(None), False
     except MetricsError:
         return make_random_weights(tmp / WEIGHTS_FILE, seed=0), True
+
+
+def stage_shares(record: dict) -> dict[str, float]:
+    """Seconds of each stage of an evaluation record: reference, generation, each
+    extractor, each metric (``timing`` of :func:`sagan.metrics.evaluate_generator`)."""
+    timing = record["timing"]
+    out = {
+        "reference inception": timing.get("reference_s", 0.0),
+        "reference dinov2": timing.get("reference_dinov2_s", 0.0),
+        "generate": timing.get("generate_s", 0.0),
+    }
+    out |= {f"extract {k}": v for k, v in timing.get("extract_s", {}).items()}
+    out |= {f"metric {k}": v for k, v in timing.get("metric_s", {}).items()}
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,6 +138,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=100, help="eval.batch_size (default 100)")
     p.add_argument("--resolution", type=int, default=32, choices=(32, 64, 128))
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument(
+        "--metrics",
+        default="fid,is",
+        help="eval.metrics to time, comma-separated (default: fid,is)",
+    )
+    p.add_argument("--dinov2-model", default="vit-l-14", help="eval.dinov2_model (fd_dinov2)")
+    p.add_argument("--dinov2-weights", default=None, help="DINOv2 weights file (fd_dinov2)")
     p.add_argument("--json", action="store_true", help="also print the two records as JSON lines")
     args = p.parse_args(argv)
     device = torch.device(args.device)
@@ -119,8 +154,12 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="sagan-bench-eval-") as tmp_name:
         tmp = Path(tmp_name)
+        dinov2 = None
         try:
             weights, fake = _weights(args.weights, tmp)
+            if "fd_dinov2" in args.metrics.split(","):
+                dinov2, dino_fake = _dinov2_weights(args.dinov2_weights, args.dinov2_model, tmp)
+                fake = fake or dino_fake
         except MetricsError as e:
             print(f"error: {e}", file=sys.stderr)
             return 1
@@ -134,10 +173,12 @@ def main(argv: list[str] | None = None) -> int:
                 "train": {"batch_size": 16},
                 "eval": {
                     "n_samples": args.n,
-                    "metrics": ["fid", "is"],
+                    "metrics": args.metrics.split(","),
                     "batch_size": args.batch_size,
                     "reference": {"split": "train", "n": ref_n},
                     "inception_weights": str(weights),
+                    "dinov2_model": args.dinov2_model,
+                    "dinov2_weights": str(dinov2) if dinov2 else None,
                     "cache_dir": str(tmp / "reference-cache"),
                 },
             }
@@ -152,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         if fake:
             bar = "!" * 78
             print(
-                f"{bar}\n!! NO INCEPTION WEIGHTS: using a RANDOM-VALUED file of the right architecture.\n"
+                f"{bar}\n!! NO REAL WEIGHTS: using a RANDOM-VALUED file of the right architecture.\n"
                 f"!! Timings are representative; the FID/IS VALUES ARE MEANINGLESS.\n"
                 f"!! For real values: python -m sagan.prefetch --weights, or --weights PATH.\n{bar}"
             )
@@ -176,6 +217,9 @@ def main(argv: list[str] | None = None) -> int:
             )
 
     cold, warm = records["cold"], records["warm"]
+    print(f"\nwhere the warm evaluation's {warm['wall_s']:.2f} s go:")
+    for stage, seconds in stage_shares(warm).items():
+        print(f"  {stage:22} {seconds:8.2f} s  {100 * seconds / max(warm['wall_s'], 1e-9):5.1f}%")
     print(
         f"reference extraction: {ref_n / max(cold['timing']['reference_s'], 1e-9):.1f} images/s cold "
         f"(incl. loading the extractor); warm cache saves {cold['wall_s'] - warm['wall_s']:.1f} s"

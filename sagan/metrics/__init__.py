@@ -1,7 +1,11 @@
-"""FID, IS, KID, precision/recall and consistency, with the protocol on every number.
+"""FID, IS, KID, precision/recall, FID∞/IS∞, density/coverage, intra-FID, FD-DINOv2
+and consistency, with the protocol on every number.
 
 Built on torch-fidelity's ``inception-v3-compat`` extractor and metric functions;
-see :mod:`sagan.metrics.fidelity` for what is called, :mod:`sagan.metrics.reference`
+see :mod:`sagan.metrics.fidelity` for what is called, :mod:`sagan.metrics.suite` for
+the metrics computed from shared features (:mod:`~sagan.metrics.fid_inf`,
+:mod:`~sagan.metrics.dc`, :mod:`~sagan.metrics.intra_fid`),
+:mod:`sagan.metrics.dinov2` for FD-DINOv2's extractor, :mod:`sagan.metrics.reference`
 for the reference-statistics cache, :mod:`sagan.metrics.weights` for the weights file.
 """
 

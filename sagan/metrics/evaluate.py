@@ -24,20 +24,29 @@ from torch.utils.data import Dataset
 from sagan.metrics.errors import EvaluationStopped, MetricsError
 from sagan.metrics.fidelity import (
     FeatureAccumulator,
-    compute_metrics,
     exact_float32,
     feature_extractor,
+    fid_from_statistics,
     to_uint8,
 )
+from sagan.metrics.moments import moments_of
+from sagan.metrics.plan import _check_counts, _dino_weights, _protocol, planned_protocol
 from sagan.metrics.protocol import (
     INCEPTION_METRICS,
-    ISC_SPLITS,
-    PRC_NEIGHBORHOOD,
     REFERENCE_METRICS,
-    build_protocol,
+    metric_protocol_ids,
     protocol_id,
 )
-from sagan.metrics.reference import ReferenceStats, reference_statistics
+from sagan.metrics.reference import ReferenceStats, features_kept, reference_statistics
+from sagan.metrics.refset import (
+    LazySplit,
+    _reference_source,
+    _swd_protocol,
+    _swd_real,
+    needs_reference,
+    reference_set,
+)
+from sagan.metrics.suite import metric_blocks, score_features
 from sagan.metrics.weights import resolve_weights
 
 log = logging.getLogger(__name__)
@@ -59,15 +68,10 @@ def sampling_mode(G: torch.nn.Module, g_mode: str) -> Iterator[None]:
                 b.copy_(saved)
 
 
-def sample_batches(
+def sample_labeled_batches(
     G: torch.nn.Module, n: int, *, batch_size: int, seed: int, device: torch.device | str
-) -> Iterator[torch.Tensor]:
-    """``n`` generated images in batches, float ``[B, 3, R, R]`` in [-1, 1], reproducible in ``seed``.
-
-    z is standard normal ``[B, G.z_dim]``; y is uniform over ``G.num_classes`` (all
-    zeros, and ignored by G, when it is 0). Both come from a CPU ``torch.Generator``
-    seeded with ``seed``; the global RNG is not used. Call under ``torch.no_grad``.
-    """
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """``(images, y)`` batches of :func:`sample_batches`, with the CPU labels G was given."""
     gen = torch.Generator().manual_seed(seed)
     num_classes = int(getattr(G, "num_classes", 0))
     for start in range(0, n, batch_size):
@@ -77,97 +81,20 @@ def sample_batches(
         # Exact float32, as the features are: the protocol records "tf32": false.
         with exact_float32(torch.device(device)):
             images = G(z.to(device), y.to(device))
-        yield images
+        yield images, y
 
 
-class LazySplit(Dataset):
-    """An image folder's split that is listed only when its images are needed.
+def sample_batches(
+    G: torch.nn.Module, n: int, *, batch_size: int, seed: int, device: torch.device | str
+) -> Iterator[torch.Tensor]:
+    """``n`` generated images in batches, float ``[B, 3, R, R]`` in [-1, 1], reproducible in ``seed``.
 
-    Its size and fingerprint come from the folder's cached identity; a reference
-    whose statistics are cached is then scored without listing the folder at all
-    (``reference_statistics`` calls :meth:`build` only on a cache miss).
+    z is standard normal ``[B, G.z_dim]``; y is uniform over ``G.num_classes`` (all
+    zeros, and ignored by G, when it is 0). Both come from a CPU ``torch.Generator``
+    seeded with ``seed``; the global RNG is not used. Call under ``torch.no_grad``.
     """
-
-    def __init__(self, data_cfg: Any, split: str, n: int):
-        self.data_cfg, self.split, self.n = data_cfg, split, n
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, i: int):  # pragma: no cover - build() is used instead
-        raise TypeError("build() the split first")
-
-    def build(self) -> Dataset:
-        from sagan.data import build_dataset
-
-        return build_dataset(self.data_cfg, self.split)
-
-
-# (data config, split) -> (fingerprint, size) of image folders, for this process: a
-# run evaluates many times, and its data may not change under it (resume refuses that).
-_folder_splits: dict[tuple[str, str], tuple[str, int]] = {}
-
-
-def needs_reference(metrics: list[str]) -> bool:
-    """Whether any of ``metrics`` compares against real images (FID, KID, precision/
-    recall on Inception features; the SWD on image patches)."""
-    return any(m in REFERENCE_METRICS or m == "swd" for m in metrics)
-
-
-def reference_set(cfg: Any) -> tuple[Dataset, str] | None:
-    """``(dataset, fingerprint)`` of the reference ``cfg.eval`` compares against, or
-    None when no metric needs one: for a caller that plans (:func:`planned_protocol`)
-    and then evaluates, so that the set is built once."""
-    if not needs_reference(cfg.eval.metrics):
-        return None
-    dataset, key_parts = _reference_source(cfg, None)
-    return dataset, key_parts["fingerprint"]
-
-
-def _reference_source(
-    cfg: Any, reference: tuple[Dataset, str] | None
-) -> tuple[Dataset, dict[str, Any]]:
-    split = cfg.eval.reference.split
-    if reference is None:
-        from sagan.data import build_dataset, dataset_fingerprint
-
-        if cfg.data.name == "imagefolder":
-            key = (cfg.data.model_dump_json(), split)
-            if key not in _folder_splits:
-                from sagan.data import imagefolder_dir
-                from sagan.data_identity import folder_identity
-
-                n_images = folder_identity(imagefolder_dir(cfg.data, split))["n_images"]
-                _folder_splits[key] = (dataset_fingerprint(cfg.data, split), n_images)
-            fingerprint, n_images = _folder_splits[key]
-            dataset = LazySplit(cfg.data, split, n_images)
-        else:
-            dataset = build_dataset(cfg.data, split)
-            fingerprint = dataset_fingerprint(cfg.data, split)
-    else:
-        dataset, fingerprint = reference
-    n = cfg.eval.reference.n if cfg.eval.reference.n is not None else len(dataset)
-    key_parts = {
-        "dataset": cfg.data.name,
-        "split": split,
-        "resolution": cfg.data.resolution,
-        "n": n,
-        "fingerprint": fingerprint,
-    }
-    return dataset, key_parts
-
-
-def _check_counts(metrics: list[str], n_generated: int, n_reference: int | None) -> None:
-    if "is" in metrics and n_generated < ISC_SPLITS:
-        raise MetricsError(
-            f"eval.n_samples = {n_generated}: the Inception Score splits the samples into "
-            f"{ISC_SPLITS} parts; use at least {ISC_SPLITS} samples (50000 to compare with papers)."
-        )
-    if "prc" in metrics and min(n_generated, n_reference or n_generated) <= PRC_NEIGHBORHOOD:
-        raise MetricsError(
-            f"eval.n_samples / eval.reference.n: precision/recall uses each sample's "
-            f"{PRC_NEIGHBORHOOD}-th nearest neighbour; use more than {PRC_NEIGHBORHOOD} images on each side."
-        )
+    for images, _ in sample_labeled_batches(G, n, batch_size=batch_size, seed=seed, device=device):
+        yield images
 
 
 def _check_shape(images: torch.Tensor, resolution: int) -> None:
@@ -184,89 +111,6 @@ def _cuda_devices(device: torch.device) -> list[int]:
     return [device.index if device.index is not None else torch.cuda.current_device()]
 
 
-def _swd_protocol(cfg: Any, key_parts: dict[str, Any], n_available: int) -> dict[str, Any]:
-    """The SWD part of the protocol: equal numbers of real and generated images."""
-    from sagan.metrics import swd
-    from sagan.metrics.reference import subset_rule
-
-    n = min(cfg.eval.n_samples, key_parts["n"], n_available)
-    ref = {**key_parts, "n": n, "subset": subset_rule(n, n_available)}
-    return swd.protocol(cfg.data.resolution, n, cfg.eval.seed, ref)
-
-
-def _swd_real(dataset: Dataset, n: int, resolution: int, seed: int):
-    """SWD descriptors of ``n`` reference images (the same seeded subset rule as the
-    Inception statistics)."""
-    from sagan.metrics import swd
-    from sagan.metrics.reference import _images_only, _subset
-
-    if isinstance(dataset, LazySplit):
-        dataset = dataset.build()
-    acc = swd.Descriptors(resolution, seed)
-    subset = _subset(dataset, n) if n < len(dataset) else dataset
-    for start in range(0, n, 256):
-        acc.add(_images_only([subset[i] for i in range(start, min(n, start + 256))]))
-    return acc
-
-
-def _protocol(
-    cfg: Any,
-    weights: Any,
-    reference: dict[str, Any] | None,
-    n_sample: int,
-    ema: bool,
-    device: torch.device | str,
-    swd: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    ev = cfg.eval
-    return build_protocol(
-        swd=swd,
-        weights=weights,
-        reference=reference,
-        n_generated=n_sample,
-        ema=ema,
-        g_mode=ev.g_mode,
-        eval_seed=ev.seed,
-        batch_size=ev.batch_size,
-        device=str(device),
-        bn_momentum=cfg.model.bn_momentum,
-    )
-
-
-def planned_protocol(
-    cfg: Any,
-    *,
-    ema: bool,
-    device: torch.device | str = "cpu",
-    reference: tuple[Dataset, str] | None = None,
-) -> dict[str, Any]:
-    """The protocol :func:`evaluate_generator` would record for ``cfg.eval``, without
-    sampling or extracting anything: so that a caller can see whether a number was
-    already made (its :func:`~sagan.metrics.protocol.protocol_id`) before paying for it.
-
-    Raises:
-        MetricsError: as :func:`evaluate_generator` would, before any work.
-    """
-    from sagan.metrics.reference import cache_key, cache_key_parts
-
-    ev = cfg.eval
-    wanted = list(dict.fromkeys(ev.metrics))
-    inception = [m for m in wanted if m in INCEPTION_METRICS]
-    want_consistency = "consistency" in wanted and cfg.data.name == "synthetic"
-    _check_counts(inception, ev.n_samples, ev.reference.n)
-    weights = resolve_weights(ev.inception_weights) if inception else None
-    n_sample = ev.n_samples if inception or want_consistency or "swd" in wanted else 0
-    ref = swd_protocol = None
-    if needs_reference(wanted):
-        dataset, key_parts = _reference_source(cfg, reference)
-    if any(m in REFERENCE_METRICS for m in inception):
-        parts = cache_key_parts(key_parts, weights.sha256, len(dataset))
-        ref = ReferenceStats(Path(), cache_key(parts), parts, hit=False).protocol()
-    if "swd" in wanted:
-        swd_protocol = _swd_protocol(cfg, key_parts, len(dataset))
-    return _protocol(cfg, weights, ref, n_sample, ema, device, swd_protocol)
-
-
 def evaluate_generator(
     G: torch.nn.Module,
     cfg: Any,
@@ -280,13 +124,15 @@ def evaluate_generator(
 ) -> dict[str, Any]:
     """Score ``G`` with ``cfg.eval`` and return one JSON-serialisable record.
 
-    Samples ``eval.n_samples`` images (seed ``eval.seed``, G in ``eval.g_mode``),
-    computes ``eval.metrics`` against the reference set (``cfg.data``,
-    ``eval.reference.split``, ``eval.reference.n``) with torch-fidelity's
-    ``inception-v3-compat`` (FID as in Heusel et al. 2017 / the TTUR code, IS as in
-    Salimans et al. 2016, KID as in Binkowski et al. 2018, precision/recall as in
-    Kynkaanniemi et al. 2019 but on Inception features), and ``consistency``
-    (:func:`sagan.synthetic.consistency`, synthetic data only).
+    Samples ``eval.n_samples`` images once (seed ``eval.seed``, G in ``eval.g_mode``),
+    pushes each batch once through torch-fidelity's ``inception-v3-compat``, and
+    computes every metric in ``eval.metrics`` from those features
+    (:func:`sagan.metrics.suite.score_features`) against the reference set
+    (``cfg.data``, ``eval.reference.split``, ``eval.reference.n``): FID (Heusel et al.
+    2017 / the TTUR code), IS (Salimans et al. 2016), KID (Binkowski et al. 2018),
+    precision/recall (Kynkaanniemi et al. 2019, on Inception features), FID∞ (Chong &
+    Forsyth 2020), density/coverage (Naeem et al. 2020), intra-FID (Miyato & Koyama
+    2018); and ``consistency`` (:func:`sagan.synthetic.consistency`, synthetic data only).
 
     Args:
         G: ``G(z, y) -> [B, 3, R, R]`` in [-1, 1], with ``z_dim`` and ``num_classes``; on ``device``.
@@ -304,8 +150,9 @@ def evaluate_generator(
 
     Returns:
         ``{"kind": "eval", "step", "time", "wall_s", "metrics": {...}, "protocol": {...},
-        "protocol_id", "timing": {...}}``, plus ``"skipped"`` naming metrics asked for but not defined
-        for this data.
+        "protocol_id", "protocol_ids": {value: id}, "timing": {...}}``, plus
+        ``"details"`` (FID∞'s per-N FIDs and fit, intra-FID's per-class values) when
+        those ran and ``"skipped"`` naming metrics asked for but not defined for this data.
 
     Raises:
         MetricsError: no weights file, or sample counts too small for a metric.
@@ -323,17 +170,22 @@ def evaluate_generator(
     if want_consistency and cfg.data.name != "synthetic":
         skipped["consistency"] = "defined only for data.name: synthetic"
         want_consistency = False
+    if "intra_fid" in inception and int(getattr(G, "num_classes", 0)) < 1:
+        skipped["intra_fid"] = "defined only for a class-conditional G (num_classes >= 1)"
+        inception.remove("intra_fid")
     if want_consistency:
         from sagan.synthetic import consistency
     _check_counts(inception, ev.n_samples, ev.reference.n)
     weights = resolve_weights(ev.inception_weights) if inception else None  # fail before any work
+    dino = _dino_weights(cfg, wanted)
     want_swd = "swd" in wanted
     # Nothing to compute (consistency asked for on non-synthetic data): do not sample either.
-    n_sample = ev.n_samples if inception or want_consistency or want_swd else 0
+    n_sample = ev.n_samples if inception or dino or want_consistency or want_swd else 0
 
     timing: dict[str, Any] = {}
     ref: ReferenceStats | None = None
     metrics: dict[str, float] = {}
+    details: dict[str, Any] = {}
     # torch-fidelity's metric code uses its own NumPy RandomStates, and so does ours
     # torch.Generators; this is the guarantee for anything else (G's own noise, loaders).
     with torch.random.fork_rng(devices=_cuda_devices(device)):
@@ -345,10 +197,29 @@ def evaluate_generator(
             t = time.perf_counter()
             _check_counts(inception, ev.n_samples, key_parts["n"])
             ref = reference_statistics(
-                dataset, key_parts=key_parts, cfg=cfg, device=device, weights=weights, stop=stop
+                dataset,
+                key_parts=key_parts,
+                cfg=cfg,
+                device=device,
+                weights=weights,
+                stop=stop,
+                per_class="intra_fid" in inception,
             )
             timing["reference_s"] = round(set_s + time.perf_counter() - t, 3)
             timing["reference_cache"] = "hit" if ref.hit else "miss"
+
+        dino_ref = dino_acc = None
+        if dino is not None:
+            from sagan.metrics import dinov2
+
+            t = time.perf_counter()
+            spec = dinov2.extractor_spec(dino)
+            dino_ref = reference_statistics(
+                dataset, key_parts=key_parts, cfg=cfg, device=device, stop=stop, extractor=spec
+            )
+            dino_acc = FeatureAccumulator(spec.build(device), device)
+            timing["reference_dinov2_s"] = round(time.perf_counter() - t, 3)
+            timing["reference_dinov2_cache"] = "hit" if dino_ref.hit else "miss"
 
         swd_protocol = swd_real = swd_fake = None
         if want_swd:
@@ -364,61 +235,95 @@ def evaluate_generator(
         t = time.perf_counter()
         acc = FeatureAccumulator(feature_extractor(weights, device), device) if inception else None
         consistent = seen = 0
+        generate_s = extract_s = dino_s = 0.0
+        labels = []
         with sampling_mode(G, ev.g_mode), torch.no_grad():
-            for images in sample_batches(
+            batches = sample_labeled_batches(
                 G, n_sample, batch_size=ev.batch_size, seed=ev.seed, device=device
-            ):
+            )
+            while True:
                 if stop is not None and stop():
                     raise EvaluationStopped(
                         f"evaluation of G step {step}: abandoned on a stop request after "
                         f"{seen} of {n_sample} samples"
                     )
+                t_batch = time.perf_counter()
+                item = next(batches, None)
+                if item is None:
+                    break
+                images, y = item
                 _check_shape(images, cfg.data.resolution)
                 images = to_uint8(images)
+                t_extract = time.perf_counter()
+                generate_s += t_extract - t_batch
                 if acc is not None:
                     acc.add(images)
+                    extract_s += time.perf_counter() - t_extract
+                if dino_acc is not None:
+                    t_dino = time.perf_counter()
+                    dino_acc.add(images)
+                    dino_s += time.perf_counter() - t_dino
+                labels.append(y)
                 if want_consistency:
                     consistent += int(consistency(images.cpu()).sum())
                 if swd_fake is not None and seen < n_swd:
                     swd_fake.add(images[: n_swd - seen])
                 seen += len(images)
         timing["generate_extract_s"] = round(time.perf_counter() - t, 3)
+        timing["generate_s"] = round(generate_s, 3)
+        timing["extract_s"] = {}
+        if acc is not None:
+            timing["extract_s"]["inception"] = round(extract_s, 3)
+        if dino_acc is not None:
+            timing["extract_s"]["dinov2"] = round(dino_s, 3)
 
         t = time.perf_counter()
         if acc is not None:
-            need_features = "kid" in inception or "prc" in inception
-            metrics.update(
-                compute_metrics(
-                    inception,
-                    acc.result(),
-                    ref.fid_statistics() if ref is not None and "fid" in inception else None,
-                    ref.features() if ref is not None and need_features else None,
-                )
+            values, details, seconds = score_features(
+                inception, acc.result(), torch.cat(labels) if labels else torch.zeros(0), ref
             )
+            metrics.update(values)
+            timing["metric_s"] = seconds
+        if dino_acc is not None:
+            t_fd = time.perf_counter()
+            features = dino_acc.result()[dinov2.FEATURE]
+            metrics["fd_dinov2"] = fid_from_statistics(
+                moments_of(features), dino_ref.fid_statistics()
+            )
+            timing.setdefault("metric_s", {})["fd_dinov2"] = round(time.perf_counter() - t_fd, 3)
         if want_consistency:
             metrics["consistency"] = consistent / n_sample
         if swd_fake is not None:
             metrics["swd"] = swd.swd(swd_real, swd_fake, ev.seed)
         timing["metrics_s"] = round(time.perf_counter() - t, 3)
 
+    # features_kept, not len(ref.features()): a FID-only evaluation never reads them.
+    blocks = metric_blocks(inception, n_sample, features_kept(ref.n) if ref is not None else 0)
+    if dino is not None:
+        blocks["fd_dinov2"] = dinov2.protocol(dino, dino_ref.protocol())
+    protocol = _protocol(
+        cfg,
+        weights,
+        ref.protocol() if ref is not None else None,
+        n_sample,
+        ema,
+        device,
+        swd_protocol,
+        blocks,
+    )
     record: dict[str, Any] = {
         "kind": "eval",
         "step": int(step),
         "time": started.isoformat(timespec="seconds"),
         "wall_s": round(time.perf_counter() - t_start, 3),
         "metrics": metrics,
-        "protocol": _protocol(
-            cfg,
-            weights,
-            ref.protocol() if ref is not None else None,
-            n_sample,
-            ema,
-            device,
-            swd_protocol,
-        ),
+        "protocol": protocol,
         "timing": timing,
     }
-    record["protocol_id"] = protocol_id(record["protocol"])
+    record["protocol_id"] = protocol_id(protocol)
+    record["protocol_ids"] = metric_protocol_ids(protocol, list(metrics))
+    if details:
+        record["details"] = details
     if skipped:
         record["skipped"] = skipped
     log.info("eval step %d: %s", step, metrics)
@@ -426,9 +331,11 @@ def evaluate_generator(
 
 
 __all__ = [
+    "LazySplit",
     "evaluate_generator",
     "planned_protocol",
     "reference_set",
     "sample_batches",
+    "sample_labeled_batches",
     "sampling_mode",
 ]

@@ -44,6 +44,7 @@ from torch_fidelity.metric_prc import (
 )
 from torch_fidelity.utils import create_feature_extractor
 
+from sagan.metrics.moments import moments_of
 from sagan.metrics.protocol import FEATURE_LAYERS, fidelity_kwargs
 from sagan.metrics.weights import EXTRACTOR, WeightsInfo
 
@@ -157,7 +158,8 @@ def compute_metrics(
     Args:
         metrics: any of ``fid``, ``is``, ``kid``, ``prc`` (others are ignored).
         generated: the extractor's features of the generated images, by layer.
-        reference_stats: the reference's FID statistics (needed for ``fid``).
+        reference_stats: the reference's FID statistics, float64 ``mu`` and ``sigma``
+            (needed for ``fid``).
         reference_features: the reference's 2048-d features (needed for ``kid``, ``prc``).
 
     Returns:
@@ -170,8 +172,10 @@ def compute_metrics(
     kw = fidelity_kwargs(n_gen, n_ref)
     out: dict[str, Any] = {}
     if "fid" in metrics:
+        # Moments in float64, as the reference's are streamed (sagan.metrics.moments);
+        # the distance is torch-fidelity's (TTUR's formula).
         out["fid"] = fid_from_statistics(
-            fid_statistics(generated[FEATURE_LAYERS["fid"]]), reference_stats
+            moments_of(generated[FEATURE_LAYERS["fid"]]), reference_stats
         )
     if "is" in metrics:
         r = isc_features_to_metric(

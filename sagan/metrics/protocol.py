@@ -19,9 +19,28 @@ from torch_fidelity.defaults import DEFAULTS
 
 from sagan.metrics.weights import EXTRACTOR, WeightsInfo
 
-INCEPTION_METRICS = ("fid", "is", "kid", "prc")
+INCEPTION_METRICS = ("fid", "is", "kid", "prc", "fid_inf", "is_inf", "dc", "intra_fid")
 # Metrics compared against the reference set (IS looks at generated images only).
-REFERENCE_METRICS = ("fid", "kid", "prc")
+REFERENCE_METRICS = ("fid", "kid", "prc", "fid_inf", "dc", "intra_fid")
+# Metrics with a protocol block of their own (present only when they ran, so that
+# records without them keep their ids); each gets its own protocol id.
+BLOCK_METRICS = ("fid_inf", "is_inf", "dc", "intra_fid", "fd_dinov2", "swd")
+# Metrics on DINOv2 features (sagan.metrics.dinov2), compared against the reference set.
+DINOV2_METRICS = ("fd_dinov2",)
+# The values each metric records.
+METRIC_VALUES = {
+    "fid": ("fid",),
+    "is": ("is_mean", "is_std"),
+    "kid": ("kid_mean", "kid_std"),
+    "prc": ("precision", "recall"),
+    "fid_inf": ("fid_inf",),
+    "is_inf": ("is_inf",),
+    "dc": ("density", "coverage"),
+    "intra_fid": ("intra_fid",),
+    "fd_dinov2": ("fd_dinov2",),
+    "swd": ("swd",),
+    "consistency": ("consistency",),
+}
 ISC_SPLITS: int = DEFAULTS["isc_splits"]
 KID_SUBSETS: int = DEFAULTS["kid_subsets"]
 KID_SUBSET_SIZE: int = DEFAULTS["kid_subset_size"]
@@ -38,6 +57,11 @@ RESIZE = "tf-compat bilinear (torch-fidelity)"
 QUANTIZE = "uint8(clamp(127.5 * x + 128, 0, 255)), i.e. round-half-up of 127.5 * (x + 1)"
 # Reference images are the whole split, or this seeded random subset of it.
 REFERENCE_SUBSET_SEED = 0
+# Reference features (not moments) kept for KID, precision/recall and density/coverage:
+# at most this many, a seeded random subset of the reference images; as many as a
+# 50k evaluation generates (400 MB of float32).
+REFERENCE_FEATURES_MAX = 50_000
+REFERENCE_FEATURES_SEED = 1
 
 
 def kid_subset_size(n_generated: int, n_reference: int) -> int:
@@ -78,6 +102,25 @@ def protocol_id(protocol: dict[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
+def metric_protocol_ids(protocol: dict[str, Any], values: list[str]) -> dict[str, str]:
+    """The protocol id of each recorded value: the id of the shared fields plus the
+    block of the metric that made it (and no other metric's block).
+
+    So adding ``fid_inf`` to an evaluation leaves ``fid``'s id as it was, and a
+    setting of one metric changes that metric's id only. A value of a metric without
+    a block of its own (FID, IS, KID, PR) has the id of the shared fields, which is
+    the record's ``protocol_id`` when no block metric ran.
+    """
+    base = {k: v for k, v in protocol.items() if k not in BLOCK_METRICS}
+    owner = {v: m for m, vs in METRIC_VALUES.items() for v in vs}
+    out = {}
+    for value in values:
+        metric = owner.get(value)
+        block = {metric: protocol[metric]} if metric in protocol and metric in BLOCK_METRICS else {}
+        out[value] = protocol_id(base | block)
+    return out
+
+
 def build_protocol(
     *,
     weights: WeightsInfo | None,
@@ -90,6 +133,7 @@ def build_protocol(
     device: str,
     bn_momentum: str | float = "official",
     swd: dict[str, Any] | None = None,
+    blocks: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The protocol record of one evaluation (the "protocol" field of its record).
 
@@ -97,10 +141,14 @@ def build_protocol(
     "Evaluation protocol"): extractor and weights hash, resize, reference set, sample
     counts, EMA or raw G, G's mode, step unit, plus the settings of each metric.
     ``weights``/``reference`` are ``None`` when only non-Inception metrics ran.
+    ``blocks``: the protocol block of each block metric that ran (``fid_inf``, ``dc``,
+    ``intra_fid``, ``fd_dinov2``), recorded under its name.
     """
     n_ref = reference["n"] if reference else None
-    # Present only when the SWD was computed, so that records without it keep their ids.
+    # Present only when the SWD (or a block metric) was computed, so that records
+    # without it keep their ids.
     extra = {"swd": swd} if swd is not None else {}
+    extra |= blocks or {}
     return extra | {
         "extractor": EXTRACTOR if weights else None,
         "weights_file": weights.path.name if weights else None,
@@ -134,7 +182,13 @@ def build_protocol(
 
 
 __all__ = [
+    "BLOCK_METRICS",
+    "DINOV2_METRICS",
     "FEATURE_LAYERS",
+    "METRIC_VALUES",
+    "REFERENCE_FEATURES_MAX",
+    "REFERENCE_FEATURES_SEED",
+    "metric_protocol_ids",
     "INCEPTION_METRICS",
     "ISC_SPLITS",
     "KID_SUBSETS",
