@@ -11,7 +11,8 @@ precision (fp32, TF32 or bf16): the best of a dense matmul and a 3x3 conv. A cas
 that beats that ceiling gets no share ("above ceiling"), never one above 100%. Prints a table (speed-ups against the first case) and writes
 everything, with the machine, to ``--out`` (JSON).
 
-``--eval`` times one FID/IS evaluation instead (:mod:`sagan.benchmarks.eval`).
+``--eval`` times one FID/IS evaluation instead (:mod:`sagan.benchmarks.eval`);
+``--gpu-check`` runs the GPU check (:mod:`sagan.benchmarks.gpu_check`).
 
 Compare figures only within one run on one machine: the JSON names the machine.
 """
@@ -329,6 +330,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--out", type=Path, help="write the JSON here")
     p.add_argument("--eval", action="store_true", help="time one FID/IS evaluation instead")
+    p.add_argument("--gpu-check", action="store_true", help="run #20's GPU check instead")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--gpu-check" in argv:  # its own flags (--device cpu) are not a config and overrides
+        from sagan.benchmarks import gpu_check
+
+        return gpu_check.main([a for a in argv if a != "--gpu-check"])
     args, rest = p.parse_known_args(argv)
     if args.eval:
         from sagan.benchmarks import eval as eval_bench

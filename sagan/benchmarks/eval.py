@@ -59,7 +59,8 @@ class StandInG(nn.Module):
         return self.body(h.view(-1, self.ch, 4, 4))
 
 
-def _generator(cfg, num_classes: int, device: torch.device) -> tuple[nn.Module, str]:
+def generator(cfg, num_classes: int, device: torch.device) -> tuple[nn.Module, str]:
+    """The generator the benchmark scores (random init, seed 0) and a line saying which."""
     torch.manual_seed(0)  # the same random G in every run, so values repeat across runs
     try:
         from sagan.models import build_models
@@ -94,6 +95,29 @@ def _weights(arg: str | None, tmp: Path) -> tuple[Path, bool]:
         return make_random_weights(tmp / WEIGHTS_FILE, seed=0), True
 
 
+def eval_config(n: int, ref_n: int, resolution: int, batch_size: int, weights: Path, cache: Path):
+    """The config the benchmark evaluates under: FID and IS of ``n`` samples against
+    ``ref_n`` synthetic training images at ``resolution``."""
+    return build_config(
+        {
+            "data": {
+                "name": "synthetic",
+                "resolution": resolution,
+                "synthetic": {"n_images": max(ref_n, 16)},
+            },
+            "train": {"batch_size": 16},
+            "eval": {
+                "n_samples": n,
+                "metrics": ["fid", "is"],
+                "batch_size": batch_size,
+                "reference": {"split": "train", "n": ref_n},
+                "inception_weights": str(weights),
+                "cache_dir": str(cache),
+            },
+        }
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command line entry point; returns the exit status."""
     p = argparse.ArgumentParser(
@@ -124,25 +148,10 @@ def main(argv: list[str] | None = None) -> int:
         except MetricsError as e:
             print(f"error: {e}", file=sys.stderr)
             return 1
-        cfg = build_config(
-            {
-                "data": {
-                    "name": "synthetic",
-                    "resolution": args.resolution,
-                    "synthetic": {"n_images": max(ref_n, 16)},
-                },
-                "train": {"batch_size": 16},
-                "eval": {
-                    "n_samples": args.n,
-                    "metrics": ["fid", "is"],
-                    "batch_size": args.batch_size,
-                    "reference": {"split": "train", "n": ref_n},
-                    "inception_weights": str(weights),
-                    "cache_dir": str(tmp / "reference-cache"),
-                },
-            }
+        cfg = eval_config(
+            args.n, ref_n, args.resolution, args.batch_size, weights, tmp / "reference-cache"
         )
-        G, g_what = _generator(cfg, cfg.data.synthetic.n_classes, device)
+        G, g_what = generator(cfg, cfg.data.synthetic.n_classes, device)
         reference, ref_what = _reference(cfg)
 
         info = machine(device)
