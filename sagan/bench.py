@@ -6,11 +6,13 @@ combination of the ``--sweep`` values, each case in a fresh process so that its 
 memory is its own. Per case: the median ms per G step after warm-up, real images/s,
 peak memory (CUDA peak allocated on a GPU, peak RSS on the CPU), the step's FLOPs
 (torch's FLOP counter: convolutions and matmuls, forward and backward) and the FLOP/s
-it achieves as a fraction of the machine's dense matmul ceiling, measured in the same
-run in fp32 and bf16. Prints a table (speed-ups against the first case) and writes
+it achieves as a fraction of a ceiling measured in the same run in the case's own
+precision (fp32, TF32 or bf16): the best of a dense matmul and a 3x3 conv. A case
+that beats that ceiling gets no share ("above ceiling"), never one above 100%. Prints a table (speed-ups against the first case) and writes
 everything, with the machine, to ``--out`` (JSON).
 
-``--eval`` times one FID/IS evaluation instead (:mod:`sagan.benchmarks.eval`).
+``--eval`` times one FID/IS evaluation instead (:mod:`sagan.benchmarks.eval`);
+``--gpu-check`` runs the GPU check (:mod:`sagan.benchmarks.gpu_check`).
 
 Compare figures only within one run on one machine: the JSON names the machine.
 """
@@ -167,6 +169,8 @@ def time_step(config: str, overrides: list[str], steps: int, warmup: int) -> dic
         "img_per_s": round(tc.batch_size * tc.n_dis / (ms / 1000), 2),
         "peak_mem_gib": round(peak, 3),
         "peak_mem_kind": "CUDA peak allocated" if device.type == "cuda" else "peak RSS",
+        "tf32": tc.tf32,
+        "cudnn_benchmark": tc.cudnn_benchmark,
         "flops_per_step": flops,
         "achieved_tflops": round(flops / (ms / 1000) / 1e12, 4),
         "machine": machine(device),
@@ -197,25 +201,78 @@ def run_cases(
     return out
 
 
-def ceilings(device: torch.device) -> dict[str, float]:
+def precision_key(case: dict[str, Any], device: torch.device) -> str:
+    """The precision a case computes in: ``bf16`` (autocast), ``tf32`` (fp32 with
+    ``train.tf32`` on CUDA) or ``fp32`` (exact)."""
+    if case["amp"]:
+        return "bf16"
+    return "tf32" if device.type == "cuda" and case.get("tf32") else "fp32"
+
+
+def conv_ceiling(device: torch.device, dtype: torch.dtype, small: bool = False) -> float:
+    """FLOP/s of a dense 3x3 convolution in channels_last (the kernels the step's
+    convolutions use): the best of a few timed calls."""
+    cuda = device.type == "cuda"
+    b, c, r = (64, 256, 64) if cuda else ((2, 64, 16) if small else (16, 128, 32))
+    x = torch.randn(b, c, r, r, device=device, dtype=dtype).to(memory_format=torch.channels_last)
+    w = torch.randn(c, c, 3, 3, device=device, dtype=dtype).to(memory_format=torch.channels_last)
+    best = float("inf")
+    with torch.no_grad():
+        for _ in range(5):
+            _sync(device)
+            t = time.perf_counter()
+            torch.nn.functional.conv2d(x, w, padding=1)
+            _sync(device)
+            best = min(best, time.perf_counter() - t)
+    return 2 * b * c * c * 9 * r * r / best
+
+
+def ceilings(device: torch.device, keys: list[str]) -> dict[str, dict[str, float]]:
+    """Per precision key (:func:`precision_key`), the dense matmul and 3x3 conv FLOP/s
+    measured under that precision (TF32 flags as the case sets them), and their best as
+    ``ceiling``: a measured ceiling, not the machine's datasheet peak, which torch
+    cannot read."""
     from sagan.benchmarks.machine import cpu_has_bf16
+    from sagan.precision import set_tf32, tf32_state
 
     # Emulated bf16 (a CPU without AVX512-BF16 or AMX) takes seconds per 1024 product.
     emulated = device.type == "cpu" and not cpu_has_bf16()
-    return {
-        "fp32": matmul_ceiling(device, torch.float32),
-        "bf16": matmul_ceiling(device, torch.bfloat16, n=512 if emulated else None),
-    }
+    saved = tf32_state()
+    out = {}
+    try:
+        for key in keys:
+            set_tf32(key == "tf32")
+            dtype = torch.bfloat16 if key == "bf16" else torch.float32
+            small = key == "bf16" and emulated
+            mm = matmul_ceiling(device, dtype, n=512 if small else None)
+            conv = conv_ceiling(device, dtype, small=small)
+            out[key] = {"matmul": mm, "conv3x3": conv, "ceiling": max(mm, conv)}
+    finally:
+        set_tf32(saved["matmul"] and saved["conv"])
+    return out
+
+
+CEILING_KIND = (
+    "measured: the best of a dense matmul and a 3x3 channels_last conv, in the case's precision"
+)
+
+
+def share_of_ceiling(achieved_flops: float, ceiling_flops: float) -> float | None:
+    """``achieved / ceiling``, or ``None`` when the case beats the measured ceiling:
+    then that ceiling is no bound for it, and no share is given (never above 1)."""
+    if achieved_flops > ceiling_flops:
+        return None
+    return round(achieved_flops / ceiling_flops, 4)
 
 
 def add_fractions(result: dict[str, Any]) -> None:
-    """Each case's ``fraction_of_ceiling``: its FLOP/s over the machine's dense rate in
-    its precision. Under autocast that is the best of bf16 and fp32: bf16 where it is
-    faster (GPUs, AMX or AVX512-BF16 CPUs), fp32 where bf16 is emulated (AVX2 CPUs)."""
-    fp32, bf16 = result["ceiling_flops"]["fp32"], result["ceiling_flops"]["bf16"]
+    """Each case's ``fraction_of_ceiling`` against the ceiling measured in its own
+    precision (``ceiling_key``); ``None`` with ``above_ceiling: true`` when the case
+    ran faster than that ceiling (see :func:`share_of_ceiling`)."""
     for c in result["cases"]:
-        ceiling = max(fp32, bf16) if c["amp"] else fp32
-        c["fraction_of_ceiling"] = round(c["achieved_tflops"] * 1e12 / ceiling, 4)
+        ceiling = result["ceiling_flops"][c["ceiling_key"]]
+        c["fraction_of_ceiling"] = share_of_ceiling(c["achieved_tflops"] * 1e12, ceiling)
+        c["above_ceiling"] = c["fraction_of_ceiling"] is None
 
 
 def table(result: dict[str, Any]) -> str:
@@ -224,6 +281,7 @@ def table(result: dict[str, Any]) -> str:
     rows = [["case", "ms/step", "img/s", "speed-up", "peak GiB", "GFLOP/step", "of ceiling"]]
     for c in result["cases"]:
         frac = c["fraction_of_ceiling"]
+        share = "above ceiling (no bound)" if frac is None else f"{100 * frac:.1f}%"
         rows.append(
             [
                 " ".join(c["overrides"]) or "(config as is)",
@@ -232,11 +290,35 @@ def table(result: dict[str, Any]) -> str:
                 f"{base / c['ms_per_step']:.2f}x",
                 f"{c['peak_mem_gib']:.2f}",
                 f"{c['flops_per_step'] / 1e9:.1f}",
-                f"{100 * frac:.1f}%",
+                f"{share} {c['ceiling_key']}",
             ]
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in rows)
+
+
+def measure(
+    config: str, todo: list[list[str]], steps: int, warmup: int, device: torch.device
+) -> dict[str, Any]:
+    """Time every case and measure the ceilings of the precisions they use, on either
+    side of the cases (the better of the two: one slow moment does not make every
+    case look closer to it); returns the result :func:`main` writes."""
+    from sagan.config import load_config
+
+    result: dict[str, Any] = {"config": config, "steps": steps, "warmup": warmup}
+    cfgs = [load_config(config, ov) for ov in todo]
+    keys = sorted({precision_key({"amp": c.train.amp, "tf32": c.train.tf32}, device) for c in cfgs})
+    before = ceilings(device, keys)
+    result["cases"] = run_cases(config, todo, steps, warmup)
+    after = ceilings(device, keys)
+    for c in result["cases"]:
+        c["ceiling_key"] = precision_key(c, device)
+    result["ceiling_flops"] = {k: max(before[k]["ceiling"], after[k]["ceiling"]) for k in keys}
+    result["ceiling_runs"] = [before, after]
+    result["ceiling_kind"] = CEILING_KIND
+    result["machine"] = result["cases"][0]["machine"]
+    add_fractions(result)
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -248,6 +330,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--out", type=Path, help="write the JSON here")
     p.add_argument("--eval", action="store_true", help="time one FID/IS evaluation instead")
+    p.add_argument("--gpu-check", action="store_true", help="run #20's GPU check instead")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--gpu-check" in argv:  # its own flags (--device cpu) are not a config and overrides
+        from sagan.benchmarks import gpu_check
+
+        return gpu_check.main([a for a in argv if a != "--gpu-check"])
     args, rest = p.parse_known_args(argv)
     if args.eval:
         from sagan.benchmarks import eval as eval_bench
@@ -269,21 +357,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     device = pick_device(cfgs[0].train.device)
-    result: dict[str, Any] = {"config": args.config, "steps": args.steps, "warmup": args.warmup}
-    before = ceilings(device)
-    result["cases"] = run_cases(args.config, todo, args.steps, args.warmup)
-    # Measured on either side of the cases, the better of the two: one slow moment
-    # (another process, a clock change) does not make every case look closer to it.
-    after = ceilings(device)
-    result["ceiling_flops"] = {k: max(before[k], after[k]) for k in before}
-    result["ceiling_runs"] = [before, after]
-    result["machine"] = result["cases"][0]["machine"]
-    add_fractions(result)
+    result = measure(args.config, todo, args.steps, args.warmup, device)
     print(table(result))
-    print(
-        f"ceiling: fp32 {result['ceiling_flops']['fp32'] / 1e12:.2f} TFLOP/s, "
-        f"bf16 {result['ceiling_flops']['bf16'] / 1e12:.2f} TFLOP/s (dense matmul)"
-    )
+    ceil = ", ".join(f"{k} {v / 1e12:.2f} TFLOP/s" for k, v in result["ceiling_flops"].items())
+    print(f"ceiling: {ceil} ({result['ceiling_kind']})")
     print(f"machine: {describe(result['machine'])}")
     if args.out:
         args.out.write_text(json.dumps(result, indent=2) + "\n")

@@ -59,7 +59,7 @@ class SyntheticConfig(_Strict):
 
 
 class DataConfig(_Strict):
-    name: Literal["synthetic", "cifar10", "imagefolder"]
+    name: Literal["synthetic", "cifar10", "imagefolder", "prepared"]
     root: str = "data"
     resolution: Literal[32, 64, 128] = 128
     conditional: bool = True
@@ -313,6 +313,9 @@ RESUME_SAFE = (
     "train.cudnn_benchmark",
     "data.root",
     "data.num_workers",
+    # Which storage: the data identity, checked on resume, stands for what the data
+    # is (a prepared folder resumes a run its folder began; see sagan.prepared).
+    "data.name",
     "eval.",
     "final",  # the scoring section: null, or its keys
     "final.",
@@ -364,7 +367,7 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
 def error_message(e: ErrorDetails) -> str:
     """One pydantic error as this project words it, naming the value it got.
 
-    ``data.name: 'imagenette9' is not one of synthetic, cifar10, imagefolder``;
+    ``data.name: 'imagenette9' is not one of synthetic, cifar10, imagefolder, prepared``;
     ``train.lr_d: Input should be a valid number (got 'fast')``. Messages of our own
     validators already name the value and are kept as they are.
     """

@@ -7,6 +7,9 @@ Three sources, chosen by ``data.name``:
   (``ROOT/cifar-10-batches-py/``), never downloaded here.
 - ``imagefolder``: one subfolder per class (``torchvision.datasets.ImageFolder``),
   resized (shorter side to R) and center-cropped to R x R.
+- ``prepared``: an image folder resized once by ``python -m sagan.prepare`` into
+  memory-mapped uint8 arrays under ``data.root`` (:mod:`sagan.prepared`): the same
+  pixels, labels and batches as the folder, without decoding.
 
 Every problem with the data on disk is raised as a :class:`DataError` that names
 the path or config key at fault and what to do about it.
@@ -117,8 +120,10 @@ def build_dataset(cfg: DataConfig, split: str = "train") -> Dataset:
         return _cifar10(cfg, split)
     if cfg.name == "imagefolder":
         return _imagefolder(cfg, split)
+    if cfg.name == "prepared":
+        return _prepared(cfg, split)
     raise DataError(
-        f"data.name: unknown dataset {cfg.name!r}; use synthetic, cifar10 or imagefolder"
+        f"data.name: unknown dataset {cfg.name!r}; use synthetic, cifar10, imagefolder or prepared"
     )
 
 
@@ -221,6 +226,18 @@ def _imagefolder(cfg: DataConfig, split: str) -> FolderImages:
     return ds
 
 
+def _prepared(cfg: DataConfig, split: str) -> InMemoryImages:
+    from sagan.prepared import open_prepared
+
+    ds = open_prepared(Path(cfg.root), split, cfg.resolution)
+    if cfg.conditional and ds.num_classes < 2:
+        raise DataError(
+            f"{cfg.root}: a single class but data.conditional is true. "
+            "Set data.conditional: false to train unconditionally."
+        )
+    return ds
+
+
 def dataset_fingerprint(cfg: DataConfig, split: str) -> str:
     """A short stable string identifying the data ``build_dataset(cfg, split)`` reads.
 
@@ -228,12 +245,21 @@ def dataset_fingerprint(cfg: DataConfig, split: str) -> str:
     parameters. cifar10: md5s of the split's batch files. imagefolder: the sorted
     relative paths and sizes of the split's image files; not their mtimes, so that a
     copied dataset keeps its caches, at the price of missing an edit that keeps a
-    file's size. The name, split and resolution are always included.
+    file's size. The name, split and resolution are always included. prepared: the
+    fingerprint its source folder had (recorded in its ``meta.json``), as the
+    same pixels give the same statistics (see :mod:`sagan.prepared`).
 
     Returns:
         ``"<name>-<16 hex digits>"``.
     """
     _check_split(split)
+    if cfg.name == "prepared":
+        from sagan.prepared import prepared_identity
+
+        source = prepared_identity(Path(cfg.root), split, cfg.resolution)
+        h = hashlib.sha256(f"imagefolder|{split}|{cfg.resolution}|".encode())
+        h.update(f"files:{source['files_sha256']}|".encode())
+        return f"imagefolder-{h.hexdigest()[:16]}"
     h = hashlib.sha256(f"{cfg.name}|{split}|{cfg.resolution}|".encode())
     if cfg.name == "synthetic":
         s = cfg.synthetic
@@ -289,6 +315,10 @@ def check_available(cfg: DataConfig, split: str = "train") -> None:
                 f"{folder}: missing CIFAR-10 batch files {', '.join(missing)}. "
                 f"Fetch them with: {PREFETCH.format(root=cfg.root)}"
             )
+    elif cfg.name == "prepared":
+        from sagan.prepared import read_meta, split_meta
+
+        split_meta(read_meta(Path(cfg.root)), Path(cfg.root), split, cfg.resolution)
     elif cfg.name == "imagefolder":
         folder = imagefolder_dir(cfg, split)
         classes = [p for p in folder.iterdir() if p.is_dir()]

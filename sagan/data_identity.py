@@ -9,6 +9,9 @@ share a run and the same folder copied elsewhere keeps its runs.
   them (no I/O: files that differ from these never load).
 - ``imagefolder``: the class names, the image count, and a sha256 of every image's
   relative path and size, the files ``torchvision.datasets.ImageFolder`` reads.
+- ``prepared``: the identity its source folder had when it was prepared (same
+  digest: the same data stored otherwise, see :mod:`sagan.prepared`), plus a
+  ``stored_as`` entry outside the digest that says so.
 
 Walking a large folder (ImageNet: 1.3M files) takes minutes on a shared file
 system, so an imagefolder identity is cached per process and on disk under a key of
@@ -77,6 +80,12 @@ def data_identity(cfg: DataConfig) -> dict[str, Any]:
             "name": "cifar10",
             "md5": {name: md5 for name, md5 in datasets.CIFAR10.train_list},
         }
+    elif cfg.name == "prepared":
+        from sagan.prepared import prepared_identity
+
+        ident = prepared_identity(Path(cfg.root), "train", cfg.resolution)
+        stored = {"stored_as": f"prepared at {cfg.resolution}x{cfg.resolution}"}
+        return {**ident, "digest": digest(ident), **stored}
     else:
         from sagan.data import imagefolder_dir
 

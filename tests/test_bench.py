@@ -12,7 +12,7 @@ import json
 import pytest
 import torch
 
-from sagan.bench import cases, main, matmul_ceiling
+from sagan.bench import add_fractions, cases, main, matmul_ceiling, precision_key, table
 
 TINY = ["model.ch=8", "model.z_dim=8", "train.batch_size=4", "data.synthetic.n_images=64"]
 
@@ -22,13 +22,15 @@ def test_the_benchmark_writes_every_field_for_every_case(tmp_path, capsys):
     argv = [*TINY, "--sweep", "train.channels_last=false,true", "--steps", "2", "--warmup", "1"]
     assert main([*argv, "--out", str(out)]) == 0
     result = json.loads(out.read_text())
-    assert set(result["ceiling_flops"]) == {"fp32", "bf16"}
+    assert set(result["ceiling_flops"]) == {"fp32"}  # only the precision the cases use
     assert all(v > 0 for v in result["ceiling_flops"].values())
+    assert "case's precision" in result["ceiling_kind"]
     assert [c["channels_last"] for c in result["cases"]] == [False, True]
     for c in result["cases"]:
         assert c["ms_per_step"] > 0 and c["img_per_s"] > 0 and c["peak_mem_gib"] > 0
         assert c["flops_per_step"] > 0 and c["achieved_tflops"] > 0
-        assert 0 < c["fraction_of_ceiling"] < 10
+        assert c["ceiling_key"] == "fp32" and c["tf32"] is False
+        assert c["above_ceiling"] or 0 < c["fraction_of_ceiling"] <= 1
         assert c["machine"]["device"] == "cpu" and c["peak_mem_kind"] == "peak RSS"
     # The same step has the same FLOPs in either memory format.
     assert result["cases"][0]["flops_per_step"] == result["cases"][1]["flops_per_step"]
@@ -137,3 +139,37 @@ def test_the_flop_count_includes_the_cpu_attention_kernel():
     counts = {str(k): v for k, v in counter.get_flop_counts()["Global"].items()}
     b, n, keys, head = 2, 32 * 32, 16 * 16, 64 // 2  # q and k zero-padded to v's C/2
     assert counts["aten._scaled_dot_product_flash_attention_for_cpu"] == 2 * 2 * b * n * keys * head
+
+
+def _case(tflops, amp=False):
+    return {
+        "overrides": [],
+        "amp": amp,
+        "achieved_tflops": tflops,
+        "ms_per_step": 10.0,
+        "img_per_s": 1.0,
+        "peak_mem_gib": 1.0,
+        "flops_per_step": 1e9,
+        "ceiling_key": "bf16" if amp else "fp32",
+    }
+
+
+def test_a_case_faster_than_its_measured_ceiling_gets_no_share_above_100_percent():
+    result = {
+        "ceiling_flops": {"fp32": 1e12, "bf16": 4e12},
+        "cases": [_case(0.5), _case(1.36), _case(1.0), _case(3.0, amp=True)],
+    }
+    add_fractions(result)
+    got = [(c["fraction_of_ceiling"], c["above_ceiling"]) for c in result["cases"]]
+    assert got == [(0.5, False), (None, True), (1.0, False), (0.75, False)]
+    printed = table(result)
+    assert "above ceiling (no bound)" in printed and "136" not in printed
+    assert "%" not in printed.splitlines()[2]
+
+
+def test_each_case_is_measured_against_the_ceiling_of_its_own_precision():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert precision_key({"amp": False, "tf32": True}, cpu) == "fp32"  # no TF32 on a CPU
+    assert precision_key({"amp": False, "tf32": True}, cuda) == "tf32"
+    assert precision_key({"amp": False, "tf32": False}, cuda) == "fp32"
+    assert precision_key({"amp": True, "tf32": False}, cuda) == "bf16"

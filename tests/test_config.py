@@ -43,7 +43,7 @@ def test_bad_values_are_named_with_what_was_allowed(tmp_path):
     with pytest.raises(ConfigError) as e:
         load_config(path, ["train.lr_d=fast", "model.attn_block=resid"])
     assert str(e.value).splitlines() == [
-        f"{path}: data.name: 'imagenette9' is not one of synthetic, cifar10, imagefolder",
+        f"{path}: data.name: 'imagenette9' is not one of synthetic, cifar10, imagefolder, prepared",
         f"{path}: model.attn_block: 'resid' is not one of attention, residual",
         f"{path}: train.lr_d: Input should be a valid number, unable to parse string as a "
         "number (got 'fast')",

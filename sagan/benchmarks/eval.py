@@ -61,7 +61,8 @@ class StandInG(nn.Module):
         return self.body(h.view(-1, self.ch, 4, 4))
 
 
-def _generator(cfg, num_classes: int, device: torch.device) -> tuple[nn.Module, str]:
+def generator(cfg, num_classes: int, device: torch.device) -> tuple[nn.Module, str]:
+    """The generator the benchmark scores (random init, seed 0) and a line saying which."""
     torch.manual_seed(0)  # the same random G in every run, so values repeat across runs
     try:
         from sagan.models import build_models
@@ -122,6 +123,43 @@ def stage_shares(record: dict) -> dict[str, float]:
     return out
 
 
+def eval_config(
+    n: int,
+    ref_n: int,
+    resolution: int,
+    batch_size: int,
+    weights: Path,
+    cache: Path,
+    metrics: list[str] | None = None,
+    dinov2_model: str | None = None,
+    dinov2_weights: Path | None = None,
+):
+    """The config the benchmark evaluates under: ``metrics`` (FID and IS by default) of
+    ``n`` samples against ``ref_n`` synthetic training images at ``resolution``."""
+    eval_section = {
+        "n_samples": n,
+        "metrics": metrics or ["fid", "is"],
+        "batch_size": batch_size,
+        "reference": {"split": "train", "n": ref_n},
+        "inception_weights": str(weights),
+        "dinov2_weights": str(dinov2_weights) if dinov2_weights else None,
+        "cache_dir": str(cache),
+    }
+    if dinov2_model:
+        eval_section["dinov2_model"] = dinov2_model
+    return build_config(
+        {
+            "data": {
+                "name": "synthetic",
+                "resolution": resolution,
+                "synthetic": {"n_images": max(ref_n, 16)},
+            },
+            "train": {"batch_size": 16},
+            "eval": eval_section,
+        }
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command line entry point; returns the exit status."""
     p = argparse.ArgumentParser(
@@ -163,27 +201,18 @@ def main(argv: list[str] | None = None) -> int:
         except MetricsError as e:
             print(f"error: {e}", file=sys.stderr)
             return 1
-        cfg = build_config(
-            {
-                "data": {
-                    "name": "synthetic",
-                    "resolution": args.resolution,
-                    "synthetic": {"n_images": max(ref_n, 16)},
-                },
-                "train": {"batch_size": 16},
-                "eval": {
-                    "n_samples": args.n,
-                    "metrics": args.metrics.split(","),
-                    "batch_size": args.batch_size,
-                    "reference": {"split": "train", "n": ref_n},
-                    "inception_weights": str(weights),
-                    "dinov2_model": args.dinov2_model,
-                    "dinov2_weights": str(dinov2) if dinov2 else None,
-                    "cache_dir": str(tmp / "reference-cache"),
-                },
-            }
+        cfg = eval_config(
+            args.n,
+            ref_n,
+            args.resolution,
+            args.batch_size,
+            weights,
+            tmp / "reference-cache",
+            metrics=args.metrics.split(","),
+            dinov2_model=args.dinov2_model,
+            dinov2_weights=dinov2,
         )
-        G, g_what = _generator(cfg, cfg.data.synthetic.n_classes, device)
+        G, g_what = generator(cfg, cfg.data.synthetic.n_classes, device)
         reference, ref_what = _reference(cfg)
 
         info = machine(device)
