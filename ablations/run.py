@@ -22,7 +22,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ablations.cost import MATCH, CostError
-from ablations.executors import Detached, Executor, JobView, Outcome, Task, make_executor
+from ablations.executors import (
+    Detached,
+    Executor,
+    JobView,
+    Outcome,
+    SubmissionError,
+    Task,
+    make_executor,
+)
 from ablations.grid import Cell, Grid, GridError, load_grid, parse_only, select
 from ablations.store import RunBusy, RunStore, holder, is_locked
 from ablations.table import cell_table
@@ -348,6 +356,9 @@ def _run(args, argv, grid: Grid, cells: list[Cell], store: RunStore, executor: E
             file=sys.stderr,
         )
         return 0 if args.detach else 130
+    except SubmissionError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted: re-run the same command to resume", file=sys.stderr)
         return 130

@@ -1,0 +1,123 @@
+"""Cluster faults against the real local cluster (slurm/local_cluster.sh): refused
+submissions, a crash between sbatch and job.json, and preemption by a job of a
+higher-priority partition, with SLURM requeueing the preempted job or cancelling it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ablations.store import read_job
+from sagan import rundir
+from tests.test_slurm import (  # noqa: F401 - the fixtures apply to this module too
+    REPO,
+    assert_same_run,
+    cancel_leftovers,
+    cli,
+    cluster,
+    job_of,
+    on_slurm,
+    run_dirs,
+    wait_for,
+    write_grid,
+)
+
+pytestmark = pytest.mark.slow
+
+
+def squeue_names(prefix: str) -> list[str]:
+    out = subprocess.run(
+        ["squeue", "-h", "-r", "-o", "%j|%i"], capture_output=True, text=True, check=True
+    ).stdout
+    return [ln for ln in out.splitlines() if ln.startswith(prefix)]
+
+
+def sacct_row(job: str, fields: str) -> list[str]:
+    out = subprocess.run(
+        ["sacct", "-X", "-n", "-P", "-j", job, "-o", fields],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return out.splitlines()
+
+
+def test_an_unknown_partition_is_one_error_naming_the_key_and_slurms_words(tmp_path):
+    grid = write_grid(tmp_path, "nopart", ["ttur"], steps=4)
+    r = cli(*on_slurm(grid, "slurm.partition=nope"), cwd=tmp_path, timeout=120)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "sbatch refused the training array of 1 cell(s)" in r.stderr
+    assert "invalid partition specified: nope" in r.stderr, r.stderr
+    assert "profile key partition = 'nope'" in r.stderr and "command line" in r.stderr
+    assert "nothing was submitted." in r.stderr
+    (d,) = run_dirs(tmp_path / "runs")
+    assert not (d / "job.json").exists()
+    assert not list((tmp_path / "runs/.slurm/journal").glob("*.json"))
+    assert not squeue_names("sagan-nopart")
+
+
+def test_a_refused_scoring_array_cancels_the_training_array_accepted_before_it(tmp_path):
+    # One cell trained (here, locally) that owes its final scores, one to train.
+    grid = write_grid(tmp_path, "mixed", ["ttur"], steps=4)
+    text = grid.read_text() + "final: {metrics: [consistency], n_samples: 16}\n"
+    grid.write_text(text)
+    r = cli("ablations.run", str(grid), "--out", "runs", "--no-report", cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    grid.write_text(
+        text.replace("n_samples: 16", "n_samples: 24").replace(
+            "  lr:\n", "  lr:\n    equal: {train.lr_g: 1.0e-4, train.lr_d: 1.0e-4}\n"
+        )
+    )
+    # Above the partition's MaxTime of a day: sbatch refuses (EnforcePartLimits=ALL).
+    r = cli(*on_slurm(grid, "slurm.score_time=2000", "--no-report"), cwd=tmp_path, timeout=120)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "1 to train, 1 to score" in r.stdout
+    assert "sbatch refused the scoring array of 1 cell(s)" in r.stderr
+    assert "Requested time limit is invalid" in r.stderr
+    assert "profile key score_time = 2000" in r.stderr
+    assert "accepted before it, was cancelled: nothing was submitted." in r.stderr
+    train_job = r.stderr.split("accepted before it")[0].split("job ")[-1].rstrip(", ")
+    for d in run_dirs(tmp_path / "runs"):  # the trained cell's names its local worker
+        assert (read_job(d) or {}).get("executor") != "slurm", "no job.json names a cancelled job"
+    state, elapsed, nodes = sacct_row(train_job, "State,ElapsedRaw,NodeList")[0].split("|")
+    assert state.startswith("CANCELLED") and (elapsed, nodes) == ("0", "None assigned")
+    assert not list((tmp_path / "runs/.slurm/journal").glob("*.json"))
+
+
+def test_a_crash_between_sbatch_and_job_json_is_followed_not_submitted_again(tmp_path):
+    grid = write_grid(tmp_path, "crash", ["ttur"], steps=4)
+    submit = on_slurm(grid, "--no-report")
+    env = dict(os.environ, OMP_NUM_THREADS="1", SAGAN_FAULT="after-sbatch")
+    r = subprocess.run(
+        [sys.executable, "-m", *submit], cwd=tmp_path, capture_output=True, text=True,
+        timeout=120, env=env,
+    )  # fmt: skip
+    assert r.returncode == -9, r.stdout + r.stderr
+    (d,) = run_dirs(tmp_path / "runs")
+    assert not (d / "job.json").exists()
+    (entry,) = (tmp_path / "runs/.slurm/journal").glob("*.json")
+    name = json.loads(entry.read_text())["job_name"]
+    (held,) = squeue_names(name)  # held: it cannot start before it is recorded
+    job = held.split("|")[1]
+
+    r = cli(*submit, cwd=tmp_path, timeout=240)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"note: job {job} ({name}, 1 cell(s)) was submitted by an invocation" in r.stderr
+    assert "0 to train, 1 to follow" in r.stdout and "submitted" not in r.stdout
+    assert job_of(d) == job
+    assert rundir.read_status(d)["state"] == "done"
+    assert not entry.exists()
+    out = subprocess.run(
+        ["sacct", "-X", "-n", "-P", "-S", "now-1hour", "-o", "JobName"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert sum(ln.startswith("sagan-crash") for ln in out.splitlines()) == 1
+
+
+_ = (REPO, assert_same_run, wait_for, Path)
