@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from ablations.grid import load_grid
 from ablations.store import read_job
 from sagan import rundir
 from tests.test_slurm import (  # noqa: F401 - the fixtures apply to this module too
@@ -120,4 +122,64 @@ def test_a_crash_between_sbatch_and_job_json_is_followed_not_submitted_again(tmp
     assert sum(ln.startswith("sagan-crash") for ln in out.splitlines()) == 1
 
 
-_ = (REPO, assert_same_run, wait_for, Path)
+def _partitions() -> set[str]:
+    out = subprocess.run(["sinfo", "-h", "-o", "%R"], capture_output=True, text=True).stdout
+    return set(out.split())
+
+
+def test_preempted_cells_requeued_or_cancelled_end_bit_identical_to_a_local_run(tmp_path):
+    """Two cells at once: one in `debug` (PreemptMode=REQUEUE), one in `debug-cancel`
+    (CANCEL); a job of `urgent` that needs the whole node preempts both mid-run.
+    The requeued one is followed to its end; the cancelled one is shown as
+    interrupted and resubmitted by the next invocation. Both end as a local run."""
+    if not {"debug", "debug-cancel", "urgent"} <= _partitions():
+        pytest.fail("the cluster has no preemption partitions: restart slurm/local_cluster.sh")
+    grid = write_grid(tmp_path, "pre", ["ttur", "equal"], steps=60)
+    requeue = on_slurm(grid, "--only", "lr=ttur", "--no-report")
+    cancel = on_slurm(grid, "--only", "lr=equal", "slurm.partition=debug-cancel", "--no-report")
+    for submit in (requeue, cancel):
+        r = cli(*submit, "--detach", cwd=tmp_path)
+        assert r.returncode == 0, r.stdout + r.stderr
+    by_lr = {c.label(): tmp_path / "runs" / c.run_id for c in load_grid(grid).cells}
+    a, b = by_lr["lr=ttur,seed=0"], by_lr["lr=equal,seed=0"]
+    job_a, job_b = job_of(a), job_of(b)
+    # Past the first checkpoint (ckpt_every 10) and mid-way to the next.
+    for d in (a, b):
+        wait_for(lambda d=d: rundir.read_status(d).get("step", 0) >= 12, 180, f"{d.name} step 12")
+    subprocess.run(
+        ["sbatch", "-p", "urgent", "-n", "4", "-J", "sagan-test-urgent", "--wrap", "sleep 3"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+
+    def ended(job: str):
+        return (row := sacct_row(job, "State")) and row[0] == "PREEMPTED"
+
+    wait_for(lambda: ended(job_b), 60, f"job {job_b} preempted")
+    r = cli("ablations.status", str(grid), "--out", "runs", "--only", "lr=equal", cwd=tmp_path)
+    assert re.search(rf"\binterrupted\b.*\b{job_b}\s+preempted\b", r.stdout), r.stdout
+
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    follow_a = subprocess.Popen(
+        [sys.executable, "-m", *requeue], cwd=tmp_path, env=env, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    r = cli(*cancel, cwd=tmp_path, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "1 to train" in r.stdout and "submitted 1 cell(s)" in r.stdout
+    assert job_of(b) != job_b
+    out_a = follow_a.communicate(timeout=300)[0]
+    assert follow_a.returncode == 0, out_a
+    assert "0 to train, 1 to follow" in out_a
+    assert job_of(a) == job_a
+    log_a = Path(json.loads((a / "job.json").read_text())["log"]).read_text()
+    assert f"job {job_a} (restart 1)" in log_a, "SLURM itself requeued it"
+    for d in (a, b):
+        status = rundir.read_status(d)
+        assert (status["state"], status["attempts"], status.get("failures", 0)) == ("done", 2, 0)
+
+    r = cli(
+        "ablations.run", str(grid), "--out", "whole", "--jobs", "2", "--no-report", cwd=tmp_path
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    for d in (a, b):
+        assert_same_run(d, tmp_path / "whole" / d.name)
