@@ -23,7 +23,7 @@ from pathlib import Path
 
 from ablations.executors import Detached, Executor, JobView, Outcome, SubmissionError, Task
 from ablations.store import RunLock, holder, read_job
-from sagan import rundir
+from sagan import faults, rundir
 from slurm import jobs, journal
 from slurm.job import TrainCell
 from slurm.profile import Profile, sbatch_parameters
@@ -41,14 +41,13 @@ _REFUSED_KEYS = (
     ("cpus_per_task", ("cpu count", "cpus")),
 )
 
-# A fault-injection point for tests, off unless the variable names it:
-# SAGAN_FAULT=after-sbatch kills the submitting process (SIGKILL, as a crash would)
-# the moment sbatch has accepted an array, before its job id is written anywhere.
-FAULT_ENV = "SAGAN_FAULT"
-
 
 def fault(point: str) -> None:
-    if os.environ.get(FAULT_ENV) == point:
+    """A fault-injection point for tests, off unless ``SAGAN_FAULT`` names it
+    (:mod:`sagan.faults`): ``after-sbatch`` kills the submitting process (SIGKILL, as
+    a crash would) the moment sbatch has accepted an array, before its job id is
+    written anywhere."""
+    if faults.hit(point):
         os.kill(os.getpid(), signal.SIGKILL)
 
 

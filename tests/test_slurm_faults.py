@@ -169,7 +169,8 @@ def test_preempted_cells_requeued_or_cancelled_end_bit_identical_to_a_local_run(
     assert job_of(b) != job_b
     out_a = follow_a.communicate(timeout=300)[0]
     assert follow_a.returncode == 0, out_a
-    assert "0 to train, 1 to follow" in out_a
+    # Followed, or already done by the time it looked: either way never submitted again.
+    assert "0 to train" in out_a and "submitted" not in out_a, out_a
     assert job_of(a) == job_a
     log_a = Path(json.loads((a / "job.json").read_text())["log"]).read_text()
     assert f"job {job_a} (restart 1)" in log_a, "SLURM itself requeued it"
@@ -183,3 +184,47 @@ def test_preempted_cells_requeued_or_cancelled_end_bit_identical_to_a_local_run(
     assert r.returncode == 0, r.stdout + r.stderr
     for d in (a, b):
         assert_same_run(d, tmp_path / "whole" / d.name)
+
+
+def test_a_failing_ddp_rank_ends_its_job_names_itself_and_the_run_resumes(tmp_path):
+    """Two 2-process gloo cells at once: in one, rank 1 raises after G step 5; in the
+    other, rank 0 raises as its monitoring evaluation at step 4 starts (rank 1 waits
+    for it). Each job ends within seconds, its run's error is the failing rank's own,
+    and once the cause is gone each resumes from its last checkpoint (step 4)."""
+    from tests.test_slurm import GRID
+
+    levels = {
+        "rank1": "{train.lr_g: 1.0e-4, train.lr_d: 4.0e-4}",
+        "rank0eval": "{train.lr_g: 1.0e-4, train.lr_d: 1.0e-4, eval.metrics: [consistency], "
+        "eval.n_samples: 16, eval.every: 4}",
+    }
+    text = GRID.format(
+        name="dead", steps=8, levels="\n".join(f"    {k}: {v}" for k, v in levels.items())
+    )
+    grid = tmp_path / "dead.yaml"
+    grid.write_text(text.replace("ckpt_every: 10", "ckpt_every: 2"))
+    by_level = {c.label(): tmp_path / "runs" / c.run_id for c in load_grid(grid).cells}
+    a, b = by_level["lr=rank1,seed=0"], by_level["lr=rank0eval,seed=0"]
+    submit = on_slurm(grid, "slurm.tasks_per_node=2", "--no-report")
+    env = dict(os.environ, OMP_NUM_THREADS="1", SAGAN_FAULT="rank1-step5,rank0-eval")
+    r = subprocess.run(
+        [sys.executable, "-m", *submit], cwd=tmp_path, capture_output=True, text=True,
+        timeout=300, env=env,
+    )  # fmt: skip
+    assert r.returncode == 1, r.stdout + r.stderr
+    for d, rank, point in ((a, 1, "rank1-step5"), (b, 0, "rank0-eval")):
+        status = rundir.read_status(d)
+        assert status["state"] == "failed" and status["failures"] == 1, status
+        assert status["error"].startswith(
+            f"rank {rank}: FaultInjected: SAGAN_FAULT asked for a failure at {point}"
+        ), status["error"]
+        (elapsed,) = sacct_row(job_of(d), "ElapsedRaw")
+        assert int(elapsed) < 120, "the surviving rank did not hold the job"
+
+    r = cli(*submit, "--retry-failed", cwd=tmp_path, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    for d in (a, b):
+        status = rundir.read_status(d)
+        assert (status["state"], status["step"], status["failures"]) == ("done", 8, 1)
+        log = Path(json.loads((d / "job.json").read_text())["log"]).read_text()
+        assert "resuming from step-4" in log or "(G step 4)" in log, log[-2000:]
