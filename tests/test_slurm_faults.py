@@ -10,6 +10,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -134,20 +135,22 @@ def test_preempted_cells_requeued_or_cancelled_end_bit_identical_to_a_local_run(
     interrupted and resubmitted by the next invocation. Both end as a local run."""
     if not {"debug", "debug-cancel", "urgent"} <= _partitions():
         pytest.fail("the cluster has no preemption partitions: restart slurm/local_cluster.sh")
-    grid = write_grid(tmp_path, "pre", ["ttur", "equal"], steps=80)
-    requeue = on_slurm(grid, "--only", "lr=ttur", "--no-report")
-    cancel = on_slurm(grid, "--only", "lr=equal", "slurm.partition=debug-cancel", "--no-report")
-    by_lr = {c.label(): tmp_path / "runs" / c.run_id for c in load_grid(grid).cells}
-    a, b = by_lr["lr=ttur,seed=0"], by_lr["lr=equal,seed=0"]
-    # One after the other, so that both run at the preemption: the second is submitted
-    # once the first trains, and the urgent job once the second is past its first
-    # checkpoint (ckpt_every 10), while the first is still short of its end.
-    for submit, d in ((cancel, b), (requeue, a)):
+    grid = write_grid(tmp_path, "pre", ["ttur", "equal"], steps=60)
+    # Both eligible at the same moment, so that both train when the urgent job comes
+    # (a cell submitted alone could end before the other has started).
+    begin = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() + 20))
+    at = f"slurm.sbatch.begin='{begin}'"
+    requeue = on_slurm(grid, "--only", "lr=ttur", at, "--no-report")
+    cancel = on_slurm(grid, "--only", "lr=equal", "slurm.partition=debug-cancel", at, "--no-report")
+    for submit in (requeue, cancel):
         r = cli(*submit, "--detach", cwd=tmp_path)
         assert r.returncode == 0, r.stdout + r.stderr
-        wait_for(lambda d=d: rundir.read_status(d).get("step", 0) >= 12, 180, f"{d.name} step 12")
-    assert rundir.read_status(b)["step"] < 80, "the first cell ended before the preemption"
+    by_lr = {c.label(): tmp_path / "runs" / c.run_id for c in load_grid(grid).cells}
+    a, b = by_lr["lr=ttur,seed=0"], by_lr["lr=equal,seed=0"]
     job_a, job_b = job_of(a), job_of(b)
+    # Past the first checkpoint (ckpt_every 10) and short of the end.
+    for d in (a, b):
+        wait_for(lambda d=d: rundir.read_status(d).get("step", 0) >= 12, 180, f"{d.name} step 12")
     subprocess.run(
         ["sbatch", "-p", "urgent", "-n", "4", "-J", "sagan-test-urgent", "--wrap", "sleep 3"],
         check=True, capture_output=True,
