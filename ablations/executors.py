@@ -70,6 +70,11 @@ class JobView:
         )
 
 
+class SubmissionError(RuntimeError):
+    """The scheduler refused the tasks; the message says what it said and which
+    setting caused it. Nothing of the refused submission is left running."""
+
+
 class Detached(Exception):
     """The executor stopped following its jobs (``--detach``, Ctrl-C); they go on."""
 

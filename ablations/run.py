@@ -22,7 +22,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ablations.cost import MATCH, CostError
-from ablations.executors import Detached, Executor, JobView, Outcome, Task, make_executor
+from ablations.executors import (
+    Detached,
+    Executor,
+    JobView,
+    Outcome,
+    SubmissionError,
+    Task,
+    make_executor,
+)
 from ablations.grid import Cell, Grid, GridError, load_grid, parse_only, select
 from ablations.store import RunBusy, RunStore, holder, is_locked
 from ablations.table import cell_table
@@ -213,8 +221,9 @@ def open_grid(arg: str, only: list[str], out: Path | None) -> tuple[Grid, list[C
     return grid, select(grid, parse_only(only)), RunStore(out or default_out(path, bundled))
 
 
-def build_executor(args, grid: Grid, store: RunStore) -> Executor:
-    """The executor the command line (or else the grid file) asks for.
+def build_executor(args, grid: Grid, store: RunStore, cells: list[Cell]) -> Executor:
+    """The executor the command line (or else the grid file) asks for; a SLURM
+    profile is checked against ``cells``, the cells selected to run (``--only``).
 
     Raises:
         GridError: a bad executor choice or SLURM profile; nothing is submitted.
@@ -243,7 +252,7 @@ def build_executor(args, grid: Grid, store: RunStore) -> Executor:
         )
     except ProfileError as e:
         raise GridError(f"{e}\nnothing was submitted.") from None
-    problems = check_cells(profile, [(c.label(), c.config) for c in grid.cells])
+    problems = check_cells(profile, [(c.label(), c.config) for c in cells])
     if problems:
         lines = "\n".join(f"{grid.path}: {p}" for p in problems)
         raise GridError(f"{lines}\non the SLURM profile {profile.source}\nnothing was submitted.")
@@ -256,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         grid, cells, store = open_grid(args.grid, args.only, args.out)
-        executor = build_executor(args, grid, store)
+        executor = build_executor(args, grid, store, cells)
     except GridError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -348,6 +357,9 @@ def _run(args, argv, grid: Grid, cells: list[Cell], store: RunStore, executor: E
             file=sys.stderr,
         )
         return 0 if args.detach else 130
+    except SubmissionError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted: re-run the same command to resume", file=sys.stderr)
         return 130

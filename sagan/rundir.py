@@ -185,3 +185,28 @@ def update_best(status: dict[str, Any], record: dict[str, Any]) -> None:
         ):
             best[name] = {"value": value, "step": record["step"]}
     status["latest"] = {"step": record["step"], "metrics": record["metrics"], "protocol_id": pid}
+
+
+def write_rank_error(run_dir: Path, rank: int, error: str) -> None:
+    """``RUN_DIR/rank-R-error.json``: the error that ended rank R of a DDP run, with
+    its time, written by that rank before it exits (so before its peers see it gone
+    and fail on their own, with a collective's error)."""
+    record = {"rank": rank, "error": error, "time": time.time(), "host": socket.gethostname()}
+    atomic_write_text(Path(run_dir) / f"rank-{rank}-error.json", json.dumps(record) + "\n")
+
+
+def first_rank_error(run_dir: str | Path, since: float) -> str | None:
+    """The error of the rank that failed first at or after ``since`` (the attempt's
+    start), as ``rank R: ERROR``; None if no rank recorded one."""
+    found = []
+    for path in Path(run_dir).glob("rank-*-error.json"):
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if record.get("time", 0) >= since:
+            found.append(record)
+    if not found:
+        return None
+    first = min(found, key=lambda r: r["time"])
+    return f"rank {first['rank']}: {first['error']}"

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from sagan import distributed, rundir
+from sagan import distributed, faults, rundir
 from sagan.batches import Batches
 from sagan.checkpoint import (
     CheckpointError,
@@ -293,6 +293,7 @@ class Trainer:
         done = {r["step"] for r in records if r.get("origin", "train") == "train"}
         if self.step in done or not self.cfg.eval.metrics:
             return
+        faults.raise_at(f"rank{self.rank}-eval")
         from sagan.metrics import evaluate_generator
 
         use_ema = self.cfg.eval.use_ema and self.G_ema is not None
@@ -365,7 +366,13 @@ class Trainer:
         if self.is_main:
             self._best_from_evaluations(status)
         self.best_step = status.get("best_checkpoint", {}).get("step")
-        status.update(state="running", steps=tc.steps, attempts=status.get("attempts", 0) + 1)
+        started = time.time()
+        status.update(
+            state="running",
+            steps=tc.steps,
+            attempts=status.get("attempts", 0) + 1,
+            attempt_started=started,
+        )
         status.pop("error", None)
         self._write_status(status)
         if self.is_main:
@@ -406,7 +413,15 @@ class Trainer:
             self._write_status(status)
             raise
         except BaseException as e:
-            record_failure(status, e, step=self.step)
+            error = f"{type(e).__name__}: {e}"
+            if self.world > 1:
+                # The rank that failed first says why; its peers then fail on a
+                # collective (or srun ends them) with errors that say nothing.
+                rundir.write_rank_error(self.run_dir, self.rank, error)
+                error = (
+                    rundir.first_rank_error(self.run_dir, started) or f"rank {self.rank}: {error}"
+                )
+            record_failure(status, error, step=self.step)
             self._write_status(status)
             raise
         finally:
@@ -437,6 +452,7 @@ class Trainer:
         while self.step < tc.steps:
             vals = self.train_step(batches, first_bad)
             s = self.step
+            faults.raise_at(f"rank{self.rank}-step{s}")
             is_eval = self._eval_due(s)
             is_ckpt = s % tc.ckpt_every == 0 or is_eval or s == tc.steps
             if s % tc.log_every == 0 or is_ckpt or s % tc.sample_every == 0:

@@ -13,17 +13,42 @@ filesystem as the runs.
 
 from __future__ import annotations
 
+import os
 import shlex
+import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
 
-from ablations.executors import Detached, Executor, JobView, Outcome, Task
-from ablations.store import RunLock, holder, write_job
-from sagan import rundir
-from slurm import jobs
+from ablations.executors import Detached, Executor, JobView, Outcome, SubmissionError, Task
+from ablations.store import RunLock, holder, read_job
+from sagan import faults, rundir
+from slurm import jobs, journal
 from slurm.job import TrainCell
 from slurm.profile import Profile, sbatch_parameters
+
+# Which profile key a refusal is about, by the words sbatch uses for it.
+_REFUSED_KEYS = (
+    ("partition", ("partition",)),
+    ("account", ("account",)),
+    ("qos", ("qos",)),
+    ("time", ("time limit",)),
+    ("mem_gb", ("memory",)),
+    ("gpus_per_node", ("gres", "gpu")),
+    ("constraint", ("constraint", "feature")),
+    ("nodes", ("node count",)),
+    ("cpus_per_task", ("cpu count", "cpus")),
+)
+
+
+def fault(point: str) -> None:
+    """A fault-injection point for tests, off unless ``SAGAN_FAULT`` names it
+    (:mod:`sagan.faults`): ``after-sbatch`` kills the submitting process (SIGKILL, as
+    a crash would) the moment sbatch has accepted an array, before its job id is
+    written anywhere."""
+    if faults.hit(point):
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 class SlurmExecutor(Executor):
@@ -58,6 +83,9 @@ class SlurmExecutor(Executor):
         # this store may plan: both would see the same cells without a job and submit
         # them twice.
         self._hold_submission_lock()
+        # Arrays an earlier invocation submitted and did not record (it crashed).
+        for line in journal.reconcile(self.folder):
+            print(f"note: {line}", file=sys.stderr)
         live = {}
         for d, view in self.jobs(run_dirs).items():
             if view.live:
@@ -123,45 +151,105 @@ class SlurmExecutor(Executor):
 
     def submit(self, tasks: list[Task]) -> dict[Path, JobView]:
         """Submit ``tasks`` as one array (two when some only score: those get the
-        profile's ``score_time``); record each job in its run directory."""
+        profile's ``score_time``); record each job in its run directory.
+
+        Every array is written down in the journal before sbatch runs and submitted
+        held; only once all are accepted and every ``job.json`` names its job are they
+        released. So a refused second array leaves nothing running (the first is
+        cancelled before it could start), and a crash anywhere leaves either no job or
+        one the next invocation finds (:func:`slurm.journal.reconcile`).
+
+        Raises:
+            SubmissionError: sbatch refused an array: SLURM's message and the profile
+                key(s) it is about. Nothing was left running.
+        """
         self._hold_submission_lock()
+        accepted: list[journal.Entry] = []
+        try:
+            for kind in ("train", "score"):
+                group = [t for t in tasks if t.kind == kind]
+                if group:
+                    accepted.append(self._sbatch(group, kind))
+        except SubmissionError as e:
+            raise SubmissionError(f"{e}\n{self._withdraw(accepted)}") from None
         out = {}
-        for kind in ("train", "score"):
-            group = [t for t in tasks if t.kind == kind]
-            if group:
-                out.update(self._submit_array(group, kind))
+        for entry in accepted:
+            journal.record_runs(entry)
+            for d, job_id in zip(entry.run_dirs, journal.job_ids(entry), strict=True):
+                out[Path(d)] = JobView(job_id, "queued", "", "", Path(read_job(d)["log"]))
+        journal.release([e.job_id for e in accepted])
+        for entry in accepted:
+            entry.path.unlink(missing_ok=True)
         self._release_submission_lock()
         return out
 
-    def _submit_array(self, tasks: list[Task], kind: str) -> dict[Path, JobView]:
+    def _sbatch(self, tasks: list[Task], kind: str) -> journal.Entry:
+        """One array, held, written down in the journal before and after sbatch."""
         import submitit
+        from submitit.core.utils import FailedJobError, FailedSubmissionError
 
+        entry = journal.begin(
+            self.folder,
+            f"{self.job_name}-{kind}",
+            [t.run_dir for t in tasks],
+            {"folder": str(self.folder), "profile": self.profile.name, "kind": kind},
+        )
         ex = self._submitit(kind)
-        # Submitting from inside an allocation must not pass its SLURM_* to the jobs.
-        with submitit.helpers.clean_env(), ex.batch():
-            gpus = self.profile.gpus_per_node
-            submitted = [ex.submit(TrainCell(t.run_dir, t.rescore, gpus)) for t in tasks]
-        now = time.time()
-        out = {}
-        for i, (task, job) in enumerate(zip(tasks, submitted, strict=True)):
-            log = Path(job.paths.stdout)
-            write_job(
-                task.run_dir,
-                {
-                    "executor": "slurm",
-                    "job_id": job.job_id,
-                    "array_job_id": job.job_id.split("_")[0],
-                    "array_index": i if "_" in job.job_id else None,
-                    "submitted": rundir.now(),
-                    "submitted_at": now,
-                    "log": str(log),
-                    "folder": str(self.folder),
-                    "profile": self.profile.name,
-                    "kind": kind,
-                },
+        ex.update_parameters(job_name=entry.job_name)
+        ex.parameters["additional_parameters"] = dict(
+            ex.parameters.get("additional_parameters", {}), hold=True
+        )
+        try:
+            # Submitting from inside an allocation must not pass its SLURM_* to the jobs.
+            with submitit.helpers.clean_env(), ex.batch():
+                gpus = self.profile.gpus_per_node
+                submitted = [ex.submit(TrainCell(t.run_dir, t.rescore, gpus)) for t in tasks]
+        except (FailedJobError, FailedSubmissionError) as e:
+            entry.path.unlink(missing_ok=True)
+            raise SubmissionError(self._refusal(kind, len(tasks), str(e))) from None
+        fault("after-sbatch")
+        entry.job_id = submitted[0].job_id.split("_")[0]
+        entry.save()
+        return entry
+
+    def _refusal(self, kind: str, n: int, said: str) -> str:
+        """sbatch's refusal in one message: what was refused, SLURM's words, and the
+        profile key(s) they are about with the values sent."""
+        said = " ".join(ln.removeprefix("sbatch: error: ").strip() for ln in said.splitlines())
+        what = "training" if kind == "train" else "scoring"
+        keys = [k for k, words in _REFUSED_KEYS if any(w in said.lower() for w in words)]
+        keys = ["score_time" if k == "time" and kind == "score" else k for k in keys]
+        if keys:
+            about = ", ".join(f"{k} = {getattr(self.profile, k)!r}" for k in keys)
+            about = f"profile key {about}"
+        else:
+            about = "one of the profile's sbatch parameters (see --dry-run for the script)"
+        return (
+            f"sbatch refused the {what} array of {n} cell(s): {said}\n"
+            f"  {about}, on the SLURM profile {self.profile.source}"
+        )
+
+    def _withdraw(self, accepted: list[journal.Entry]) -> str:
+        """Cancel arrays accepted before a later one was refused (held: none has
+        started); one that cannot be cancelled is recorded in its runs' job.json."""
+        if not accepted:
+            return "nothing was submitted."
+        ids = [e.job_id for e in accepted]
+        r = subprocess.run(["scancel", *ids], capture_output=True, text=True, timeout=30)
+        if r.returncode == 0:
+            for entry in accepted:
+                entry.path.unlink(missing_ok=True)
+            return (
+                f"job {', '.join(ids)}, accepted before it, was cancelled: nothing was submitted."
             )
-            out[task.run_dir] = JobView(job.job_id, "queued", "", "", log)
-        return out
+        for entry in accepted:
+            journal.record_runs(entry)
+            entry.path.unlink(missing_ok=True)
+        journal.release(ids)
+        return (
+            f"job {', '.join(ids)}, accepted before it, could not be cancelled "
+            f"({r.stderr.strip()}): it is recorded in its runs' job.json and runs."
+        )
 
     # -- following --------------------------------------------------------------------
     def run(self, tasks: list[Task], follow: list[Task] = ()) -> list[Outcome]:

@@ -194,9 +194,11 @@ def settle(run_dir: Path, job: JobView) -> str:
         return state
     if status.get("settled_job") == job.job_id:
         return state
+    # A DDP rank that failed first (srun then ended its peers before they could say).
+    first = rundir.first_rank_error(run_dir, status.get("attempt_started", float("inf")))
     record_failure(
         status,
-        f"{job.reason()}; log: {job.log}",
+        f"{first + '; ' if first else ''}{job.reason()}; log: {job.log}",
         slurm_state=job.slurm_state or job.state,
         settled_job=job.job_id,
     )

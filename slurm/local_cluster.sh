@@ -18,7 +18,14 @@
 # - sched_interval=1, bf_interval=1: pending jobs are looked at every second;
 # - proctrack/linuxproc, task/none, jobacct_gather/none: no cgroups in containers;
 # - SlurmdParameters=config_overrides: the node may declare more CPUs than it has
-#   (SAGAN_SLURM_CPUS), so that tests can run several one-CPU jobs at once.
+#   (SAGAN_SLURM_CPUS), so that tests can run several one-CPU jobs at once;
+# - three partitions on the one node, so that tests can preempt for real
+#   (PreemptType=preempt/partition_prio): a job in `urgent` (PriorityTier 2) takes
+#   the CPUs of running jobs in `debug` (the default; PreemptMode=REQUEUE: SLURM
+#   requeues them) or `debug-cancel` (PreemptMode=CANCEL: they end PREEMPTED);
+#   SAGAN_SLURM_PREEMPT=0 leaves only `debug`, with no preemption;
+# - EnforcePartLimits=ALL and MaxTime=1-00:00:00: a job asking for more time than its
+#   partition allows is rejected by sbatch (as on most sites), not left pending.
 set -euo pipefail
 
 CLUSTER=${SAGAN_SLURM_CLUSTER:-local}
@@ -28,6 +35,7 @@ MEM_MB=$(( $(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 - 512 ))
 CONF_DIR=/etc/slurm
 LOG_DIR=/var/log/slurm
 DB_PASS=${SAGAN_SLURM_DB_PASS:-slurm}
+PREEMPT=${SAGAN_SLURM_PREEMPT:-1}
 
 say() { echo "local_cluster: $*" >&2; }
 die() { say "error: $*"; exit 1; }
@@ -106,6 +114,17 @@ fi
 mkdir -p "$CONF_DIR" "$LOG_DIR" /var/spool/slurmctld /var/spool/slurmd /run/munge
 
 # -- configuration ----------------------------------------------------------------
+limits="Nodes=ALL MaxTime=1-00:00:00 State=UP"
+if [[ $PREEMPT == 1 ]]; then
+  preempt="PreemptType=preempt/partition_prio
+PreemptMode=REQUEUE"
+  partitions="PartitionName=debug $limits Default=YES PriorityTier=1 PreemptMode=REQUEUE
+PartitionName=debug-cancel $limits PriorityTier=1 PreemptMode=CANCEL
+PartitionName=urgent $limits PriorityTier=2 PreemptMode=OFF"
+else
+  preempt="PreemptType=preempt/none"
+  partitions="PartitionName=debug $limits Default=YES"
+fi
 conf=$(cat <<EOF
 # Written by sagan-bench slurm/local_cluster.sh: one node on 127.0.0.1.
 ClusterName=$CLUSTER
@@ -136,8 +155,10 @@ ReturnToService=2
 MpiDefault=none
 KillWait=5
 MinJobAge=600
+EnforcePartLimits=ALL
+$preempt
 NodeName=$HOST NodeAddr=127.0.0.1 CPUs=$CPUS RealMemory=$MEM_MB State=UNKNOWN
-PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
+$partitions
 EOF
 )
 dbd=$(cat <<EOF
@@ -213,5 +234,5 @@ if ! alive /run/slurmd.pid; then
   slurmd
 fi
 wait_for 60 "node $HOST" resume_and_check_node
-say "up: node $HOST with $CPUS CPUs, partition debug, cluster $CLUSTER"
+say "up: node $HOST with $CPUS CPUs, partitions $(sinfo -h -o %R | paste -sd, -), cluster $CLUSTER"
 sinfo

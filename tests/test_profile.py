@@ -364,3 +364,21 @@ def test_a_grid_that_cannot_run_on_its_profile_submits_nothing(tmp_path, capsys)
     assert "train.batch_size: 4 is not divisible by the 3 processes" in err
     assert err.rstrip().endswith("nothing was submitted.")
     assert not (tmp_path / "runs").exists()
+
+
+def test_only_the_cells_selected_with_only_are_checked_against_the_profile(tmp_path, capsys):
+    from ablations import run as run_cli
+    from tests.test_jobs import GRID
+
+    spec = dict(
+        GRID, axes={"bs": {"four": {"train.batch_size": 4}, "six": {"train.batch_size": 6}}}
+    )
+    grid = tmp_path / "g.yaml"
+    grid.write_text(yaml.safe_dump(spec))
+    argv = [str(grid), "--executor", "slurm", "--profile", "local", "slurm.tasks_per_node=3"]
+    assert run_cli.main([*argv, "--only", "bs=six", "--dry-run"]) == 0
+    assert "1 selected" in capsys.readouterr().out
+    assert run_cli.main([*argv, "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "bs=four" in err and "train.batch_size: 4 is not divisible by the 3 processes" in err
+    assert "bs=six" not in err

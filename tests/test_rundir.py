@@ -86,3 +86,30 @@ def test_a_torn_tail_longer_than_one_read_is_cut_whole(tmp_path):
     path.write_text('{"step": 1}\n{"step": 2, "blob": "' + "x" * 10000)
     rundir.append_jsonl(path, {"step": 3})
     assert path.read_text() == '{"step": 1}\n{"step": 3}\n'
+
+
+def test_the_first_rank_to_fail_in_this_attempt_is_the_one_named(tmp_path, monkeypatch):
+    import time as time_mod
+
+    clock = iter([100.0, 200.0, 201.0])
+    monkeypatch.setattr(time_mod, "time", lambda: next(clock))
+    rundir.write_rank_error(tmp_path, 2, "RuntimeError: an old attempt's")
+    rundir.write_rank_error(tmp_path, 1, "ValueError: the cause")
+    rundir.write_rank_error(tmp_path, 0, "RuntimeError: Connection closed by peer")
+    assert rundir.first_rank_error(tmp_path, since=150.0) == "rank 1: ValueError: the cause"
+    assert rundir.first_rank_error(tmp_path, since=300.0) is None
+
+
+def test_fault_points_are_off_unless_named(monkeypatch):
+    import pytest
+
+    from sagan import faults
+
+    faults._points.cache_clear()
+    monkeypatch.setenv(faults.ENV, "rank1-step5, rank0-eval")
+    try:
+        faults.raise_at("rank0-step5")
+        with pytest.raises(faults.FaultInjected, match="at rank1-step5"):
+            faults.raise_at("rank1-step5")
+    finally:
+        faults._points.cache_clear()
