@@ -137,3 +137,22 @@ def test_the_flop_count_includes_the_cpu_attention_kernel():
     counts = {str(k): v for k, v in counter.get_flop_counts()["Global"].items()}
     b, n, keys, head = 2, 32 * 32, 16 * 16, 64 // 2  # q and k zero-padded to v's C/2
     assert counts["aten._scaled_dot_product_flash_attention_for_cpu"] == 2 * 2 * b * n * keys * head
+
+
+def test_cost_times_each_distinct_step_once_with_the_config_as_it_is(monkeypatch):
+    """`--dry-run --cost` asks sagan.bench for one case per distinct step, no overrides."""
+    import sagan.bench
+    from ablations import cost
+    from ablations.grid import load_grid
+
+    calls = []
+
+    def fake_run_cases(config, overrides, steps, warmup):
+        calls.append(overrides)
+        return [{"ms_per_step": 5.0, "machine": {}} for _ in overrides]
+
+    monkeypatch.setattr(sagan.bench, "run_cases", fake_run_cases)
+    cells = load_grid("ablations/grids/smoke.yaml").cells
+    table, _ = cost.measure(cells, steps=2)
+    assert calls == [[[]]] * len({cost.step_key(c) for c in cells})
+    assert set(table.values()) == {5.0}
