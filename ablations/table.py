@@ -13,6 +13,7 @@ METRIC_COLUMNS = (
     ("kid_mean", "KID"),
     ("swd", "SWD"),
     ("consistency", "consist."),
+    ("mirror", "mirror"),
 )
 
 

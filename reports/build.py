@@ -49,7 +49,7 @@ from reports.tables import (
 
 # The metrics the default summary shows, in this order, when the runs recorded them.
 METRICS = (
-    "fid", "is_mean", "kid_mean", "swd", "consistency", "precision", "recall",
+    "fid", "is_mean", "kid_mean", "swd", "consistency", "mirror", "precision", "recall",
     "fid_inf", "is_inf", "fd_dinov2", "intra_fid", "density", "coverage",
 )  # fmt: skip
 CANONICAL_INCEPTION = "weights-inception-2015-12-05-6726825d.pth"

@@ -43,6 +43,7 @@ LABELS = {
     "kid_mean": "KID",
     "swd": "SWD",
     "consistency": "consistency",
+    "mirror": "mirror",
     "precision": "precision",
     "recall": "recall",
     "fid_inf": "FID∞",

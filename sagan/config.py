@@ -53,6 +53,9 @@ DEFAULT_ATTENTION = {32: (16,), 64: (32,), 128: (32,)}
 
 
 class SyntheticConfig(_Strict):
+    # objects: two objects of one colour in opposite halves (sagan.synthetic);
+    # mirror: a fine texture at the left edge mirrored at the right (sagan.mirror).
+    mode: Literal["objects", "mirror"] = "objects"
     n_images: int = Field(8192, ge=16)
     n_classes: int = Field(4, ge=1, le=8)
     seed: int = 0
@@ -141,25 +144,28 @@ class ReferenceConfig(_Strict):
     n: int | None = Field(None, ge=2, description="real images; null = the whole split")
 
 
+# What eval.metrics and final.metrics may name (sagan.metrics.evaluate computes each).
+MetricName = Literal[
+    "fid",
+    "is",
+    "kid",
+    "prc",
+    "fid_inf",
+    "is_inf",
+    "dc",
+    "intra_fid",
+    "fd_dinov2",
+    "swd",
+    "consistency",
+    "mirror",
+]
+
+
 class ProtocolConfig(_Strict):
     """How a number is made: what ``eval`` (monitoring) and ``final`` (scoring) share."""
 
     n_samples: int = Field(50_000, ge=2)
-    metrics: list[
-        Literal[
-            "fid",
-            "is",
-            "kid",
-            "prc",
-            "fid_inf",
-            "is_inf",
-            "dc",
-            "intra_fid",
-            "fd_dinov2",
-            "swd",
-            "consistency",
-        ]
-    ] = ["fid", "is"]
+    metrics: list[MetricName] = ["fid", "is"]
     reference: ReferenceConfig = ReferenceConfig()
     seed: int = 0
     batch_size: int = Field(100, ge=1)
@@ -188,6 +194,7 @@ BEST_BY = {
     "precision": "prc",
     "recall": "prc",
     "consistency": "consistency",
+    "mirror": "mirror",
     "swd": "swd",
     "fid_inf": "fid_inf",
     "is_inf": "is_inf",
@@ -217,6 +224,7 @@ class FinalConfig(ProtocolConfig):
             "recall",
             "swd",
             "consistency",
+            "mirror",
             "fid_inf",
             "is_inf",
             "density",
@@ -460,6 +468,8 @@ LEGACY_DEFAULTS: dict[str, Any] = {
     "model.attention_kernel": "sdpa",
     # No CUDA run had trained before the key (CPU runs are unaffected by it).
     "train.tf32": False,
+    # Every synthetic run before the mirror mode drew the two-object images.
+    "data.synthetic.mode": "objects",
 }
 
 

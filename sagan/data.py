@@ -2,7 +2,8 @@
 
 Three sources, chosen by ``data.name``:
 
-- ``synthetic``: :func:`sagan.synthetic.make_synthetic`, generated in memory.
+- ``synthetic``: :func:`sagan.synthetic.make_synthetic` (``data.synthetic.mode: objects``)
+  or :func:`sagan.mirror.make_mirror` (``mirror``), generated in memory.
 - ``cifar10``: torchvision's on-disk format under ``data.root``
   (``ROOT/cifar-10-batches-py/``), never downloaded here.
 - ``imagefolder``: one subfolder per class (``torchvision.datasets.ImageFolder``),
@@ -26,7 +27,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import datasets, transforms
 
-from sagan import synthetic
+from sagan import mirror, synthetic
 from sagan.config import DataConfig
 from sagan.data_identity import folder_identity
 from sagan.hashing import file_digest
@@ -112,7 +113,8 @@ def build_dataset(cfg: DataConfig, split: str = "train") -> Dataset:
     _check_split(split)
     if cfg.name == "synthetic":
         s = cfg.synthetic
-        images, labels = synthetic.make_synthetic(
+        make = mirror.make_mirror if s.mode == "mirror" else synthetic.make_synthetic
+        images, labels = make(
             s.n_images, cfg.resolution, s.n_classes, synthetic_seed(s.seed, split)
         )
         return InMemoryImages(images, labels, s.n_classes)
@@ -266,6 +268,8 @@ def dataset_fingerprint(cfg: DataConfig, split: str) -> str:
         h.update(
             f"v{synthetic.VERSION}|{s.n_images}|{s.n_classes}|{synthetic_seed(s.seed, split)}".encode()
         )
+        if s.mode != "objects":  # the objects mode's fingerprints predate modes: kept as they were
+            h.update(f"|{s.mode}:v{mirror.VERSION}".encode())
     elif cfg.name == "cifar10":
         folder = _cifar10_dir(cfg)
         files = datasets.CIFAR10.train_list if split == "train" else datasets.CIFAR10.test_list

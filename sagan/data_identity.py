@@ -34,7 +34,7 @@ from typing import Any
 
 from torchvision import datasets
 
-from sagan import synthetic
+from sagan import mirror, synthetic
 from sagan.config import DataConfig
 
 log = logging.getLogger(__name__)
@@ -75,6 +75,8 @@ def data_identity(cfg: DataConfig) -> dict[str, Any]:
             "n_classes": s.n_classes,
             "seed": s.seed,
         }
+        if s.mode != "objects":  # the objects mode's identities predate modes: kept as they were
+            ident.update(mode=s.mode, version=mirror.VERSION)
     elif cfg.name == "cifar10":
         ident = {
             "name": "cifar10",
@@ -101,6 +103,8 @@ def describe(ident: dict[str, Any] | None) -> str:
         what = f"{ident['n_classes']} classes, {ident['n_images']} images"
     elif ident["name"] == "synthetic":
         what = f"{ident['n_images']} images, {ident['n_classes']} classes, seed {ident['seed']}"
+        if "mode" in ident:
+            what = f"{ident['mode']} mode, {what}"
     else:
         what = "torchvision's CIFAR-10 files"
     return f"{ident['name']}, {what} (digest {ident['digest']})"

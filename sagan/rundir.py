@@ -149,6 +149,7 @@ HIGHER_IS_BETTER = {
     "precision": True,
     "recall": True,
     "consistency": True,
+    "mirror": True,
     "swd": False,
     "fid_inf": False,
     "is_inf": True,

@@ -173,3 +173,22 @@ def test_each_case_is_measured_against_the_ceiling_of_its_own_precision():
     assert precision_key({"amp": False, "tf32": True}, cuda) == "tf32"
     assert precision_key({"amp": False, "tf32": False}, cuda) == "fp32"
     assert precision_key({"amp": True, "tf32": False}, cuda) == "bf16"
+
+
+def test_cost_times_each_distinct_step_once_with_the_config_as_it_is(monkeypatch):
+    """`--dry-run --cost` asks sagan.bench for one case per distinct step, no overrides."""
+    import sagan.bench
+    from ablations import cost
+    from ablations.grid import load_grid
+
+    calls = []
+
+    def fake_run_cases(config, overrides, steps, warmup):
+        calls.append(overrides)
+        return [{"ms_per_step": 5.0, "machine": {}} for _ in overrides]
+
+    monkeypatch.setattr(sagan.bench, "run_cases", fake_run_cases)
+    cells = load_grid("ablations/grids/smoke.yaml").cells
+    table, _ = cost.measure(cells, steps=2)
+    assert calls == [[[]]] * len({cost.step_key(c) for c in cells})
+    assert set(table.values()) == {5.0}

@@ -1,5 +1,5 @@
 """FID, IS, KID, precision/recall, FID∞/IS∞, density/coverage, intra-FID, FD-DINOv2
-and consistency, with the protocol on every number.
+and the synthetic probes (consistency, mirror), with the protocol on every number.
 
 Built on torch-fidelity's ``inception-v3-compat`` extractor and metric functions;
 see :mod:`sagan.metrics.fidelity` for what is called, :mod:`sagan.metrics.suite` for

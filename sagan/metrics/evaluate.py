@@ -30,7 +30,14 @@ from sagan.metrics.fidelity import (
     to_uint8,
 )
 from sagan.metrics.moments import moments_of
-from sagan.metrics.plan import _check_counts, _dino_weights, _protocol, planned_protocol
+from sagan.metrics.plan import (
+    _check_counts,
+    _dino_weights,
+    _protocol,
+    planned_protocol,
+    probe_blocks,
+    probe_metrics,
+)
 from sagan.metrics.protocol import (
     INCEPTION_METRICS,
     REFERENCE_METRICS,
@@ -132,7 +139,8 @@ def evaluate_generator(
     2017 / the TTUR code), IS (Salimans et al. 2016), KID (Binkowski et al. 2018),
     precision/recall (Kynkaanniemi et al. 2019, on Inception features), FID∞ (Chong &
     Forsyth 2020), density/coverage (Naeem et al. 2020), intra-FID (Miyato & Koyama
-    2018); and ``consistency`` (:func:`sagan.synthetic.consistency`, synthetic data only).
+    2018); ``consistency`` (:func:`sagan.synthetic.consistency`, synthetic objects only) and
+    ``mirror`` (the mean of :func:`sagan.mirror.mirror`, synthetic mirror only).
 
     Args:
         G: ``G(z, y) -> [B, 3, R, R]`` in [-1, 1], with ``z_dim`` and ``num_classes``; on ``device``.
@@ -165,22 +173,21 @@ def evaluate_generator(
     ev = cfg.eval
     wanted = list(dict.fromkeys(ev.metrics))
     inception = [m for m in wanted if m in INCEPTION_METRICS]
-    skipped: dict[str, str] = {}
-    want_consistency = "consistency" in wanted
-    if want_consistency and cfg.data.name != "synthetic":
-        skipped["consistency"] = "defined only for data.name: synthetic"
-        want_consistency = False
+    probes, skipped = probe_metrics(cfg, wanted)
+    want_consistency, want_mirror = "consistency" in probes, "mirror" in probes
     if "intra_fid" in inception and int(getattr(G, "num_classes", 0)) < 1:
         skipped["intra_fid"] = "defined only for a class-conditional G (num_classes >= 1)"
         inception.remove("intra_fid")
     if want_consistency:
         from sagan.synthetic import consistency
+    if want_mirror:
+        from sagan.mirror import mirror
     _check_counts(inception, ev.n_samples, ev.reference.n)
     weights = resolve_weights(ev.inception_weights) if inception else None  # fail before any work
     dino = _dino_weights(cfg, wanted)
     want_swd = "swd" in wanted
     # Nothing to compute (consistency asked for on non-synthetic data): do not sample either.
-    n_sample = ev.n_samples if inception or dino or want_consistency or want_swd else 0
+    n_sample = ev.n_samples if inception or dino or probes or want_swd else 0
 
     timing: dict[str, Any] = {}
     ref: ReferenceStats | None = None
@@ -235,6 +242,7 @@ def evaluate_generator(
         t = time.perf_counter()
         acc = FeatureAccumulator(feature_extractor(weights, device), device) if inception else None
         consistent = seen = 0
+        mirror_sum = 0.0
         generate_s = extract_s = dino_s = 0.0
         labels = []
         with sampling_mode(G, ev.g_mode), torch.no_grad():
@@ -266,6 +274,8 @@ def evaluate_generator(
                 labels.append(y)
                 if want_consistency:
                     consistent += int(consistency(images.cpu()).sum())
+                if want_mirror:
+                    mirror_sum += float(mirror(images.cpu()).double().sum())
                 if swd_fake is not None and seen < n_swd:
                     swd_fake.add(images[: n_swd - seen])
                 seen += len(images)
@@ -293,12 +303,15 @@ def evaluate_generator(
             timing.setdefault("metric_s", {})["fd_dinov2"] = round(time.perf_counter() - t_fd, 3)
         if want_consistency:
             metrics["consistency"] = consistent / n_sample
+        if want_mirror:
+            metrics["mirror"] = mirror_sum / n_sample
         if swd_fake is not None:
             metrics["swd"] = swd.swd(swd_real, swd_fake, ev.seed)
         timing["metrics_s"] = round(time.perf_counter() - t, 3)
 
     # features_kept, not len(ref.features()): a FID-only evaluation never reads them.
     blocks = metric_blocks(inception, n_sample, features_kept(ref.n) if ref is not None else 0)
+    blocks |= probe_blocks(probes)
     if dino is not None:
         blocks["fd_dinov2"] = dinov2.protocol(dino, dino_ref.protocol())
     protocol = _protocol(

@@ -54,6 +54,35 @@ def _check_counts(metrics: list[str], n_generated: int, n_reference: int | None)
             raise MetricsError(f"eval.n_samples = {n_generated}: {e}") from None
 
 
+def probe_metrics(cfg: Any, wanted: list[str]) -> tuple[list[str], dict[str, str]]:
+    """The synthetic probe scores of ``wanted`` that ``cfg.data`` defines, and why
+    each other one is skipped: ``consistency`` needs the objects mode, ``mirror``
+    the mirror mode.
+
+    Returns:
+        ``(computed, {metric: reason skipped})``.
+    """
+    mode = cfg.data.synthetic.mode if cfg.data.name == "synthetic" else None
+    computed, skipped = [], {}
+    for metric, needs in (("consistency", "objects"), ("mirror", "mirror")):
+        if metric not in wanted:
+            continue
+        if mode == needs:
+            computed.append(metric)
+        else:
+            skipped[metric] = f"defined only for data.name: synthetic, data.synthetic.mode: {needs}"
+    return computed, skipped
+
+
+def probe_blocks(probes: list[str]) -> dict[str, Any]:
+    """The protocol block of each probe score in ``probes`` that has one (``mirror``)."""
+    if "mirror" not in probes:
+        return {}
+    from sagan import mirror
+
+    return {"mirror": mirror.protocol()}
+
+
 def _protocol(
     cfg: Any,
     weights: Any,
@@ -101,11 +130,11 @@ def planned_protocol(
     inception = [m for m in wanted if m in INCEPTION_METRICS]
     if not cfg.data.conditional and "intra_fid" in inception:
         inception.remove("intra_fid")  # skipped for an unconditional G, as evaluation does
-    want_consistency = "consistency" in wanted and cfg.data.name == "synthetic"
+    probes, _ = probe_metrics(cfg, wanted)
     _check_counts(inception, ev.n_samples, ev.reference.n)
     weights = resolve_weights(ev.inception_weights) if inception else None
     dino = _dino_weights(cfg, wanted)
-    n_sample = ev.n_samples if inception or dino or want_consistency or "swd" in wanted else 0
+    n_sample = ev.n_samples if inception or dino or probes or "swd" in wanted else 0
     ref = swd_protocol = None
     if needs_reference(wanted):
         dataset, key_parts = _reference_source(cfg, reference)
@@ -115,6 +144,7 @@ def planned_protocol(
     if "swd" in wanted:
         swd_protocol = _swd_protocol(cfg, key_parts, len(dataset))
     blocks = metric_blocks(inception, n_sample, features_kept(ref["n"]) if ref else 0)
+    blocks |= probe_blocks(probes)
     if dino is not None:
         from sagan.metrics import dinov2
 
