@@ -41,8 +41,9 @@ def timeout_s() -> float:
     return _timeout_s if _timeout_s is not None else DEFAULT_TIMEOUT_S
 
 
-def _gloo_group():
-    return dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=timeout_s()))
+def _gloo_group(seconds: float | None = None):
+    seconds = timeout_s() if seconds is None else seconds
+    return dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=seconds))
 
 
 def active() -> bool:
@@ -212,9 +213,11 @@ class OnMain:
     points on every rank.
     """
 
-    def __init__(self) -> None:
-        self.group = _gloo_group() if active() else None
-        self.beat_s = timeout_s() / 4
+    def __init__(self, wait_s: float | None = None) -> None:
+        """``wait_s``: the timeout of one message (default :func:`timeout_s`)."""
+        wait_s = timeout_s() if wait_s is None else wait_s
+        self.group = _gloo_group(wait_s) if active() else None
+        self.beat_s = wait_s / 4
         self._lost: list[BaseException] = []
 
     @property

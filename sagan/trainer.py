@@ -316,7 +316,9 @@ class Trainer:
             device=self.device,
             ema=use_ema,
             run_dir=self.run_dir,
-            stop=self._stop_evaluating,
+            stop=faults.signal_group_at_second_call(
+                f"rank{self.rank}-eval-usr2", self._stop_evaluating
+            ),
         )
         record["origin"] = "train"
         rundir.append_jsonl(self.run_dir / "eval.jsonl", record)
