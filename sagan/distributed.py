@@ -19,8 +19,7 @@ import torch.distributed as dist
 
 from sagan.config import ConfigError
 
-
-# The process group's timeout when this module did not start it (torch's own default).
+# The process group's timeout when this module did not start it (torch's default for gloo).
 DEFAULT_TIMEOUT_S = 1800.0
 _timeout_s: float | None = None
 

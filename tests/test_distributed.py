@@ -109,7 +109,7 @@ def _launch(script: str, *args: str, env: dict[str, str] | None = None, slurm: b
         base.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), WORLD_SIZE="2")
         ranks = [dict(base, RANK=str(r), LOCAL_RANK=str(r)) for r in range(2)]
     procs = []
-    for r, rank_env in enumerate(ranks):
+    for rank_env in ranks:
         group = procs[0].pid if procs else 0  # 0: a new group, rank 0 its leader
         procs.append(
             subprocess.Popen(
@@ -243,6 +243,7 @@ def test_usr2_during_rank_0s_evaluation_stops_every_rank_and_resumes_bit_identic
     assert status.get("failures", 0) == 0 and "error" not in status
     assert list_checkpoints(stopped)[0][0] == 2
     assert _evaluations(stopped) == [], "an abandoned evaluation records nothing"
+    assert rundir.read_jsonl(stopped / "env.jsonl")[0]["collective_timeout_s"] == 240
 
     # The requeued job (no fault now) resumes it; an uninterrupted job for comparison.
     _launch(CELL, str(tmp_path), "240", str(stopped), str(whole), slurm=True)

@@ -58,7 +58,10 @@ def test_local_profile_fits_the_localhost_cluster():
 
 def test_the_collective_timeout_is_minutes_by_default_and_may_be_set():
     assert load_profile("local").collective_timeout_s == 300
-    assert load_profile("gpu", cli_overrides=["slurm.collective_timeout_s=900"]).collective_timeout_s == 900
+    assert (
+        load_profile("gpu", cli_overrides=["slurm.collective_timeout_s=900"]).collective_timeout_s
+        == 900
+    )
 
 
 def test_gpu_profile_asks_for_one_gpu_for_a_day():
