@@ -9,13 +9,40 @@ on the world size.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import datetime
+import threading
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
 from sagan.config import ConfigError
+
+# The process group's timeout when this module did not start it (torch's default for gloo).
+DEFAULT_TIMEOUT_S = 1800.0
+_timeout_s: float | None = None
+
+
+def join(backend: str, timeout_s: float, **kwargs: Any) -> None:
+    """``init_process_group`` (``env://``) with a collective timeout of ``timeout_s``
+    seconds, which the groups made here (:class:`StopVote`, :class:`OnMain`) share."""
+    global _timeout_s
+    dist.init_process_group(
+        backend=backend, timeout=datetime.timedelta(seconds=timeout_s), **kwargs
+    )
+    _timeout_s = float(timeout_s)
+
+
+def timeout_s() -> float:
+    """Seconds a collective waits for a peer before it fails: what :func:`join` was
+    given, else torch's default."""
+    return _timeout_s if _timeout_s is not None else DEFAULT_TIMEOUT_S
+
+
+def _gloo_group(seconds: float | None = None):
+    seconds = timeout_s() if seconds is None else seconds
+    return dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=seconds))
 
 
 def active() -> bool:
@@ -141,7 +168,7 @@ class StopVote:
     """
 
     def __init__(self) -> None:
-        self.group = dist.new_group(backend="gloo") if active() else None
+        self.group = _gloo_group() if active() else None
         self.pending: tuple[Any, torch.Tensor] | None = None
 
     def __call__(self, flag: bool) -> bool:
@@ -163,3 +190,87 @@ class StopVote:
         self.pending = None
         work.wait()
         return bool(t.item())
+
+
+class PeerFailed(RuntimeError):
+    """Rank 0 failed in work the other ranks were waiting for; its own error is
+    recorded by rank 0 (``rank-0-error.json``), this is only the others' reason to end."""
+
+
+class OnMain:
+    """Work that rank 0 does alone (an evaluation, a checkpoint write, samples) while
+    the other ranks wait for it, however long it takes, with no wait longer than the
+    collective timeout.
+
+    A single collective would make the others fail once rank 0's work outlasts the
+    timeout (a 50k-sample FID does). Instead rank 0 sends a heartbeat from a thread
+    every quarter of the timeout while it works, then its result, on a gloo group of
+    its own; the others wait for one message at a time. So a healthy rank 0 is waited
+    for without end, and one that is gone or hung (no heartbeat) ends the others
+    within the timeout: a dead process at once (its sockets close), a failure in the
+    work as soon as it raises (:class:`PeerFailed`). Call :meth:`run` at the same
+    points on every rank.
+    """
+
+    def __init__(self, wait_s: float | None = None) -> None:
+        """``wait_s``: the timeout of one message (default :func:`timeout_s`)."""
+        wait_s = timeout_s() if wait_s is None else wait_s
+        self.group = _gloo_group(wait_s) if active() else None
+        self.beat_s = wait_s / 4
+        self._lost: list[BaseException] = []
+
+    @property
+    def lost(self) -> bool:
+        """Whether a heartbeat failed (a peer is gone); rank 0's work may stop early."""
+        return bool(self._lost)
+
+    def _send(self, message: tuple[str, Any]) -> tuple[str, Any]:
+        box = [message]
+        dist.broadcast_object_list(box, src=0, group=self.group)
+        return box[0]
+
+    def run(self, work: Callable[[], Any]) -> Any:
+        """``work()`` on rank 0, its (picklable) result on every rank.
+
+        Raises:
+            PeerFailed: on the other ranks, when ``work`` raised on rank 0 (which
+                re-raises its own error); on rank 0, the error of a lost heartbeat.
+        """
+        if self.group is None:
+            return work()
+        if rank() != 0:
+            while True:
+                kind, value = self._send(("", None))
+                if kind == "failed":
+                    raise PeerFailed(f"rank 0 failed in work the others waited for: {value}")
+                if kind == "done":
+                    return value
+        done = threading.Event()
+
+        def beat() -> None:
+            while not done.wait(self.beat_s):
+                try:
+                    self._send(("busy", None))
+                except Exception as e:  # a peer is gone: the work may stop, then raise
+                    self._lost.append(e)
+                    return
+
+        thread = threading.Thread(target=beat, name="sagan-onmain-heartbeat", daemon=True)
+        thread.start()
+        try:
+            result = work()
+        except BaseException as e:
+            done.set()
+            thread.join()
+            if not self._lost:
+                try:
+                    self._send(("failed", f"{type(e).__name__}: {e}"))
+                except Exception:
+                    pass  # the peers are gone too; rank 0's own error is what counts
+            raise
+        done.set()
+        thread.join()
+        if self._lost:
+            raise self._lost[0]
+        self._send(("done", result))
+        return result

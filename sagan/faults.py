@@ -6,6 +6,10 @@
 - ``rankR-stepS``: rank R raises :class:`FaultInjected` once G step S is trained;
 - ``rankR-eval``: rank R raises :class:`FaultInjected` as a monitoring evaluation
   starts;
+- ``rankR-eval-usr2``: rank R sends SIGUSR2 (what SLURM sends before a time limit)
+  to its whole process group, as SLURM signals every task of a job, once the first
+  monitoring evaluation of the process has scored its first batch; the test that
+  sets it starts the ranks in a process group of their own;
 - ``after-sbatch``: the SLURM submitter is killed (SIGKILL) the moment sbatch has
   accepted an array (:mod:`slurm.executor`).
 
@@ -16,6 +20,8 @@ from __future__ import annotations
 
 import functools
 import os
+import signal
+from collections.abc import Callable
 
 ENV = "SAGAN_FAULT"
 
@@ -38,3 +44,24 @@ def raise_at(point: str) -> None:
     """Raise :class:`FaultInjected` if ``SAGAN_FAULT`` names ``point``."""
     if hit(point):
         raise FaultInjected(f"{ENV} asked for a failure at {point}")
+
+
+_fired: set[str] = set()
+
+
+def signal_group_at_second_call(point: str, ask: Callable[[], bool]) -> Callable[[], bool]:
+    """``ask``, which sends SIGUSR2 to this process's group at its second call, once per
+    process, if ``SAGAN_FAULT`` names ``point``; else ``ask`` itself."""
+    if not hit(point) or point in _fired:
+        return ask
+    calls = 0
+
+    def asked() -> bool:
+        nonlocal calls
+        calls += 1
+        if calls == 2 and point not in _fired:
+            _fired.add(point)
+            os.killpg(0, signal.SIGUSR2)  # delivered to this process before killpg returns
+        return ask()
+
+    return asked

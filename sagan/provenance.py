@@ -66,6 +66,11 @@ def environment(device: torch.device | str, world_size: int = 1) -> dict[str, An
         "device": str(device),
         "world_size": world_size,
     }
+    if world_size > 1:
+        from sagan import distributed
+
+        # How long a collective waits for a peer (the SLURM profile's collective_timeout_s).
+        info["collective_timeout_s"] = distributed.timeout_s()
     if device.type == "cuda":
         from sagan.precision import tf32_state
 

@@ -160,6 +160,7 @@ class Trainer:
         self.consumed = 0
         self.restored_from: Path | None = None
         self.best_step: int | None = None  # the checkpoint final.best_by keeps
+        self.on_main: distributed.OnMain | None = None  # rank 0's work, waited for; in _loop
         # Fixed sample inputs come from another: sampling never moves the training
         # noise, so changing sample_every cannot change the result.
         z, y = sample_inputs(cfg, self.num_classes)
@@ -235,9 +236,11 @@ class Trainer:
             rundir.truncate_jsonl(self.run_dir / "metrics.jsonl", self.step)
 
     def save(self) -> None:
-        """Rank 0 writes the checkpoint, with every rank's RNG state (a collective)."""
+        """Rank 0 writes the checkpoint, with every rank's RNG state (a collective),
+        while the others wait (:meth:`_on_main`)."""
         per_rank = distributed.gather(rng_state(self.device)) if self.world > 1 else None
-        if self.is_main:
+
+        def write() -> None:
             state = self.state_dict()
             state["rng"]["process_per_rank"] = per_rank
             save_checkpoint(
@@ -247,7 +250,15 @@ class Trainer:
                 keep=self.cfg.train.ckpt_keep,
                 protect={self.best_step} if self.best_step is not None else (),
             )
-        distributed.barrier()
+
+        self._on_main(write)
+
+    def _on_main(self, work):
+        """``work()`` on rank 0 while the other ranks wait for its result, however long
+        it takes (:class:`sagan.distributed.OnMain`: a heartbeat, so the collective
+        timeout bounds only a rank 0 that is gone). Inside :meth:`_loop` only."""
+        assert self.on_main is not None, "rank 0's work is waited for inside the loop"
+        return self.on_main.run(work)
 
     # -- the loop ----------------------------------------------------------------
     def _autocast(self):
@@ -305,7 +316,9 @@ class Trainer:
             device=self.device,
             ema=use_ema,
             run_dir=self.run_dir,
-            stop=self._asked_to_stop,
+            stop=faults.signal_group_at_second_call(
+                f"rank{self.rank}-eval-usr2", self._stop_evaluating
+            ),
         )
         record["origin"] = "train"
         rundir.append_jsonl(self.run_dir / "eval.jsonl", record)
@@ -416,8 +429,10 @@ class Trainer:
             error = f"{type(e).__name__}: {e}"
             if self.world > 1:
                 # The rank that failed first says why; its peers then fail on a
-                # collective (or srun ends them) with errors that say nothing.
-                rundir.write_rank_error(self.run_dir, self.rank, error)
+                # collective (or srun ends them) with errors that say nothing, or
+                # with PeerFailed, for which rank 0 records its own.
+                if not isinstance(e, distributed.PeerFailed):
+                    rundir.write_rank_error(self.run_dir, self.rank, error)
                 error = (
                     rundir.first_rank_error(self.run_dir, started) or f"rank {self.rank}: {error}"
                 )
@@ -433,11 +448,13 @@ class Trainer:
 
     def _loop(self, batches: Batches, status: dict[str, Any], writer) -> None:
         vote = distributed.StopVote()
+        self.on_main = distributed.OnMain()
         try:
             self._steps(batches, status, writer, vote)
         finally:
             # Every rank started the vote in flight, so waiting for it cannot hang.
             vote.close()
+            self.on_main = None
 
     def _steps(
         self, batches: Batches, status: dict[str, Any], writer, vote: distributed.StopVote
@@ -472,8 +489,8 @@ class Trainer:
                     status.update(step=s)
                     rundir.write_status(self.run_dir, status)
                 self.progress.update(s, rec)
-            if self.is_main and (s % tc.sample_every == 0 or s == tc.steps):
-                self.sample()
+            if s % tc.sample_every == 0 or s == tc.steps:
+                self._on_main(self.sample)
             if is_ckpt:
                 self.save()
             if is_eval:
@@ -493,24 +510,34 @@ class Trainer:
         (:class:`sagan.distributed.StopVote`)."""
         return self.stop is not None and self.stop.is_set()
 
+    def _stop_evaluating(self) -> bool:
+        """Asked before each batch of an evaluation: a stop request, or (rank 0 under
+        DDP) a peer that is gone, whose error then ends the run."""
+        return self._asked_to_stop() or (self.on_main is not None and self.on_main.lost)
+
     def _evaluate_or_stop(self, status: dict[str, Any]) -> None:
-        """Rank 0 evaluates the checkpointed step while the other ranks wait.
+        """Rank 0 evaluates the checkpointed step while the other ranks wait
+        (:meth:`_on_main`, however long it takes).
+
+        Only rank 0's stop flag abandons the evaluation (SLURM signals every task, and a
+        flag of another rank alone is agreed at the next step's vote).
 
         Raises:
             Stopped: a stop was asked for during the evaluation, which was abandoned
                 (nothing recorded); the resumed run does it again from this step.
         """
-        abandoned = False
-        if self.is_main:
+
+        def evaluate() -> bool:
             try:
                 self.evaluate(status)
             except EvaluationStopped as e:
-                abandoned = True
                 self.progress.write(str(e))
-            else:
-                rundir.write_status(self.run_dir, status)
-        # The wait of the other ranks, which also tells them whether rank 0 stopped.
-        if distributed.broadcast(abandoned):
+                return True
+            rundir.write_status(self.run_dir, status)
+            return False
+
+        # The result also tells the other ranks whether rank 0 stopped.
+        if self._on_main(evaluate):
             raise Stopped(self.step)
 
     def _log_record(self, vals: dict[str, torch.Tensor], it_per_s: float) -> dict[str, Any]:

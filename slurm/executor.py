@@ -202,8 +202,10 @@ class SlurmExecutor(Executor):
         try:
             # Submitting from inside an allocation must not pass its SLURM_* to the jobs.
             with submitit.helpers.clean_env(), ex.batch():
-                gpus = self.profile.gpus_per_node
-                submitted = [ex.submit(TrainCell(t.run_dir, t.rescore, gpus)) for t in tasks]
+                gpus, wait_s = self.profile.gpus_per_node, self.profile.collective_timeout_s
+                submitted = [
+                    ex.submit(TrainCell(t.run_dir, t.rescore, gpus, wait_s)) for t in tasks
+                ]
         except (FailedJobError, FailedSubmissionError) as e:
             entry.path.unlink(missing_ok=True)
             raise SubmissionError(self._refusal(kind, len(tasks), str(e))) from None

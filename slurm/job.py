@@ -24,6 +24,7 @@ import submitit
 
 from ablations import worker
 from ablations.store import EXIT_BUSY, EXIT_STOPPED
+from slurm.profile import COLLECTIVE_TIMEOUT_S
 
 log = logging.getLogger("slurm.job")
 
@@ -62,11 +63,12 @@ def _gpus_on_node(gpus_per_node: int | None) -> int:
     return int(os.environ.get("SLURM_GPUS_ON_NODE", "0") or 0)
 
 
-def _join_process_group(gpus_per_node: int, device: str) -> None:
+def _join_process_group(gpus_per_node: int, device: str, timeout_s: float) -> None:
     """One process per task: NCCL between GPUs, gloo on CPUs, chosen from the job's
-    resources so that every rank chooses the same. Rank 0 may evaluate for a long time
-    while the others wait at a barrier, hence the long timeout."""
-    import datetime
+    resources so that every rank chooses the same. A collective waits ``timeout_s``
+    (the profile's ``collective_timeout_s``) for a peer before it fails; rank 0's long
+    lone work (an evaluation) is waited for with a heartbeat, which that bounds only
+    when rank 0 is gone (:class:`sagan.distributed.OnMain`)."""
     import inspect
 
     import torch
@@ -90,9 +92,9 @@ def _join_process_group(gpus_per_node: int, device: str) -> None:
         if "device_id" in inspect.signature(dist.init_process_group).parameters:
             kwargs["device_id"] = dev
         where = str(dev)
-    dist.init_process_group(backend=backend, timeout=datetime.timedelta(hours=2), **kwargs)
+    distributed.join(backend, timeout_s, **kwargs)
     log.info(
-        "rank %d of %d (local rank %d) via %s on %s at %s:%s",
+        "rank %d of %d (local rank %d) via %s on %s at %s:%s, collective timeout %g s",
         dist_env.rank,
         dist_env.world_size,
         dist_env.local_rank,
@@ -100,16 +102,24 @@ def _join_process_group(gpus_per_node: int, device: str) -> None:
         where,
         dist_env.master_addr,
         dist_env.master_port,
+        timeout_s,
     )
 
 
 class TrainCell(submitit.helpers.Checkpointable):
     """Train one run directory in a SLURM job; requeue it when SLURM warns of the end."""
 
-    def __init__(self, run_dir: str | Path, rescore: bool = False, gpus_per_node: int = 0):
+    def __init__(
+        self,
+        run_dir: str | Path,
+        rescore: bool = False,
+        gpus_per_node: int = 0,
+        collective_timeout_s: float = COLLECTIVE_TIMEOUT_S,
+    ):
         self.run_dir = str(run_dir)
         self.rescore = rescore
         self.gpus_per_node = gpus_per_node
+        self.collective_timeout_s = collective_timeout_s
 
     def __call__(self) -> str:
         _log_to_stdout()
@@ -132,7 +142,9 @@ class TrainCell(submitit.helpers.Checkpointable):
         )
         if env.num_tasks > 1:
             gpus = _gpus_on_node(self.__dict__.get("gpus_per_node"))
-            _join_process_group(gpus, _run_device(Path(self.run_dir)))
+            # A cell pickled before it carried a timeout gets the profile's default.
+            timeout_s = self.__dict__.get("collective_timeout_s", COLLECTIVE_TIMEOUT_S)
+            _join_process_group(gpus, _run_device(Path(self.run_dir)), timeout_s)
         try:
             rc = worker.run(Path(self.run_dir), stop=stop, rescore=self.rescore)
         finally:

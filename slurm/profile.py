@@ -32,6 +32,7 @@ from pydantic import (
 from sagan.config import ConfigError, error_message, flatten, parse_overrides, set_dotted, yaml_load
 
 BUNDLED = Path(__file__).resolve().parent / "profiles"
+COLLECTIVE_TIMEOUT_S = 300  # collective_timeout_s's default; also a cell pickled without one
 CLI_PREFIX = "slurm."
 
 # Offered when a signal name is wrong; any catchable name in Python's `signal` is accepted.
@@ -77,41 +78,48 @@ def _sbatch_value(value: Any) -> Any:
 class Profile(BaseModel):
     """How one cell becomes a SLURM job (one job, or one task of an array).
 
-    ==================  ===========  ===================================================
-    key                 default      meaning
-    ==================  ===========  ===================================================
-    partition           null         ``--partition``; null = the cluster's default
-    account             null         ``--account`` charged for the job
-    qos                 null         ``--qos``
-    constraint          null         ``--constraint`` (node features, e.g. ``a100``)
-    nodes               1            nodes per job
-    gpus_per_node       0            GPUs per node (0 = none requested)
-    tasks_per_node      1            tasks per node; for DDP one task per GPU
-    cpus_per_task       1            CPUs per task; also the job's OMP/MKL threads
-    mem_gb              null         memory per node in GB; null = the cluster's default
-    time                60           the job's time limit, minutes
-    score_time          60           the time limit of a job that only scores a trained
-                                     run under its final protocol, minutes
-    array_parallelism   64           cells of one array running at once
-    signal              USR2         signal SLURM sends before a time limit or
-                                     preemption (a name from Python's ``signal``
-                                     without ``SIG``); the job checkpoints and requeues
-    signal_delay_s      120          seconds before the limit that the signal arrives
-    max_requeues        100          timeouts requeued before the job is given up: a
-                                     signal after min(0.8 x time, time - 10 min) of
-                                     the job's run is a timeout (every one when
-                                     time <= 10); an earlier one (a preemption) is
-                                     requeued without counting
-    setup               []           shell lines run in the job before python (module
-                                     loads, environment activation)
-    sbatch              {}           extra sbatch parameters, keys without dashes, e.g.
-                                     ``{mail-type: END}``; ``false`` leaves a flag off
-    python              null         shell command starting python in the job;
-                                     null = the submitting interpreter
-    poll_s              5.0          how often the submitter reads job states
-    vanish_grace_s      120          how long a job we submitted may be unknown to
-                                     sacct before it is taken as vanished
-    ==================  ===========  ===================================================
+    =====================  ===========  ===================================================
+    key                    default      meaning
+    =====================  ===========  ===================================================
+    partition              null         ``--partition``; null = the cluster's default
+    account                null         ``--account`` charged for the job
+    qos                    null         ``--qos``
+    constraint             null         ``--constraint`` (node features, e.g. ``a100``)
+    nodes                  1            nodes per job
+    gpus_per_node          0            GPUs per node (0 = none requested)
+    tasks_per_node         1            tasks per node; for DDP one task per GPU
+    cpus_per_task          1            CPUs per task; also the job's OMP/MKL threads
+    mem_gb                 null         memory per node in GB; null = the cluster's default
+    time                   60           the job's time limit, minutes
+    score_time             60           the time limit of a job that only scores a trained
+                                        run under its final protocol, minutes
+    array_parallelism      64           cells of one array running at once
+    signal                 USR2         signal SLURM sends before a time limit or
+                                        preemption (a name from Python's ``signal``
+                                        without ``SIG``); the job checkpoints and requeues
+    signal_delay_s         120          seconds before the limit that the signal arrives
+    max_requeues           100          timeouts requeued before the job is given up: a
+                                        signal after min(0.8 x time, time - 10 min) of
+                                        the job's run is a timeout (every one when
+                                        time <= 10); an earlier one (a preemption) is
+                                        requeued without counting
+    setup                  []           shell lines run in the job before python (module
+                                        loads, environment activation)
+    sbatch                 {}           extra sbatch parameters, keys without dashes, e.g.
+                                        ``{mail-type: END}``; ``false`` leaves a flag off
+    python                 null         shell command starting python in the job;
+                                        null = the submitting interpreter
+    collective_timeout_s   300          DDP (several tasks): seconds a collective waits
+                                        for a peer before the job fails, so a rank that
+                                        hangs or is gone ends every rank within it; rank
+                                        0's lone work (evaluation, checkpoint, samples)
+                                        is waited for with a heartbeat every quarter of
+                                        it, however long it takes. Raise it only if the
+                                        ranks' own steps drift further apart (compile)
+    poll_s                 5.0          how often the submitter reads job states
+    vanish_grace_s         120          how long a job we submitted may be unknown to
+                                        sacct before it is taken as vanished
+    =====================  ===========  ===================================================
 
     ``name`` (the bundled name or the file's stem) and ``source`` (where the values
     came from) are set by :func:`load_profile` and are not part of the dump.
@@ -139,6 +147,7 @@ class Profile(BaseModel):
         Annotated[str, AfterValidator(_sbatch_key)], Annotated[Any, AfterValidator(_sbatch_value)]
     ] = {}
     python: str | None = None
+    collective_timeout_s: int = COLLECTIVE_TIMEOUT_S
     poll_s: float = Field(5.0, gt=0)
     vanish_grace_s: float = Field(120.0, ge=0)
 
@@ -157,6 +166,18 @@ class Profile(BaseModel):
         if f"SIG{name}" not in _signal.Signals.__members__:
             raise ValueError(f"not a signal name; use one of {', '.join(COMMON_SIGNALS)}")
         return name
+
+    @field_validator("collective_timeout_s")
+    @classmethod
+    def _collective_timeout(cls, value: int) -> int:
+        """At least a minute: one rank may reach a step's collective seconds to tens of
+        seconds after another (data loading, a slower node), which is no failure."""
+        if value < 60:
+            raise ValueError(
+                "must be at least 60 seconds: a shorter wait fails healthy DDP jobs whose "
+                f"ranks reach a collective seconds apart (default {COLLECTIVE_TIMEOUT_S})"
+            )
+        return value
 
     @property
     def name(self) -> str:

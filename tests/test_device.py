@@ -81,7 +81,7 @@ def test_a_job_sets_its_gpu_before_joining_the_group_and_keeps_every_gpu_visible
         calls.append(("init", backend, device_id))
 
     monkeypatch.setattr(dist, "init_process_group", init_process_group)
-    job._join_process_group(gpus_per_node=4, device="auto")
+    job._join_process_group(gpus_per_node=4, device="auto", timeout_s=300)
     cuda1 = torch.device("cuda", 1)
     assert calls == [("export", False), ("set_device", cuda1), ("init", "nccl", cuda1)]
 
@@ -103,5 +103,5 @@ def test_a_cpu_job_joins_with_gloo_and_touches_no_gpu(monkeypatch):
     monkeypatch.setattr(submitit.helpers, "TorchDistributedEnvironment", FakeEnv)
     monkeypatch.setattr(torch.cuda, "set_device", lambda d: pytest.fail("set a GPU on a CPU job"))
     monkeypatch.setattr(dist, "init_process_group", lambda **kw: calls.append(kw))
-    job._join_process_group(gpus_per_node=0, device="auto")
+    job._join_process_group(gpus_per_node=0, device="auto", timeout_s=300)
     assert [c["backend"] for c in calls] == ["gloo"] and "device_id" not in calls[0]

@@ -56,6 +56,14 @@ def test_local_profile_fits_the_localhost_cluster():
     assert "name" not in p.model_dump() and "source" not in p.model_dump()
 
 
+def test_the_collective_timeout_is_minutes_by_default_and_may_be_set():
+    assert load_profile("local").collective_timeout_s == 300
+    assert (
+        load_profile("gpu", cli_overrides=["slurm.collective_timeout_s=900"]).collective_timeout_s
+        == 900
+    )
+
+
 def test_gpu_profile_asks_for_one_gpu_for_a_day():
     p = load_profile("gpu")
     assert (p.nodes, p.gpus_per_node, p.cpus_per_task, p.mem_gb, p.time) == (1, 1, 10, 64, 1440)
@@ -119,6 +127,16 @@ def test_signal_is_normalised(spelled):
             "sbatch.time: set by the profile's own key 'time'; use that (got 'time')",
         ),
         ({"sbatch": {"x": [1]}}, "sbatch.x: must be a string, a number or true/false (got [1])"),
+        (
+            {"collective_timeout_s": 5},
+            "collective_timeout_s: must be at least 60 seconds: a shorter wait fails healthy "
+            "DDP jobs whose ranks reach a collective seconds apart (default 300) (got 5)",
+        ),
+        (
+            {"collective_timeout_s": "2h"},
+            "collective_timeout_s: Input should be a valid integer, unable to parse string as "
+            "an integer (got '2h')",
+        ),
     ],
 )
 def test_each_file_error_is_one_line_naming_file_key_and_value(tmp_path, profile, line):
