@@ -463,6 +463,7 @@ def test_each_value_is_grouped_and_described_under_its_own_protocol_id(tmp_path)
         ("a", 0): [_scored({"fid": 30.0}, shared, old=True)],  # no protocol_ids
         ("a", 1): [_scored({"fid": 32.0}, shared)],
         ("a", 2): [_scored({"fid": 31.0, "fid_inf": 29.0}, with_inf)],
+        ("b", 0): [_scored({"fid": 40.0, "fid_inf": 39.0}, with_inf)],
     }
     (tmp_path / "report").mkdir()
     _grid(tmp_path, "g", "arm", runs)
@@ -482,11 +483,12 @@ def test_each_value_is_grouped_and_described_under_its_own_protocol_id(tmp_path)
     for name, pid in (("fid", fid_id), ("fid_inf", inf_id)):
         cells = pd.read_csv(report / f"summary-g-{name}.csv")
         final = cells[cells["value_kind"] == "final"]
-        assert final["protocol_id"].tolist() == [pid], name
-        assert pd.read_csv(report / f"figure-g-{name}-values.csv")["protocol_id"].tolist() == [pid]
-    results = pd.read_csv(report / "results.csv").set_index("axis.seed")
-    assert results["protocol_id.fid"].tolist() == [fid_id] * 3
-    assert results["protocol_id.fid_inf"].fillna("").tolist() == ["", "", inf_id]
+        assert final["protocol_id"].tolist() == [pid, pid], name
+        figure = pd.read_csv(report / f"figure-g-{name}-values.csv")
+        assert figure["protocol_id"].tolist() == [pid, pid], name
+    results = pd.read_csv(report / "results.csv").sort_values("run_id")
+    assert results["protocol_id.fid"].tolist() == [fid_id] * 4
+    assert results["protocol_id.fid_inf"].fillna("").tolist() == ["", "", inf_id, inf_id]
     # The Protocols section: FID's id without FID∞'s block, FID∞'s with it.
     listed = dict(re.findall(r"<tr><td><code>(\w+)</code></td><td>(.*?)</td></tr>", html))
     assert set(listed) == {fid_id, inf_id}
