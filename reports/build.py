@@ -37,7 +37,7 @@ from reports.frame import (
     read_training,
     write_results,
 )
-from reports.stats import has_value, recorded_nan
+from reports.stats import has_value, recorded_nan, value_ids, value_protocol_columns
 from reports.tables import (
     LABELS,
     Layout,
@@ -46,6 +46,7 @@ from reports.tables import (
     resolve,
     wide_frame,
 )
+from sagan.metrics.protocol import value_block
 
 # The metrics the default summary shows, in this order, when the runs recorded them.
 METRICS = (
@@ -151,29 +152,62 @@ def runs_table(df: pd.DataFrame) -> dict[str, Any]:
 
 
 def protocols(df: pd.DataFrame) -> list[dict[str, str]]:
+    """The Protocols section: a row per protocol id a value was recorded under (each
+    value's own, :func:`reports.stats.value_ids`), saying the values it holds, the
+    shared protocol fields and the block of its metric (no other metric's block)."""
     if "protocol_id" not in df:
         return []
+    # pid -> (the row that describes it, the metric whose block it covers, values)
+    found: dict[str, tuple[Any, str, list[str]]] = {}
+    origins: dict[str, set[str]] = {}
+    for col in df.columns:
+        if not col.startswith("metric.") or col == "metric_nan":
+            continue
+        metric = col.removeprefix("metric.")
+        present = has_value(df, metric)
+        if not present.any():
+            continue
+        ids = value_ids(df, metric)[present].dropna()
+        for first, pid in ids.drop_duplicates().items():
+            found.setdefault(pid, (first, metric, []))[2].append(metric)
+        for pid, seen in df.loc[ids.index, "origin"].groupby(ids).unique().items():
+            origins.setdefault(pid, set()).update(o for o in seen if isinstance(o, str))
     out = []
-    for pid, g in df.dropna(subset=["protocol_id"]).groupby("protocol_id"):
-        r = g.iloc[0]
+    for pid in sorted(found):
+        first, metric, values = found[pid]
+        r = df.loc[first]
         ref = r.get("protocol.reference.split")
+        block = value_block(metric)
+        fields = [
+            f"{c.removeprefix(f'protocol.{block}.')}={r[c]}"
+            for c in value_protocol_columns(df.columns, metric)
+            if block and c.startswith(f"protocol.{block}.") and not _missing(r[c])
+        ]
         parts = [
-            f"{int(r['protocol.n_generated'])} samples" if "protocol.n_generated" in r else "",
+            "values: " + ", ".join(LABELS.get(v, v) for v in values),
+            f"{int(r['protocol.n_generated'])} samples"
+            if not _missing(r.get("protocol.n_generated"))
+            else "",
             f"{r.get('protocol.g')} G in {r.get('protocol.g_mode')} mode",
             f"sample seed {int(r['protocol.eval_seed'])}"
-            if not pd.isna(r.get("protocol.eval_seed"))
+            if not _missing(r.get("protocol.eval_seed"))
             else "",
-            str(r.get("protocol.bn_statistics", "")),
+            "" if _missing(r.get("protocol.bn_statistics")) else str(r["protocol.bn_statistics"]),
             f"reference: {ref} split, n={r.get('protocol.reference.n')}"
             if isinstance(ref, str)
             else "",
             f"extractor {r['protocol.extractor']}, weights sha256 {str(r.get('protocol.weights_sha256'))[:12]}"
             if isinstance(r.get("protocol.extractor"), str)
             else "",
-            f"origins: {', '.join(sorted(g['origin'].dropna().unique()))}",
+            f"{LABELS.get(block, block)} settings: {', '.join(fields)}" if fields else "",
+            f"origins: {', '.join(sorted(origins.get(pid, ())))}",
         ]
         out.append({"id": pid, "text": "; ".join(p for p in parts if p)})
     return out
+
+
+def _missing(v: Any) -> bool:
+    return v is None or (isinstance(v, float) and v != v)
 
 
 def _markdown(df: pd.DataFrame, notes: list[str] = ()) -> str:

@@ -126,15 +126,20 @@ def curves(runs: pd.DataFrame, metric: str, axes: list[str]) -> tuple[list[Figur
     """The monitored ``metric`` against G steps, one plot per protocol id: per cell, the
     mean over seeds with the tables' 95% CI as a band. Returns the figures and the
     data they draw (a row per cell, step and protocol)."""
-    from reports.stats import summarize
+    from reports.stats import summarize, value_ids
 
     col = f"metric.{metric}"
     if col not in runs or "origin" not in runs:
         return [], pd.DataFrame()
-    mon = runs[(runs["origin"] == "train") & runs[col].notna()]
+    at = (runs["origin"] == "train") & runs[col].notna()
+    mon = runs[at]
     if mon.empty:
         return [], pd.DataFrame()
-    values = mon.assign(value=mon[col].astype(float), value_step=mon["eval_step"])
+    values = mon.assign(
+        value=mon[col].astype(float),
+        value_step=mon["eval_step"],
+        protocol_id=value_ids(runs, metric)[at],
+    )
     values = values.assign(finite=values["value"].map(math.isfinite))
     summary = _with_cell(summarize(values, [*axes, "eval_step"]), axes)
     out = []

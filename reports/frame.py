@@ -13,9 +13,11 @@ each ``OUT/<run_id>/`` holds the same files (see :mod:`sagan.rundir`), and the
 - ``config.<dotted.key>``: the resolved config, flattened;
 - per evaluation record: ``eval_step``, ``origin`` (``train`` monitoring, ``final``
   scoring, ``rescore``), ``checkpoint`` (``last``/``best`` for final scores),
-  ``protocol_id``, ``eval_s``, ``metric.<name>`` and ``protocol.<field>``, and
-  ``metric_nan`` (``|fid|is_mean|``: the metrics recorded as NaN, which pandas cannot
-  tell from a metric the record lacks).
+  ``protocol_id`` (the record's), ``eval_s``, ``metric.<name>``,
+  ``protocol_id.<name>`` (that value's own id, ``metric_protocol_ids``: what its
+  values are grouped by; the record's id for records older than per-value ids),
+  ``protocol.<field>``, and ``metric_nan`` (``|fid|is_mean|``: the metrics recorded
+  as NaN, which pandas cannot tell from a metric the record lacks).
 
 A run with no evaluation yet has one row with empty evaluation columns, and a cell
 a grid names whose run directory does not exist has one row with state
@@ -243,6 +245,7 @@ def _record_rows(
     for r in _records(os.path.join(run_dir, "eval.jsonl")):
         pid, protocol = _protocol_columns(r, seen)
         metrics = r.get("metrics", {})
+        ids = r.get("protocol_ids") or {}
         nan = [k for k, v in metrics.items() if isinstance(v, float) and math.isnan(v)]
         rows.append(
             {
@@ -253,6 +256,7 @@ def _record_rows(
                 "protocol_id": pid,
                 "eval_s": r.get("wall_s"),
                 **{f"metric.{k}": v for k, v in metrics.items()},
+                **{f"protocol_id.{k}": ids.get(k, pid) for k in metrics},
                 "metric_nan": "|" + "|".join(nan) + "|" if nan else None,
                 **protocol,
             }

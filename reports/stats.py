@@ -3,8 +3,10 @@ cell, and each arm's difference from a baseline arm with its own CI.
 
 One value per run comes from :func:`per_run`: its ``final`` score (the scoring of
 record, at the ``last`` or the ``best`` checkpoint), its ``best`` monitored value, or
-its ``last`` monitored value. Values are grouped by protocol id as well, so a column
-never mixes numbers made under different protocols.
+its ``last`` monitored value. Values are grouped by protocol id as well, each value
+by its own (:func:`value_ids`: the shared protocol fields and its metric's block), so
+a column never mixes numbers made under different protocols and never splits numbers
+made the same way because their records also held other metrics.
 
 A non-finite value (NaN or infinity: a collapsed G) is a result, not a gap: it is
 counted (``n_nonfinite``) and said with its step, and left out of the mean, the std
@@ -27,6 +29,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+from sagan.metrics.protocol import BLOCK_METRICS, value_block
 from sagan.rundir import HIGHER_IS_BETTER
 
 Kind = Literal["final", "best", "last"]
@@ -55,10 +58,34 @@ def has_value(df: pd.DataFrame, metric: str) -> pd.Series:
     return present | recorded_nan(df, metric)
 
 
+def value_ids(df: pd.DataFrame, metric: str) -> pd.Series:
+    """Each row's protocol id of its ``metric`` value: the value's own
+    (``protocol_id.<metric>``, :mod:`reports.frame`), else the record's ``protocol_id``
+    (records older than per-value ids)."""
+    own = f"protocol_id.{metric}"
+    record = df["protocol_id"] if "protocol_id" in df else pd.Series(None, index=df.index)
+    return df[own].fillna(record) if own in df else record
+
+
+def value_protocol_columns(columns, metric: str) -> list[str]:
+    """The ``protocol.*`` columns of ``columns`` that apply to a value of ``metric``:
+    the shared fields and its own metric's block, not another metric's (as its id,
+    :func:`sagan.metrics.protocol.value_protocol`)."""
+    block = value_block(metric)
+    out = []
+    for c in columns:
+        if c.startswith("protocol."):
+            top = c.split(".", 2)[1]
+            if top not in BLOCK_METRICS or top == block:
+                out.append(c)
+    return out
+
+
 def per_run(
     df: pd.DataFrame, metric: str, kind: Kind = "final", checkpoint: str = "last"
 ) -> pd.DataFrame:
-    """One row per (run, protocol id) with ``value``, ``value_step`` and ``finite``.
+    """One row per (run, protocol id of the value, :func:`value_ids`) with ``value``,
+    ``value_step``, ``finite`` and the ``protocol.*`` fields that apply to the value.
 
     ``final``: the record of origin ``final`` at the ``checkpoint`` role (``last`` or
     ``best``); ``best``: the best monitored value over training (by the metric's
@@ -73,10 +100,11 @@ def per_run(
     keep = [
         c
         for c in df.columns
-        if c in ("run_id", "protocol_id", "eval_step", "origin", "checkpoint", "state", col)
-        or c.startswith(("axis.", "protocol."))
-    ]
-    rows = df.loc[has_value(df, metric), keep]
+        if c in ("run_id", "eval_step", "origin", "checkpoint", "state", col)
+        or c.startswith("axis.")
+    ] + value_protocol_columns(df.columns, metric)
+    present = has_value(df, metric)
+    rows = df.loc[present, keep].assign(protocol_id=value_ids(df, metric)[present])
     if kind == "final":
         rows = rows[(rows["origin"] == "final") & (rows["checkpoint"].fillna("last") == checkpoint)]
     else:
@@ -326,5 +354,7 @@ __all__ = [
     "mean_cis",
     "per_run",
     "summarize",
+    "value_ids",
+    "value_protocol_columns",
     "versus",
 ]

@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from reports.stats import CONFIDENCE, has_value, per_run, summarize, versus
+from reports.stats import CONFIDENCE, has_value, per_run, summarize, value_ids, versus
 from sagan.rundir import HIGHER_IS_BETTER
 
 LABELS = {
@@ -120,11 +120,13 @@ def resolve(spec: dict[str, Any], axes: dict[str, list[str]]) -> Layout:
 
 
 def values_at_step(df: pd.DataFrame, metric: str, step: int) -> pd.DataFrame:
-    """One row per (run, protocol id): the monitored value of ``metric`` at G step ``step``."""
+    """One row per (run, protocol id of the value, :func:`reports.stats.value_ids`):
+    the monitored value of ``metric`` at G step ``step``."""
     col = f"metric.{metric}"
     if col not in df or "origin" not in df:
         return pd.DataFrame(columns=["run_id", "protocol_id", "value", "value_step", "finite"])
-    rows = df[(df["origin"] == "train") & (df["eval_step"] == step) & has_value(df, metric)]
+    at = (df["origin"] == "train") & (df["eval_step"] == step) & has_value(df, metric)
+    rows = df[at].assign(protocol_id=value_ids(df, metric)[at])
     rows = rows.drop_duplicates(["run_id", "protocol_id"], keep="last")
     value = rows[col].astype(float)
     out = rows.drop(columns=[c for c in rows if c.startswith("metric.")])

@@ -5,12 +5,16 @@ record is made here, after training, under ``final`` (say FID-50k of the EMA G
 against the training set), on the checkpoint(s) it names: the ``last`` one, the
 ``best`` one by a monitored metric (kept out of checkpoint rotation for this), or
 both. Each record goes to ``eval.jsonl`` with ``"origin": "final"``, the checkpoint's
-role and step, and its protocol id; ``status.json`` keeps the values under
-``final[protocol_id][role]``.
+role and step, and its protocol ids (the record's, and each value's own:
+:func:`sagan.metrics.protocol.metric_protocol_ids`); ``status.json`` keeps the values
+under ``final[value's protocol_id][role]``, merged across records.
 
-A number already recorded under the same protocol id for the same checkpoint is
-never computed again, so scoring may be killed and started again at any moment, and
-scoring again under a changed ``final`` section adds records beside the old ones.
+A value already recorded under its planned protocol id for the same checkpoint is
+never computed again: scoring may be killed and started again at any moment,
+scoring again under a changed ``final`` section adds records beside the old ones,
+and a metric added to ``final.metrics`` is computed on its own (a record holding
+just its values), unless leaving the others out would change its protocol; then
+the whole section is.
 """
 
 from __future__ import annotations
@@ -102,9 +106,7 @@ def score_final(
         CheckpointError, MetricsError, DataError: nothing could be scored.
         EvaluationStopped: ``stop`` said True; not recorded as a failure.
     """
-    from sagan.metrics import evaluate_generator
-    from sagan.metrics.evaluate import planned_protocol, reference_set
-    from sagan.metrics.protocol import protocol_id
+    from sagan.metrics.evaluate import reference_set
 
     run_dir = Path(run_dir)
     if cfg.final is None or (not again and not owed(cfg, run_dir)):
@@ -116,32 +118,12 @@ def score_final(
         targets = _targets(cfg, run_dir)
         reference = reference_set(ecfg)  # built once, for every plan and score below
         for role, step, path in targets:
-            state = load_checkpoint(path)
-            use_ema = ecfg.eval.use_ema and state.get("G_ema") is not None
-            pid = protocol_id(
-                planned_protocol(ecfg, ema=use_ema, device=device, reference=reference)
-            )
-            records = [
-                r
-                for r in rundir.read_jsonl(run_dir / "eval.jsonl")
-                if r.get("origin") == "final" and r.get("protocol_id") == pid and r["step"] == step
-            ]
-            if any(r.get("checkpoint", "last") == role for r in records):
-                log.info("final %s (step %d) under protocol %s: already scored", role, step, pid)
-                continue
-            if records:
-                # The same checkpoint under the same protocol, scored for the other role
-                # (best == last): one computation serves both, and both are recorded.
-                record = {**records[0]}
-            else:
-                G = load_generator(cfg, state, ema=use_ema, device=device)
-                record = evaluate_generator(
-                    G, ecfg, step=step, device=device, ema=use_ema, reference=reference, stop=stop
-                )
-            record.update(origin="final", checkpoint=role, checkpoint_file=path.name)
-            rundir.append_jsonl(run_dir / "eval.jsonl", record)
-            _record_in_status(run_dir, cfg, record, role)
-            made.append(record)
+            for record in _score_checkpoint(
+                cfg, ecfg, run_dir, role, step, path, device, reference, stop
+            ):
+                rundir.append_jsonl(run_dir / "eval.jsonl", record)
+                _record_in_status(run_dir, cfg, record, role)
+                made.append(record)
     except EvaluationStopped:
         raise  # owed still, and no failure: the next start scores it
     except Exception as e:
@@ -159,13 +141,112 @@ def score_final(
     return made
 
 
+def _made(records: list[dict[str, Any]]) -> set[tuple[str, str]]:
+    """``(value, protocol id)`` of every value in ``records``: each value's own id,
+    the record's for records older than per-value ids."""
+    from sagan.metrics.protocol import protocol_id
+
+    out = set()
+    for r in records:
+        pid = r.get("protocol_id") or protocol_id(r.get("protocol") or {})
+        ids = r.get("protocol_ids") or {}
+        out |= {(v, ids.get(v, pid)) for v in r.get("metrics", {})}
+    return out
+
+
+def _score_checkpoint(
+    cfg: Config,
+    ecfg: Config,
+    run_dir: Path,
+    role: str,
+    step: int,
+    path: Path,
+    device: torch.device,
+    reference: Any,
+    stop: Callable[[], bool] | None,
+) -> list[dict[str, Any]]:
+    """The records still to append for one checkpoint role: nothing when each value
+    ``final`` asks for has a final record for this role and step under its planned
+    protocol id; else copies of the other role's records at the same step that hold
+    missing values (best == last: one computation serves both), and one evaluation
+    of the metrics still missing."""
+    from sagan.metrics import evaluate_generator
+    from sagan.metrics.plan import planned_protocol, planned_values
+    from sagan.metrics.protocol import METRIC_VALUES, metric_protocol_ids, protocol_id
+
+    state = load_checkpoint(path)
+    use_ema = ecfg.eval.use_ema and state.get("G_ema") is not None
+    planned = planned_protocol(ecfg, ema=use_ema, device=device, reference=reference)
+    here = [
+        r
+        for r in rundir.read_jsonl(run_dir / "eval.jsonl")
+        if r.get("origin") == "final" and r["step"] == step
+    ]
+    mine = [r for r in here if r.get("checkpoint", "last") == role]
+    values = planned_values(ecfg)
+    ids = metric_protocol_ids(planned, values)
+    wanted = {(v, ids[v]) for v in values}
+    if values:
+        missing = wanted - _made(mine)
+    else:
+        # Nothing this data defines: one record (saying what was skipped) per protocol.
+        pid = protocol_id(planned)
+        missing = set() if any(r.get("protocol_id") == pid for r in mine) else {("", pid)}
+    if not missing:
+        log.info("final %s (step %d): every value already scored", role, step)
+        return []
+    out = []
+    if values:
+        for r in here:
+            if r.get("checkpoint", "last") != role and _made([r]) & missing:
+                missing -= _made([r])
+                out.append({**r, "checkpoint": role, "checkpoint_file": path.name})
+    if not missing:
+        return out
+    part = ecfg
+    if values:
+        todo = {v for v, _ in missing}
+        metrics = [
+            m for m in dict.fromkeys(ecfg.eval.metrics) if todo & set(METRIC_VALUES.get(m, (m,)))
+        ]
+        reduced = ecfg.model_copy(
+            update={"eval": ecfg.eval.model_copy(update={"metrics": metrics})}
+        )
+        # Leaving a metric out can change a shared field of the others (IS alone
+        # samples no reference set, so its record names none): then the whole section
+        # is computed again, so that what is recorded has the planned ids.
+        reduced_ids = metric_protocol_ids(
+            planned_protocol(reduced, ema=use_ema, device=device, reference=reference),
+            sorted(todo),
+        )
+        if all(reduced_ids[v] == ids[v] for v in todo):
+            part = reduced
+    G = load_generator(cfg, state, ema=use_ema, device=device)
+    record = evaluate_generator(
+        G, part, step=step, device=device, ema=use_ema, reference=reference, stop=stop
+    )
+    record.update(origin="final", checkpoint=role, checkpoint_file=path.name)
+    return [*out, record]
+
+
 def _record_in_status(
     run_dir: Path, cfg: Config, record: dict | None, role: str | None, finished: bool = False
 ) -> None:
     status = rundir.read_status(run_dir)
     if record is not None:
-        entry = status.setdefault("final", {}).setdefault(record["protocol_id"], {})
-        entry[role] = {"step": record["step"], "metrics": record["metrics"]}
+        # Under each value's own protocol id, the values of several records merged
+        # (a metric added to ``final`` later is scored on its own).
+        final = status.setdefault("final", {})
+        ids = record.get("protocol_ids") or {}
+        # A record of no value (every metric skipped for this data) under its own id.
+        pairs = list(record["metrics"].items()) or [(None, None)]
+        for value, number in pairs:
+            entry = final.setdefault(ids.get(value, record["protocol_id"]), {})
+            held = entry.get(role)
+            if held is None or held["step"] != record["step"]:
+                held = entry[role] = {"step": record["step"], "metrics": {}}
+            if value is not None:
+                held["metrics"][value] = number
     if finished:
         status.pop("final_error", None)
         keys = status.setdefault("final_keys", [])

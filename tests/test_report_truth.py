@@ -439,3 +439,58 @@ def test_a_cells_interval_does_not_depend_on_the_order_of_the_rows(tmp_path):
         s = summarize(per_run(frame, "fid", "final"), ["axis.attention"])
         intervals.append((s["ci_low"].item(), s["ci_high"].item()))
     assert intervals[0] == intervals[1] == intervals[2]
+
+
+def _scored(values: dict[str, float], protocol: dict, old: bool = False) -> dict:
+    """A final record as evaluation writes it: its record id and, unless ``old`` (a
+    record from before per-value ids), each value's own id."""
+    from sagan.metrics.protocol import metric_protocol_ids, protocol_id
+
+    rec = {"step": 100, "origin": "final", "checkpoint": "last", "metrics": values}
+    rec |= {"protocol": protocol, "protocol_id": protocol_id(protocol)}
+    if not old:
+        rec["protocol_ids"] = metric_protocol_ids(protocol, list(values))
+    return rec
+
+
+def test_each_value_is_grouped_and_described_under_its_own_protocol_id(tmp_path):
+    from sagan.metrics.protocol import protocol_id
+
+    shared = {"n_generated": 50000, "g": "ema", "g_mode": "eval", "eval_seed": 1}
+    block = {"n": [5000, 10000], "fit": "least squares FID_N = FID_inf + slope / N"}
+    with_inf = shared | {"fid_inf": block}
+    runs = {
+        ("a", 0): [_scored({"fid": 30.0}, shared, old=True)],  # no protocol_ids
+        ("a", 1): [_scored({"fid": 32.0}, shared)],
+        ("a", 2): [_scored({"fid": 31.0, "fid_inf": 29.0}, with_inf)],
+        ("b", 0): [_scored({"fid": 40.0, "fid_inf": 39.0}, with_inf)],
+    }
+    (tmp_path / "report").mkdir()
+    _grid(tmp_path, "g", "arm", runs)
+    fid_id = protocol_id(shared)
+    inf_id = _scored({"fid_inf": 29.0}, with_inf)["protocol_ids"]["fid_inf"]
+    assert inf_id != fid_id != protocol_id(with_inf)
+
+    tables = {t["title"].split(":")[0]: t for t in _summaries(tmp_path)}
+    fid = _cell(tables["FID"], ("a",), 1)
+    assert fid["text"] == "31.0 ± 1.0" and fid["sub"].startswith("n=3 ·"), "one group of 3 seeds"
+    assert not any("protocols" in n and "measured" in n for n in tables["FID"]["notes"])
+    inf = _cell(tables["FID∞"], ("a",), 1)
+    assert inf["text"] == "29.00" and inf["sub"].startswith("n=1")
+
+    html = build(tmp_path).read_text()
+    report = tmp_path / "report"
+    for name, pid in (("fid", fid_id), ("fid_inf", inf_id)):
+        cells = pd.read_csv(report / f"summary-g-{name}.csv")
+        final = cells[cells["value_kind"] == "final"]
+        assert final["protocol_id"].tolist() == [pid, pid], name
+        figure = pd.read_csv(report / f"figure-g-{name}-values.csv")
+        assert figure["protocol_id"].tolist() == [pid, pid], name
+    results = pd.read_csv(report / "results.csv").sort_values("run_id")
+    assert results["protocol_id.fid"].tolist() == [fid_id] * 4
+    assert results["protocol_id.fid_inf"].fillna("").tolist() == ["", "", inf_id, inf_id]
+    # The Protocols section: FID's id without FID∞'s block, FID∞'s with it.
+    listed = dict(re.findall(r"<tr><td><code>(\w+)</code></td><td>(.*?)</td></tr>", html))
+    assert set(listed) == {fid_id, inf_id}
+    assert "FID" in listed[fid_id] and "least squares" not in listed[fid_id]
+    assert "FID∞" in listed[inf_id] and "least squares" in listed[inf_id]

@@ -16,7 +16,10 @@ from sagan import rundir, score
 from sagan.checkpoint import list_checkpoints
 from sagan.config import build_config
 from sagan.train import train
+from tests import fakeweights
 from tests.test_resume import _StopAtCall
+
+fake_weights = fakeweights.fake_weights
 
 GRID = {
     "name": "fin",
@@ -225,3 +228,59 @@ def test_a_stop_during_final_scoring_records_nothing_and_the_next_start_scores_e
 
     (want,) = score.score_final(cfg, ref)
     assert [unclocked(r) for r in _finals(run)] == [unclocked(want)]
+
+
+def test_a_metric_added_to_final_is_scored_alone_and_reported_beside_the_others(
+    tmp_path, fake_weights, monkeypatch
+):
+    import sagan.metrics
+    from reports.build import grid_tables
+    from reports.frame import no_grid_index, read_store
+
+    run = tmp_path / "runs" / "r"
+    assert train(_cfg(**{"final": None}), run) == "done"
+    inception = {
+        "final.inception_weights": str(fake_weights),
+        "final.cache_dir": str(tmp_path / "cache"),
+        "final.n_samples": 12,
+        "final.batch_size": 12,
+        "final.reference.n": 12,
+    }
+    (first,) = score.score_final(_cfg(**inception, **{"final.metrics": ["fid"]}), run)
+    real, calls = sagan.metrics.evaluate_generator, []
+
+    def counted(G, cfg, **kw):
+        calls.append(list(cfg.eval.metrics))
+        return real(G, cfg, **kw)
+
+    monkeypatch.setattr(sagan.metrics, "evaluate_generator", counted)
+    both = _cfg(**inception, **{"final.metrics": ["fid", "kid"]})
+    assert score.owed(both, run)
+    (added,) = score.score_final(both, run)
+    assert calls == [["kid"]], "FID is not computed again"
+    assert set(added["metrics"]) == {"kid_mean", "kid_std"}
+    fid_id = first["protocol_ids"]["fid"]
+    assert added["protocol_ids"] == {"kid_mean": fid_id, "kid_std": fid_id}  # shared fields only
+    assert not score.owed(both, run)
+    assert score.score_final(both, run, again=True) == [] and len(calls) == 1
+    (entry,) = rundir.read_status(run)["final"].values()
+    assert entry["last"]["step"] == 4
+    assert set(entry["last"]["metrics"]) == {"fid", "kid_mean", "kid_std"}, "merged"
+    assert [len(r["metrics"]) for r in _finals(run)] == [1, 2]
+
+    # The report takes the run's FID and KID from its two records, under one id.
+    df = read_store(tmp_path / "runs")
+    (table,) = grid_tables(df, no_grid_index(df))
+    cells = {c.metric: c for c in table["cells"][0]}
+    assert set(cells) == {"fid", "kid_mean"}
+    assert cells["fid"].mean == first["metrics"]["fid"]
+    assert cells["kid_mean"].mean == added["metrics"]["kid_mean"]
+    assert {c.protocol_id for c in cells.values()} == {fid_id}
+    assert all(c.n == 1 and c.kind == "final" for c in cells.values())
+
+    # IS alone would sample no reference set, and so record another protocol than the
+    # planned one: the whole section is computed, and recorded under the planned ids.
+    (whole,) = score.score_final(_cfg(**inception, **{"final.metrics": ["fid", "kid", "is"]}), run)
+    assert calls[1:] == [["fid", "kid", "is"]]
+    assert whole["metrics"]["fid"] == first["metrics"]["fid"]
+    assert set(whole["protocol_ids"].values()) == {fid_id}

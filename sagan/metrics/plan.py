@@ -19,6 +19,7 @@ from sagan.metrics.errors import MetricsError
 from sagan.metrics.protocol import (
     INCEPTION_METRICS,
     ISC_SPLITS,
+    METRIC_VALUES,
     PRC_NEIGHBORHOOD,
     REFERENCE_METRICS,
     build_protocol,
@@ -155,6 +156,18 @@ def planned_protocol(
     return _protocol(cfg, weights, ref, n_sample, ema, device, swd_protocol, blocks)
 
 
+def planned_values(cfg: Any) -> list[str]:
+    """The values :func:`evaluate_generator` would record for ``cfg.eval`` (``fid``,
+    ``is_mean``, ``is_std``, ...), without the metrics it would skip for this data:
+    with :func:`planned_protocol`, the per-value protocol ids
+    (:func:`~sagan.metrics.protocol.metric_protocol_ids`) a caller can look for."""
+    wanted = list(dict.fromkeys(cfg.eval.metrics))
+    _, skipped = probe_metrics(cfg, wanted)
+    if not cfg.data.conditional:
+        skipped["intra_fid"] = "unconditional"
+    return [v for m in wanted if m not in skipped for v in METRIC_VALUES.get(m, (m,))]
+
+
 def _dino_weights(cfg: Any, wanted: list[str]):
     """fd_dinov2's weights (checked to exist) when it is wanted, else None."""
     if "fd_dinov2" not in wanted:
@@ -164,4 +177,4 @@ def _dino_weights(cfg: Any, wanted: list[str]):
     return resolve_dinov2_weights(cfg.eval.dinov2_weights, cfg.eval.dinov2_model)
 
 
-__all__ = ["planned_protocol"]
+__all__ = ["planned_protocol", "planned_values"]

@@ -41,6 +41,8 @@ METRIC_VALUES = {
     "swd": ("swd",),
     "consistency": ("consistency",),
 }
+# The metric that records each value.
+_OWNER = {v: m for m, vs in METRIC_VALUES.items() for v in vs}
 ISC_SPLITS: int = DEFAULTS["isc_splits"]
 KID_SUBSETS: int = DEFAULTS["kid_subsets"]
 KID_SUBSET_SIZE: int = DEFAULTS["kid_subset_size"]
@@ -102,23 +104,35 @@ def protocol_id(protocol: dict[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
+def value_block(value: str) -> str | None:
+    """The metric whose protocol block a recorded value's id covers (``fid_inf`` for
+    ``fid_inf``, ``dc`` for ``density``), or None for a value of a metric without a
+    block of its own (FID, IS, KID, PR), whose id covers the shared fields only."""
+    metric = _OWNER.get(value)
+    return metric if metric in BLOCK_METRICS else None
+
+
+def value_protocol(protocol: dict[str, Any], value: str) -> dict[str, Any]:
+    """The fields of ``protocol`` that apply to one recorded value: the shared fields
+    plus the block of the metric that made it, and no other metric's block."""
+    block = value_block(value)
+    out = {k: v for k, v in protocol.items() if k not in BLOCK_METRICS}
+    if block in protocol:
+        out[block] = protocol[block]
+    return out
+
+
 def metric_protocol_ids(protocol: dict[str, Any], values: list[str]) -> dict[str, str]:
     """The protocol id of each recorded value: the id of the shared fields plus the
-    block of the metric that made it (and no other metric's block).
+    block of the metric that made it (and no other metric's block,
+    :func:`value_protocol`).
 
     So adding ``fid_inf`` to an evaluation leaves ``fid``'s id as it was, and a
     setting of one metric changes that metric's id only. A value of a metric without
     a block of its own (FID, IS, KID, PR) has the id of the shared fields, which is
     the record's ``protocol_id`` when no block metric ran.
     """
-    base = {k: v for k, v in protocol.items() if k not in BLOCK_METRICS}
-    owner = {v: m for m, vs in METRIC_VALUES.items() for v in vs}
-    out = {}
-    for value in values:
-        metric = owner.get(value)
-        block = {metric: protocol[metric]} if metric in protocol and metric in BLOCK_METRICS else {}
-        out[value] = protocol_id(base | block)
-    return out
+    return {value: protocol_id(value_protocol(protocol, value)) for value in values}
 
 
 def build_protocol(
@@ -189,6 +203,8 @@ __all__ = [
     "REFERENCE_FEATURES_MAX",
     "REFERENCE_FEATURES_SEED",
     "metric_protocol_ids",
+    "value_block",
+    "value_protocol",
     "INCEPTION_METRICS",
     "ISC_SPLITS",
     "KID_SUBSETS",
