@@ -10,6 +10,9 @@
   to its whole process group, as SLURM signals every task of a job, once the first
   monitoring evaluation of the process has scored its first batch; the test that
   sets it starts the ranks in a process group of their own;
+- ``stall-stepS``: the run waits, once G step S is trained and checkpointed, until
+  it is asked to stop or killed (at most :data:`STALL_MAX_S`), so that a test can
+  preempt it at a known step however fast or slow the machine is;
 - ``after-sbatch``: the SLURM submitter is killed (SIGKILL) the moment sbatch has
   accepted an array (:mod:`slurm.executor`).
 
@@ -21,6 +24,7 @@ from __future__ import annotations
 import functools
 import os
 import signal
+import time
 from collections.abc import Callable
 
 ENV = "SAGAN_FAULT"
@@ -44,6 +48,19 @@ def raise_at(point: str) -> None:
     """Raise :class:`FaultInjected` if ``SAGAN_FAULT`` names ``point``."""
     if hit(point):
         raise FaultInjected(f"{ENV} asked for a failure at {point}")
+
+
+STALL_MAX_S = 120.0
+
+
+def stall_at(point: str, until: Callable[[], bool]) -> None:
+    """If ``SAGAN_FAULT`` names ``point``: wait until ``until()`` says True, the process
+    is killed, or :data:`STALL_MAX_S` have passed."""
+    if not hit(point):
+        return
+    end = time.monotonic() + STALL_MAX_S
+    while not until() and time.monotonic() < end:
+        time.sleep(0.1)
 
 
 _fired: set[str] = set()

@@ -493,6 +493,7 @@ class Trainer:
                 self._on_main(self.sample)
             if is_ckpt:
                 self.save()
+            faults.stall_at(f"stall-step{s}", self._asked_to_stop)
             if is_eval:
                 self._evaluate_or_stop(status)
             if s < tc.steps and vote(self._asked_to_stop()):

@@ -18,6 +18,7 @@ import pytest
 from ablations.grid import load_grid
 from ablations.store import read_job
 from sagan import rundir
+from sagan.checkpoint import list_checkpoints
 from tests.test_slurm import (  # noqa: F401 - the fixtures apply to this module too
     REPO,
     assert_same_run,
@@ -136,32 +137,40 @@ def test_preempted_cells_requeued_or_cancelled_end_bit_identical_to_a_local_run(
     """Two cells at once: one in `debug` (PreemptMode=REQUEUE), one in `debug-cancel`
     (CANCEL); a job of `urgent` that needs the whole node preempts both mid-run.
     The requeued one is followed to its end; the cancelled one is shown as
-    interrupted and resubmitted by the next invocation. Both end as a local run."""
+    interrupted and resubmitted by the next invocation. Both end as a local run.
+    Both wait at step 20 (checkpointed; SAGAN_FAULT stall-step20) until preempted, so
+    neither can end first however the machine's load spreads their starts."""
     if not {"debug", "debug-cancel", "urgent"} <= _partitions():
         pytest.fail("the cluster has no preemption partitions: restart slurm/local_cluster.sh")
-    grid = write_grid(tmp_path, "pre", ["ttur", "equal"], steps=60)
+    grid = write_grid(tmp_path, "pre", ["ttur", "equal"], steps=30)
     # Both eligible at the same moment, so that both train when the urgent job comes
     # (a cell submitted alone could end before the other has started).
     begin = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() + 20))
     at = f"slurm.sbatch.begin='{begin}'"
     requeue = on_slurm(grid, "--only", "lr=ttur", at, "--no-report")
     cancel = on_slurm(grid, "--only", "lr=equal", "slurm.partition=debug-cancel", at, "--no-report")
+    stall = dict(os.environ, OMP_NUM_THREADS="1", SAGAN_FAULT="stall-step20")
     for submit in (requeue, cancel):
-        r = cli(*submit, "--detach", cwd=tmp_path)
+        r = subprocess.run(
+            [sys.executable, "-m", *submit, "--detach"], cwd=tmp_path, capture_output=True,
+            text=True, timeout=300, env=stall,
+        )  # fmt: skip
         assert r.returncode == 0, r.stdout + r.stderr
     by_lr = {c.label(): tmp_path / "runs" / c.run_id for c in load_grid(grid).cells}
     a, b = by_lr["lr=ttur,seed=0"], by_lr["lr=equal,seed=0"]
     job_a, job_b = job_of(a), job_of(b)
-    # Past the first checkpoint (ckpt_every 10) and short of the end.
+    # Past the second checkpoint (ckpt_every 10), waiting there to be preempted.
     for d in (a, b):
-        wait_for(lambda d=d: rundir.read_status(d).get("step", 0) >= 12, 180, f"{d.name} step 12")
+        wait_for(lambda d=d: [s for s, _ in list_checkpoints(d)][:1] == [20], 180, f"{d.name} at 20")
     subprocess.run(
         ["sbatch", "-p", "urgent", "-n", "4", "-J", "sagan-test-urgent", "--wrap", "sleep 3"],
         check=True, capture_output=True,
     )  # fmt: skip
 
-    def ended(job: str):
-        return (row := sacct_row(job, "State")) and row[0] == "PREEMPTED"
+    def ended(job: str):  # preempted, and its processes gone (KillWait after SIGTERM)
+        listed = subprocess.run(["squeue", "-h", "-j", job], capture_output=True, text=True)
+        row = sacct_row(job, "State")
+        return row and row[0] == "PREEMPTED" and not listed.stdout.strip()
 
     wait_for(lambda: ended(job_b), 60, f"job {job_b} preempted")
     r = cli("ablations.status", str(grid), "--out", "runs", "--only", "lr=equal", cwd=tmp_path)
