@@ -145,7 +145,7 @@ def _port_is_free(port: int) -> bool:
 # Rank 0's lone work, waited for by rank 1 with a 2-second timeout: work of 5 s, work
 # that raises, then (the control) a plain collective after 5 s of rank 0's work.
 ON_MAIN = """
-import json, sys, time, datetime
+import json, os, sys, time, datetime
 from pathlib import Path
 import torch.distributed as dist
 from sagan import distributed
@@ -173,6 +173,9 @@ except Exception as e:
     res["plain"] = {"error": type(e).__name__}
 res["plain"]["s"] = time.time() - t
 (out / f"rank{rank}.json").write_text(json.dumps(res))
+# A group whose collective timed out cannot be torn down cleanly: gloo's threads may
+# abort the interpreter's exit ("terminate called without an active exception").
+os._exit(0)
 """
 
 
