@@ -128,6 +128,34 @@ def test_a_crash_between_sbatch_and_job_json_is_followed_not_submitted_again(tmp
     assert {ln.split("|")[0].split("_")[0] for ln in ours} == {job}, "\n".join(ours)
 
 
+def test_a_cell_longer_than_its_time_limit_ends_done_after_a_requeue(tmp_path):
+    """A real time limit: 1 minute, the signal 30 s before it (slurm/profiles/local.yaml).
+    The cell waits at its step-20 checkpoint (SAGAN_FAULT stall-step20) until the
+    signal comes, so the limit, not the machine's speed, ends the first attempt; the
+    requeued job trains the rest. SLURM may signal up to a minute early, so the stop
+    can come before step 20 too: the run then needs one more requeue, never a failure."""
+    grid = write_grid(tmp_path, "limit", ["ttur"], steps=30)
+    submit = on_slurm(grid, "slurm.time=1", "--no-report")
+    env = dict(os.environ, OMP_NUM_THREADS="1", SAGAN_FAULT="stall-step20")
+    r = subprocess.run(
+        [sys.executable, "-m", *submit], cwd=tmp_path, capture_output=True, text=True,
+        timeout=400, env=env,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr
+    (d,) = run_dirs(tmp_path / "runs")
+    status = rundir.read_status(d)
+    assert (status["state"], status["step"], status.get("failures", 0)) == ("done", 30, 0)
+    assert status["stops"] >= 1 and status["attempts"] == status["stops"] + 1, status
+    (state,) = sacct_row(job_of(d), "State")
+    assert state == "COMPLETED"
+    log = Path(json.loads((d / "job.json").read_text())["log"]).read_text()
+    assert "got SIGUSR2" in log and "resuming from" in log, log[-2000:]
+
+    r = cli("ablations.run", str(grid), "--out", "whole", "--no-report", cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert_same_run(d, tmp_path / "whole" / d.name)
+
+
 def _partitions() -> set[str]:
     out = subprocess.run(["sinfo", "-h", "-o", "%R"], capture_output=True, text=True).stdout
     return set(out.split())
