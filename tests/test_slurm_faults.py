@@ -189,7 +189,9 @@ def test_preempted_cells_requeued_or_cancelled_end_bit_identical_to_a_local_run(
     job_a, job_b = job_of(a), job_of(b)
     # Past the second checkpoint (ckpt_every 10), waiting there to be preempted.
     for d in (a, b):
-        wait_for(lambda d=d: [s for s, _ in list_checkpoints(d)][:1] == [20], 180, f"{d.name} at 20")
+        wait_for(
+            lambda d=d: [s for s, _ in list_checkpoints(d)][:1] == [20], 180, f"{d.name} at 20"
+        )
     subprocess.run(
         ["sbatch", "-p", "urgent", "-n", "4", "-J", "sagan-test-urgent", "--wrap", "sleep 3"],
         check=True, capture_output=True,
