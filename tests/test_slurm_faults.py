@@ -52,6 +52,16 @@ def sacct_row(job: str, fields: str) -> list[str]:
     return out.splitlines()
 
 
+def cli_faulty(*args: str, fault: str, cwd: Path, timeout: float = 300):
+    """:func:`cli` with ``SAGAN_FAULT=fault`` (sagan.faults), which the jobs it submits
+    inherit (sbatch exports the environment)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", SAGAN_FAULT=fault)
+    return subprocess.run(
+        [sys.executable, "-m", *args], cwd=cwd, capture_output=True, text=True,
+        timeout=timeout, env=env,
+    )  # fmt: skip
+
+
 def test_an_unknown_partition_is_one_error_naming_the_key_and_slurms_words(tmp_path):
     grid = write_grid(tmp_path, "nopart", ["ttur"], steps=4)
     r = cli(*on_slurm(grid, "slurm.partition=nope"), cwd=tmp_path, timeout=120)
@@ -98,11 +108,7 @@ def test_a_crash_between_sbatch_and_job_json_is_followed_not_submitted_again(tmp
     grid = write_grid(tmp_path, "crash", ["ttur"], steps=4)
     submit = on_slurm(grid, "--no-report")
     since = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() - 1))
-    env = dict(os.environ, OMP_NUM_THREADS="1", SAGAN_FAULT="after-sbatch")
-    r = subprocess.run(
-        [sys.executable, "-m", *submit], cwd=tmp_path, capture_output=True, text=True,
-        timeout=120, env=env,
-    )  # fmt: skip
+    r = cli_faulty(*submit, fault="after-sbatch", cwd=tmp_path, timeout=120)
     assert r.returncode == -9, r.stdout + r.stderr
     (d,) = run_dirs(tmp_path / "runs")
     assert not (d / "job.json").exists()
@@ -136,11 +142,7 @@ def test_a_cell_longer_than_its_time_limit_ends_done_after_a_requeue(tmp_path):
     can come before step 20 too: the run then needs one more requeue, never a failure."""
     grid = write_grid(tmp_path, "limit", ["ttur"], steps=30)
     submit = on_slurm(grid, "slurm.time=1", "--no-report")
-    env = dict(os.environ, OMP_NUM_THREADS="1", SAGAN_FAULT="stall-step20")
-    r = subprocess.run(
-        [sys.executable, "-m", *submit], cwd=tmp_path, capture_output=True, text=True,
-        timeout=400, env=env,
-    )  # fmt: skip
+    r = cli_faulty(*submit, fault="stall-step20", cwd=tmp_path, timeout=400)
     assert r.returncode == 0, r.stdout + r.stderr
     (d,) = run_dirs(tmp_path / "runs")
     status = rundir.read_status(d)
@@ -177,12 +179,8 @@ def test_preempted_cells_requeued_or_cancelled_end_bit_identical_to_a_local_run(
     at = f"slurm.sbatch.begin='{begin}'"
     requeue = on_slurm(grid, "--only", "lr=ttur", at, "--no-report")
     cancel = on_slurm(grid, "--only", "lr=equal", "slurm.partition=debug-cancel", at, "--no-report")
-    stall = dict(os.environ, OMP_NUM_THREADS="1", SAGAN_FAULT="stall-step20")
     for submit in (requeue, cancel):
-        r = subprocess.run(
-            [sys.executable, "-m", *submit, "--detach"], cwd=tmp_path, capture_output=True,
-            text=True, timeout=300, env=stall,
-        )  # fmt: skip
+        r = cli_faulty(*submit, "--detach", fault="stall-step20", cwd=tmp_path)
         assert r.returncode == 0, r.stdout + r.stderr
     by_lr = {c.label(): tmp_path / "runs" / c.run_id for c in load_grid(grid).cells}
     a, b = by_lr["lr=ttur,seed=0"], by_lr["lr=equal,seed=0"]
@@ -254,11 +252,7 @@ def test_a_failing_ddp_rank_ends_its_job_names_itself_and_the_run_resumes(tmp_pa
     by_level = {c.label(): tmp_path / "runs" / c.run_id for c in load_grid(grid).cells}
     a, b = by_level["lr=rank1,seed=0"], by_level["lr=rank0eval,seed=0"]
     submit = on_slurm(grid, "slurm.tasks_per_node=2", "--no-report")
-    env = dict(os.environ, OMP_NUM_THREADS="1", SAGAN_FAULT="rank1-step5,rank0-eval")
-    r = subprocess.run(
-        [sys.executable, "-m", *submit], cwd=tmp_path, capture_output=True, text=True,
-        timeout=300, env=env,
-    )  # fmt: skip
+    r = cli_faulty(*submit, fault="rank1-step5,rank0-eval", cwd=tmp_path)
     assert r.returncode == 1, r.stdout + r.stderr
     for d, rank, point in ((a, 1, "rank1-step5"), (b, 0, "rank0-eval")):
         status = rundir.read_status(d)
