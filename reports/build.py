@@ -37,7 +37,7 @@ from reports.frame import (
     read_training,
     write_results,
 )
-from reports.stats import has_value, recorded_nan, value_ids, value_protocol_columns
+from reports.stats import has_value, recorded_nan, reuse, value_ids, value_protocol_columns
 from reports.tables import (
     LABELS,
     Layout,
@@ -513,7 +513,10 @@ def build(
     for index in indexes:
         for axis, levels in index.get("axes", {}).items():
             order.setdefault(axis, [str(v) for v in levels])
-    sections = [grid_section(df, index, store, out, extra, training) for index in indexes]
+    sections = []
+    for index in indexes:
+        with reuse():  # one grid's runs frame, asked for the same values again and again
+            sections.append(grid_section(df, index, store, out, extra, training))
     env = Environment(
         loader=PackageLoader("reports", "templates"), autoescape=select_autoescape(["html", "j2"])
     )

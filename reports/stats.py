@@ -22,6 +22,7 @@ same seeds, which then share their data order and noise; otherwise it is *unpair
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 from typing import Literal
@@ -81,6 +82,27 @@ def value_protocol_columns(columns, metric: str) -> list[str]:
     return out
 
 
+# (id of the frame, metric, kind, checkpoint) -> (the frame, per_run's result), while
+# :func:`reuse` is open; the frame is held so that its id cannot be reused.
+_REUSE: dict[tuple, tuple[pd.DataFrame, pd.DataFrame]] | None = None
+
+
+@contextlib.contextmanager
+def reuse():
+    """Within this block, :func:`per_run` of the same frame object and arguments is
+    computed once: a grid's layout tables, its summaries and its figures all ask for
+    the same final values. The frame must not change inside the block, and callers
+    must treat what per_run returns as read-only (every caller filters into a new
+    frame)."""
+    global _REUSE
+    outer = _REUSE
+    _REUSE = {} if outer is None else outer
+    try:
+        yield
+    finally:
+        _REUSE = outer
+
+
 def per_run(
     df: pd.DataFrame, metric: str, kind: Kind = "final", checkpoint: str = "last"
 ) -> pd.DataFrame:
@@ -91,7 +113,20 @@ def per_run(
     ``best``); ``best``: the best monitored value over training (by the metric's
     direction; a non-finite value only when a run has no finite one); ``last``: the
     newest monitored value, finite or not. Runs without such a record are left out.
+
+    Computed once per frame and arguments inside :func:`reuse`.
     """
+    if _REUSE is None:
+        return _per_run(df, metric, kind, checkpoint)
+    key = (id(df), metric, kind, checkpoint)
+    hit = _REUSE.get(key)
+    if hit is None or hit[0] is not df:
+        hit = _REUSE[key] = (df, _per_run(df, metric, kind, checkpoint))
+    return hit[1]
+
+
+def _per_run(df: pd.DataFrame, metric: str, kind: Kind, checkpoint: str) -> pd.DataFrame:
+    """The uncached :func:`per_run`."""
     col = f"metric.{metric}"
     if col not in df or "origin" not in df:
         return pd.DataFrame(columns=VALUE_COLUMNS)

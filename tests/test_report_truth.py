@@ -19,7 +19,7 @@ import pytest
 
 from reports.build import build
 from reports.frame import read_store
-from reports.stats import mean_ci, per_run, summarize, versus
+from reports.stats import mean_ci, per_run, reuse, summarize, versus
 from reports.tables import decimals, fmt
 from sagan import rundir
 from sagan.config import build_config, to_yaml
@@ -152,6 +152,18 @@ def test_a_nonfinite_seed_is_counted_shown_and_never_bold(tmp_path):
     # The values themselves, from the stats layer.
     v = per_run(read_store(tmp_path), "fid", "final")
     assert v["finite"].sum() == 8 and (~v["finite"]).sum() == 2
+    # Reused within a build: the same frame and arguments give the same values, and
+    # another frame (a changed copy) never gets the first one's.
+    df = read_store(tmp_path)
+    with reuse():
+        once = per_run(df, "fid", "final")
+        assert per_run(df, "fid", "final") is once
+        pd.testing.assert_frame_equal(once, v)
+        other = df.assign(**{"metric.fid": df["metric.fid"] + 1})
+        changed = per_run(other, "fid", "final")
+        finite = once["finite"].to_numpy()
+        assert (changed["value"][finite] == once["value"][finite] + 1).all()
+        assert per_run(df, "fid", "best") is not once
 
 
 def test_final_scores_at_both_checkpoints_are_two_labelled_values(tmp_path):
