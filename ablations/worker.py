@@ -6,8 +6,9 @@ It reads ``RUN_DIR/config.yaml`` only once it holds the claim. A run that is don
 is then scored under its ``final`` protocol, if it owes that (``--rescore``: look
 again even if it does not). Exit status: 0 done
 or diverged (both results), 1 failed, 2 bad config or a refused resume (the run is
-left as it was), 3 claimed by another process, 4 stopped on request (``stop`` set:
-checkpointed at a step boundary, or a final scoring abandoned; resume it later).
+left as it was), 3 claimed by another process, 4 stopped on request (``stop`` set here
+or, under DDP, on a peer rank: checkpointed at a step boundary, or a final scoring
+abandoned; resume it later).
 """
 
 from __future__ import annotations
@@ -61,7 +62,11 @@ def run(run_dir: Path, stop: threading.Event | None = None, rescore: bool = Fals
         lock.release()
     if state in FINAL_STATES:
         return 0
-    return EXIT_STOPPED if state == "interrupted" and stop is not None and stop.is_set() else 1
+    # Training ends "interrupted" only on a stop request: this process's, or under DDP
+    # a peer's, which the ranks agreed on together (sagan.distributed.StopVote). Every
+    # rank is then stopped, not failed, whether or not its own flag was set: SLURM's
+    # signal can reach one task after the vote has already passed.
+    return EXIT_STOPPED if state == "interrupted" else 1
 
 
 def main(argv: list[str] | None = None) -> int:

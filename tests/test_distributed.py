@@ -19,12 +19,10 @@ REPO = Path(__file__).resolve().parents[1]
 # One rank of a 12-step run whose log_every (100) is never reached: rank 1 is asked to
 # stop at its 3rd look, rank 0 never is. Writes the step each rank ended at.
 RANK = """
-import json, sys
+import json, sys, threading
 from pathlib import Path
 import torch.distributed as dist
-from sagan.config import build_config
-from sagan.trainer import Trainer
-from tests.test_resume import BASE
+from ablations import worker
 
 run, out = Path(sys.argv[1]), Path(sys.argv[2])
 dist.init_process_group("gloo")
@@ -37,10 +35,9 @@ class StopAtCall:
         self.calls += 1
         return self.calls >= self.n
 
-cfg = build_config(BASE, {"train.log_every": 100, "train.ckpt_every": 100})
-trainer = Trainer(cfg, run, progress=False, stop=StopAtCall(3) if rank == 1 else None)
-state = trainer.run()
-(out / f"rank{rank}.json").write_text(json.dumps({"state": state, "step": trainer.step}))
+# As slurm.job.TrainCell passes them: every rank has a stop event; rank 0's is never set.
+rc = worker.run(run, stop=StopAtCall(3) if rank == 1 else threading.Event())
+(out / f"rank{rank}.json").write_text(json.dumps({"rc": rc}))
 dist.destroy_process_group()
 """
 
@@ -52,8 +49,14 @@ def _free_port() -> int:
 
 
 def test_a_stop_asked_of_one_rank_stops_every_rank_at_the_same_step(tmp_path):
+    from ablations.store import EXIT_STOPPED
+    from sagan.config import build_config, to_yaml
+    from tests.test_resume import BASE
+
     run = tmp_path / "run"
     run.mkdir()
+    cfg = build_config(BASE, {"train.log_every": 100, "train.ckpt_every": 100})
+    (run / "config.yaml").write_text(to_yaml(cfg))
     env = dict(
         os.environ,
         MASTER_ADDR="127.0.0.1",
@@ -75,8 +78,11 @@ def test_a_stop_asked_of_one_rank_stops_every_rank_at_the_same_step(tmp_path):
     outs = [p.communicate(timeout=180)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], "\n".join(outs)
     ends = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
-    # Seen by rank 1 after step 3, agreed by both at the next step: no rank goes on.
-    assert ends == [{"state": "interrupted", "step": 4}] * 2
+    # Seen by rank 1 after step 3, agreed by both at the next step (a rank that went on
+    # would wait in a collective its peer never joins): each rank exits "stopped", the
+    # one whose own flag was never set too, which TrainCell would otherwise count a
+    # failure of the job.
+    assert ends == [{"rc": EXIT_STOPPED}] * 2, "\n".join(outs)
     status = rundir.read_status(run)
     assert (status["state"], status["step"], status["stops"]) == ("interrupted", 4, 1)
     assert list_checkpoints(run)[0][0] == 4
