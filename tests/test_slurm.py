@@ -323,7 +323,10 @@ def test_a_two_process_ddp_cell_matches_one_process_and_survives_a_requeue(tmp_p
     grid = write_grid(tmp_path, "ddp", ["ttur"], steps=24)
     text = grid.read_text().replace("log_every: 2", "log_every: 1")
     grid.write_text(text)
-    stopped = on_slurm(grid, "slurm.tasks_per_node=2", out="stopped")
+    # A profile's collective timeout reaches the process group (executor, TrainCell,
+    # join), as env.jsonl records it for each attempt.
+    wait = "slurm.collective_timeout_s=120"
+    stopped = on_slurm(grid, "slurm.tasks_per_node=2", wait, out="stopped")
     r = cli(*stopped, "--detach", cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
     (d,) = run_dirs(tmp_path / "stopped")
@@ -335,6 +338,8 @@ def test_a_two_process_ddp_cell_matches_one_process_and_survives_a_requeue(tmp_p
     assert (status["state"], status["stops"], status["attempts"]) == ("done", 1, 2)
     log = Path(json.loads((d / "job.json").read_text())["log"]).read_text()
     assert "rank 0 of 2" in log and "resuming from" in log
+    envs = rundir.read_jsonl(d / "env.jsonl")
+    assert [e["collective_timeout_s"] for e in envs] == [120, 120]
 
     r = cli(*on_slurm(grid, "slurm.tasks_per_node=2", out="whole"), cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
