@@ -209,3 +209,16 @@ def test_mirror_is_skipped_on_the_objects_mode_and_leaves_its_protocol_alone():
     assert "mirror" not in planned_protocol(cfg, ema=False)
     cfg.eval.metrics = ["mirror"]
     assert planned_protocol(cfg, ema=False)["n_generated"] == 0
+
+
+def test_the_mirror_value_has_an_id_of_its_own_and_leaves_the_others_ids_alone():
+    from sagan.metrics.protocol import metric_protocol_ids
+
+    shared = {"n_generated": 64, "eval_seed": 0, "swd": {"n_projections": 4}}
+    with_mirror = {**shared, "mirror": {"score_version": 1}}
+    other_version = {**shared, "mirror": {"score_version": 2}}
+    ids = metric_protocol_ids(with_mirror, ["mirror", "consistency", "swd"])
+    before = metric_protocol_ids(shared, ["consistency", "swd"])
+    assert ids["consistency"] == before["consistency"] and ids["swd"] == before["swd"]
+    assert ids["mirror"] != ids["consistency"], "its own block enters its id"
+    assert metric_protocol_ids(other_version, ["mirror"])["mirror"] != ids["mirror"]

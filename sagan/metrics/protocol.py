@@ -24,7 +24,7 @@ INCEPTION_METRICS = ("fid", "is", "kid", "prc", "fid_inf", "is_inf", "dc", "intr
 REFERENCE_METRICS = ("fid", "kid", "prc", "fid_inf", "dc", "intra_fid")
 # Metrics with a protocol block of their own (present only when they ran, so that
 # records without them keep their ids); each gets its own protocol id.
-BLOCK_METRICS = ("fid_inf", "is_inf", "dc", "intra_fid", "fd_dinov2", "swd")
+BLOCK_METRICS = ("fid_inf", "is_inf", "dc", "intra_fid", "fd_dinov2", "swd", "mirror")
 # Metrics on DINOv2 features (sagan.metrics.dinov2), compared against the reference set.
 DINOV2_METRICS = ("fd_dinov2",)
 # The values each metric records.
@@ -40,6 +40,7 @@ METRIC_VALUES = {
     "fd_dinov2": ("fd_dinov2",),
     "swd": ("swd",),
     "consistency": ("consistency",),
+    "mirror": ("mirror",),
 }
 # The metric that records each value.
 _OWNER = {v: m for m, vs in METRIC_VALUES.items() for v in vs}
