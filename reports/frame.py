@@ -93,7 +93,8 @@ def _no_gc():
     """Python's cycle collector paused while a store is read. Reading builds a few
     dicts per record and frees none, so every collection it triggers finds nothing;
     at 10,000 runs the full ones, which walk every object the report holds, cost up to
-    a second. Nothing read here forms a cycle, so pausing loses no memory."""
+    a second. Any cycle made meanwhile (pandas builds a few) is collected once the
+    collector runs again."""
     enabled = gc.isenabled()
     gc.disable()
     try:
