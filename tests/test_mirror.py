@@ -17,7 +17,7 @@ def real32():
 
 
 def _cells(images):
-    """bool [B, 16, 16]: which cells are not background (the texture's 'on' cells)."""
+    """bool [B, 8, 8]: which cells are not background (the texture's 'on' cells)."""
     c = images.shape[-1] // CELLS
     bg = torch.tensor(BACKGROUND, dtype=torch.uint8).view(1, 3, 1, 1)
     return (images != bg).any(1)[:, ::c, ::c]
@@ -63,8 +63,8 @@ def test_real_images_score_exactly_one(R):
 
 def test_halves_of_unrelated_images_score_chance(real32):
     """Right bands taken from other images of the same colour: realistic, and their
-    cell pairs match half the time, so the score is 0 up to sampling (std 0.125 an
-    image, 0.002 over 4096)."""
+    cell pairs match half the time, so the score is 0 up to sampling (std 0.25 an
+    image, 0.004 over 4096)."""
     images, labels = real32
     g = torch.Generator().manual_seed(1)
     mixed = images.clone()
@@ -74,8 +74,8 @@ def test_halves_of_unrelated_images_score_chance(real32):
         mixed[idx, ..., 16:] = images[other, ..., 16:]
     assert realistic(mixed).float().mean() > 0.99
     scores = mirror(mixed)
-    assert abs(scores.mean().item()) < 0.01
-    assert 0.1 < scores.std().item() < 0.15
+    assert abs(scores.mean().item()) < 0.02
+    assert 0.2 < scores.std().item() < 0.3
 
 
 def test_halves_of_unrelated_colours_are_not_realistic(real32):
@@ -108,9 +108,8 @@ def test_blank_constant_and_coarse_symmetric_images_fail_the_realism_check():
     top_half[..., :16, :8] = red
     top_half[..., :16, 24:] = red
     stripes = blank.clone()  # vertical stripes of cells: every vertical pair agrees
-    for c in (0, 4):  # cell columns 0 and 2 of each band
-        stripes[..., c : c + 2] = red
-        stripes[..., 30 - c : 32 - c] = red
+    stripes[..., :4] = red  # cell column 0 of the left band and its mirror
+    stripes[..., 28:] = red
     assert 0.45 < _cells(stripes)[..., :BAND].float().mean() < 0.55
     flat = [torch.zeros(1, 3, 32, 32), torch.full((1, 3, 32, 32), -1.0), torch.ones(1, 3, 32, 32)]
     for image in [blank, full_bands, top_half, stripes, *flat]:
@@ -120,7 +119,7 @@ def test_blank_constant_and_coarse_symmetric_images_fail_the_realism_check():
         assert mirror(image).item() == 0.0
 
 
-def test_one_flipped_cell_costs_two_sixty_fourths(real32):
+def test_one_flipped_cell_costs_two_sixteenths(real32):
     images, labels = real32
     image = images[:1].clone()
     cell = images.shape[-1] // CELLS
@@ -128,7 +127,19 @@ def test_one_flipped_cell_costs_two_sixty_fourths(real32):
     flipped = BACKGROUND if was_on else PALETTE[labels[0]].tolist()
     image[0, :, :cell, :cell] = torch.tensor(flipped, dtype=torch.uint8).view(3, 1, 1)
     assert realistic(image).all()
-    assert mirror(image).item() == pytest.approx(2 * 63 / 64 - 1)
+    assert mirror(image).item() == pytest.approx(2 * 15 / 16 - 1)
+
+
+def test_what_lies_between_the_bands_is_not_scored(real32):
+    """The score reads the two bands only: texture painted into the plain middle
+    changes neither realism nor score (version 1 required a plain middle)."""
+    images, _ = real32
+    painted = images[:256].clone()
+    band = BAND * images.shape[-1] // CELLS
+    painted[..., band:-band] = images[256:512, ..., :band].repeat(1, 1, 1, 2)
+    assert not torch.equal(painted, images[:256])
+    assert torch.equal(realistic(painted), realistic(images[:256]))
+    assert torch.equal(mirror(painted), mirror(images[:256]))
 
 
 def test_float_input_and_slight_blur_score_like_uint8(real32):
@@ -194,7 +205,7 @@ def test_evaluation_records_the_mirror_score_and_its_protocol():
     record = evaluate_generator(_MirrorG(), cfg, step=1, device="cpu", ema=False)
     assert record["metrics"] == {"mirror": 1.0}
     assert "mode: objects" in record["skipped"]["consistency"]
-    assert record["protocol"]["mirror"]["score_version"] == 1
+    assert record["protocol"]["mirror"]["score_version"] == 2
     planned = planned_protocol(cfg, ema=False)
     assert protocol_id(planned) == record["protocol_id"] == protocol_id(record["protocol"])
     shuffled = evaluate_generator(_MirrorG(True), cfg, step=1, device="cpu", ema=False)
