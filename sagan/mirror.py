@@ -67,7 +67,11 @@ def _band_ok(on: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
     look like random texture (see the thresholds above)."""
     n = clean.sum((-2, -1))
     fill = (on & clean).sum((-2, -1)) / n.clamp(min=1)
-    ok = (n >= _MIN_CLEAN * clean.shape[-1] * clean.shape[-2]) & (fill >= _FILL[0]) & (fill <= _FILL[1])
+    ok = (
+        (n >= _MIN_CLEAN * clean.shape[-1] * clean.shape[-2])
+        & (fill >= _FILL[0])
+        & (fill <= _FILL[1])
+    )
     for dim in (-1, -2):  # along rows and along columns: stripes fail one of them
         a, b = _neighbours(on, dim)
         ca, cb = _neighbours(clean, dim)
