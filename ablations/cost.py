@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from ablations.grid import Cell
-from sagan.bench import STEP_FIELDS as MATCH
-from sagan.bench import step_fields
+from sagan.benchmarks.step import STEP_FIELDS as MATCH
+from sagan.benchmarks.step import step_fields
 from sagan.config import LEGACY_DEFAULTS, to_yaml
 
 # What a benchmark case timed before it recorded these fields: what the config keys
@@ -34,7 +34,7 @@ class CostError(ValueError):
 
 
 def step_key(cell: Cell) -> tuple:
-    """The cell's step as a benchmark case records it (:func:`sagan.bench.step_fields`)."""
+    """The cell's step as a benchmark case records it (:func:`sagan.benchmarks.step.step_fields`)."""
     return _case_key(step_fields(cell.config))
 
 
@@ -67,15 +67,15 @@ def load_bench(path: str | Path) -> tuple[dict[tuple, float], str]:
         if missing:
             raise CostError(f"{path}: cases[{i}] lacks {', '.join(missing)}")
         table.setdefault(_case_key(case), float(case["ms_per_step"]))
-    from sagan.benchmarks.machine import describe
+    from sagan.training.machine import describe
 
     return table, describe(data.get("machine", {})) or "an unnamed machine"
 
 
 def measure(cells: list[Cell], steps: int = 3) -> tuple[dict[tuple, float], str]:
     """Time each distinct step of ``cells`` here, with ``sagan.bench``'s timing."""
-    from sagan.bench import run_cases
-    from sagan.benchmarks.machine import describe
+    from sagan.benchmarks.step import run_cases
+    from sagan.training.machine import describe
 
     table, machine = {}, ""
     with tempfile.TemporaryDirectory() as tmp:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import time
 
-from sagan import rundir
-from sagan.progress import make_bar, say
+from sagan.training import rundir
+from sagan.training.progress import make_bar, say
 
 
 class Display:

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ablations.store import EXIT_BUSY, EXIT_STOPPED, RunBusy, RunLock, write_job
-from sagan import rundir
-from sagan.trainer import record_failure
+from sagan.training import rundir
+from sagan.training.outcome import record_failure
 
 
 @dataclass
@@ -258,15 +258,3 @@ def _tail(path: Path, n: int = 10, max_bytes: int = 8192) -> list[str]:
     except OSError:
         return []
     return text.splitlines()[-n:]
-
-
-def make_executor(name: str, **kwargs) -> Executor:
-    if name == "local":
-        return LocalExecutor(**kwargs)
-    if name == "slurm":
-        # The SLURM executor lives in slurm/, which builds on ablations: imported here
-        # only when asked for, so ablations never needs submitit to run locally.
-        from slurm.executor import SlurmExecutor
-
-        return SlurmExecutor(**kwargs)
-    raise ValueError(f"unknown executor {name!r} (available: local, slurm)")

@@ -57,9 +57,9 @@ from sagan.config import (
     set_dotted,
     yaml_load,
 )
-from sagan.data import DataError
-from sagan.data_identity import data_identity
-from sagan.rundir import HIGHER_IS_BETTER
+from sagan.data.folders import DataError
+from sagan.data.identity import data_identity
+from sagan.training.rundir import HIGHER_IS_BETTER
 
 
 class GridError(ValueError):

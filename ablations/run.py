@@ -26,18 +26,31 @@ from ablations.executors import (
     Detached,
     Executor,
     JobView,
+    LocalExecutor,
     Outcome,
     SubmissionError,
     Task,
-    make_executor,
 )
 from ablations.grid import Cell, Grid, GridError, load_grid, parse_only, select
 from ablations.store import RunBusy, RunStore, holder, is_locked
 from ablations.table import cell_table
-from sagan.rundir import FINAL_STATES
-from sagan.score import owed
+from sagan.metrics.final import owed
+from sagan.training.rundir import FINAL_STATES
 
 BUNDLED = Path(__file__).resolve().parent / "grids"
+
+
+def make_executor(name: str, **kwargs) -> Executor:
+    """The executor a grid names. The command chooses it, not ablations.executors:
+    slurm/ builds on ablations, so the layer below never names the one above, and
+    submitit is imported only when a grid asks for SLURM."""
+    if name == "local":
+        return LocalExecutor(**kwargs)
+    if name == "slurm":
+        from slurm.executor import SlurmExecutor
+
+        return SlurmExecutor(**kwargs)
+    raise ValueError(f"unknown executor {name!r} (available: local, slurm)")
 
 
 def resolve_grid_path(arg: str) -> tuple[Path, bool]:
@@ -116,7 +129,7 @@ def plan(cell: Cell, store: RunStore, args, job: JobView | None = None) -> Plan:
 
 def check_cells(cells: list[Cell]) -> list[str]:
     """What would make these cells fail at start (data, weights): one line each."""
-    from sagan.data import DataError
+    from sagan.data.folders import DataError
     from sagan.metrics.errors import MetricsError
     from sagan.train import preflight
 

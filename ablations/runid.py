@@ -7,7 +7,7 @@ One run id means one computation. The id hashes:
   A key added later with a default that keeps the old behaviour (or an old key left
   at its default) therefore changes no existing id, and changing a default later
   does not silently make old runs look like new ones;
-- the identity of the training data (:func:`sagan.data_identity.data_identity`):
+- the identity of the training data (:func:`sagan.data.identity.data_identity`):
   what the data is, not where it lies. The same folder copied elsewhere keeps its
   run ids; different data gets different ones.
 
@@ -35,7 +35,7 @@ from sagan.config import (
     key_matches,
     to_dict,
 )
-from sagan.data_identity import data_identity
+from sagan.data.identity import data_identity
 
 ID_VERSION = 1
 

@@ -18,12 +18,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from ablations.executors import make_executor
 from ablations.grid import GridError
 from ablations.run import open_grid
 from ablations.store import read_job
 from ablations.table import cell_table
-from sagan.rundir import FINAL_STATES
+from sagan.training.rundir import FINAL_STATES
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,7 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     jobs = None
     if any((r := read_job(d)) and r.get("executor") == "slurm" for d in dirs.values()):
         try:
-            views = make_executor("slurm", out=store.out).jobs(list(dirs.values()))
+            from slurm.executor import SlurmExecutor  # submitit only when a job was SLURM's
+
+            views = SlurmExecutor(out=store.out).jobs(list(dirs.values()))
         except RuntimeError as e:
             print(f"warning: job states unavailable: {e}", file=sys.stderr)
         else:

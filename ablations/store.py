@@ -27,9 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from ablations.grid import Cell, Grid
-from sagan import rundir
-from sagan.checkpoint import atomic_write_text, list_checkpoints
 from sagan.config import to_yaml
+from sagan.training import rundir
+from sagan.training.checkpoint import atomic_write_text, list_checkpoints
 
 # Exit status of a worker whose run is claimed by another process.
 EXIT_BUSY = 3

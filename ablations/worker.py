@@ -19,15 +19,15 @@ import threading
 from pathlib import Path
 
 from ablations.store import EXIT_BUSY, EXIT_STOPPED, RunLock
-from sagan import distributed
-from sagan.checkpoint import CheckpointError
 from sagan.config import ConfigError, load_config
-from sagan.data import DataError
+from sagan.data.folders import DataError
 from sagan.metrics.errors import EvaluationStopped, MetricsError
-from sagan.rundir import FINAL_STATES
-from sagan.score import score_final
+from sagan.metrics.final import score_final
 from sagan.train import train
-from sagan.trainer import pick_device
+from sagan.training import distributed
+from sagan.training.checkpoint import CheckpointError
+from sagan.training.rundir import FINAL_STATES
+from sagan.training.setup import pick_device
 
 
 def run(run_dir: Path, stop: threading.Event | None = None, rescore: bool = False) -> int:
@@ -45,7 +45,7 @@ def run(run_dir: Path, stop: threading.Event | None = None, rescore: bool = Fals
         cfg = load_config(run_dir / "config.yaml")
         state = train(cfg, run_dir, progress=False, stop=stop)
         if state == "done" and cfg.final is not None and distributed.is_main():
-            # The scoring of record, owed once training is done (sagan.score).
+            # The scoring of record, owed once training is done (sagan.metrics.final).
             device = pick_device(cfg.train.device)
             asked = stop.is_set if stop is not None else None
             score_final(cfg, run_dir, device=device, again=rescore, stop=asked)
@@ -63,7 +63,7 @@ def run(run_dir: Path, stop: threading.Event | None = None, rescore: bool = Fals
     if state in FINAL_STATES:
         return 0
     # Training ends "interrupted" only on a stop request: this process's, or under DDP
-    # a peer's, which the ranks agreed on together (sagan.distributed.StopVote). Every
+    # a peer's, which the ranks agreed on together (sagan.training.distributed.StopVote). Every
     # rank is then stopped, not failed, whether or not its own flag was set: SLURM's
     # signal can reach one task after the vote has already passed.
     return EXIT_STOPPED if state == "interrupted" else 1

@@ -20,9 +20,9 @@ from pathlib import Path
 
 from reports.build import build
 from reports.frame import forget_reads, read_store
-from sagan import rundir
-from sagan.benchmarks.machine import describe, machine
 from sagan.config import build_config, to_yaml
+from sagan.training import rundir
+from sagan.training.machine import describe, machine
 
 ATTENTION = ("none", "feat8", "feat16", "feat32")
 SN = ("d_only", "both")

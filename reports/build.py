@@ -296,8 +296,8 @@ def _provenance(
     """How the numbers were made: grids, code, packages, machines and time."""
     import torch_fidelity
 
-    from sagan.benchmarks.machine import describe, machine
-    from sagan.provenance import code_version, versions
+    from sagan.training.machine import describe, machine
+    from sagan.training.provenance import code_version, versions
 
     rows = [("store", str(store))]
     for index in indexes:

@@ -1,7 +1,7 @@
 """A run store as one table: a row per run and evaluation, read from run directories alone.
 
 Whatever filled the store (the local or the SLURM executor, any number of grids),
-each ``OUT/<run_id>/`` holds the same files (see :mod:`sagan.rundir`), and the
+each ``OUT/<run_id>/`` holds the same files (see :mod:`sagan.training.rundir`), and the
 ``OUT/grid-<name>.json`` indexes map run ids to their grids' axis levels. Columns:
 
 - ``run_id``, ``grid`` (the grids naming the run, comma-separated), ``state``,
@@ -39,9 +39,9 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from sagan import rundir
 from sagan.config import flatten
 from sagan.metrics.protocol import protocol_id
+from sagan.training import rundir
 
 # libyaml's safe loader when PyYAML was built with it: 1,000 configs in well under a second.
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -392,7 +392,7 @@ def _read_training(out: Path, run_ids: list[str] | None) -> pd.DataFrame:
 
 
 def read_envs(out: str | Path, run_ids: list[str]) -> pd.DataFrame:
-    """Each attempt's code and machine (``env.jsonl``, :mod:`sagan.provenance`): a row
+    """Each attempt's code and machine (``env.jsonl``, :mod:`sagan.training.provenance`): a row
     per run and attempt."""
     rows = [
         {"run_id": r, **rec}

@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from sagan.metrics.protocol import BLOCK_METRICS, value_block
-from sagan.rundir import HIGHER_IS_BETTER
+from sagan.training.rundir import HIGHER_IS_BETTER
 
 Kind = Literal["final", "best", "last"]
 CONFIDENCE = 0.95

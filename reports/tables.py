@@ -35,7 +35,7 @@ import pandas as pd
 import yaml
 
 from reports.stats import CONFIDENCE, has_value, per_run, summarize, value_ids, versus
-from sagan.rundir import HIGHER_IS_BETTER
+from sagan.training.rundir import HIGHER_IS_BETTER
 
 LABELS = {
     "fid": "FID",

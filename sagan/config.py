@@ -15,7 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import ErrorDetails
 
-from sagan.arch import ARCHS, attention_sizes
+from sagan.nets.arch import ARCHS, attention_sizes
 
 
 class YamlLoader(yaml.SafeLoader):
@@ -53,8 +53,8 @@ DEFAULT_ATTENTION = {32: (16,), 64: (32,), 128: (32,)}
 
 
 class SyntheticConfig(_Strict):
-    # objects: two objects of one colour in opposite halves (sagan.synthetic);
-    # mirror: a fine texture at the left edge mirrored at the right (sagan.mirror).
+    # objects: two objects of one colour in opposite halves (sagan.data.synthetic);
+    # mirror: a fine texture at the left edge mirrored at the right (sagan.data.mirror).
     mode: Literal["objects", "mirror"] = "objects"
     n_images: int = Field(8192, ge=16)
     n_classes: int = Field(4, ge=1, le=8)
@@ -118,7 +118,7 @@ class TrainConfig(_Strict):
     channels_last: bool = True  # NHWC memory format for both networks and the inputs
     # torch.compile of G and D (inductor), meant for GPUs. Compiled kernels round
     # differently from eager ones, and on the CPU not the same way in every process:
-    # a compiled run resumes to within rounding, not bit for bit (README, Measured).
+    # a compiled run resumes to within rounding, not bit for bit (docs/measured.md).
     compile: bool = False
     # Several devices (DDP): batch-norm statistics per device, as the official code
     # computes them, unless this is set (SyncBatchNorm, CUDA only).
@@ -322,7 +322,7 @@ RESUME_SAFE = (
     "data.root",
     "data.num_workers",
     # Which storage: the data identity, checked on resume, stands for what the data
-    # is (a prepared folder resumes a run its folder began; see sagan.prepared).
+    # is (a prepared folder resumes a run its folder began; see sagan.data.prepared).
     "data.name",
     "eval.",
     "final",  # the scoring section: null, or its keys

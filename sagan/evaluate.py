@@ -1,7 +1,7 @@
 """Re-score saved checkpoints: ``python -m sagan.evaluate RUN_DIR [eval.key=value ...]``.
 
 ``--final`` scores the run under its config's ``final`` section instead (see
-:mod:`sagan.score`), as the grid runner does once a run is trained.
+:mod:`sagan.metrics.final`), as the grid runner does once a run is trained.
 
 Reads the run's own ``config.yaml``, applies ``eval.*`` overrides (any protocol:
 more samples, another reference split, KID, a weights file), scores the newest
@@ -19,12 +19,12 @@ from pathlib import Path
 
 import torch
 
-from sagan import rundir
-from sagan.checkpoint import CheckpointError, list_checkpoints, load_checkpoint
 from sagan.config import ConfigError, load_config, parse_overrides
-from sagan.data import DataError
-from sagan.models import load_generator
-from sagan.trainer import pick_device
+from sagan.data.folders import DataError
+from sagan.nets.models import load_generator
+from sagan.training import rundir
+from sagan.training.checkpoint import CheckpointError, list_checkpoints, load_checkpoint
+from sagan.training.setup import pick_device
 
 
 def score_checkpoint(cfg, path: Path, device: torch.device) -> dict:
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _final(cfg, run_dir: Path, device: torch.device) -> int:
-    from sagan.score import score_final
+    from sagan.metrics.final import score_final
 
     if cfg.final is None:
         raise ConfigError(f"{run_dir}/config.yaml has no final section to score under")

@@ -159,7 +159,7 @@ def fetch_cifar10(root: str | os.PathLike) -> Path:
     """Download CIFAR-10 with torchvision into ``root`` (both splits; md5s are checked).
 
     Returns:
-        ``root/cifar-10-batches-py``, the folder ``sagan.data`` reads.
+        ``root/cifar-10-batches-py``, the folder ``sagan.data.datasets`` reads.
 
     Raises:
         PrefetchError: the download or the md5 check failed.

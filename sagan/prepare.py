@@ -1,7 +1,7 @@
 """Resize an image folder once: ``python -m sagan.prepare IMAGE_FOLDER OUT --resolution R``.
 
 Writes uint8 arrays at resolution R with the loader's own resize and crop, the
-labels, and ``meta.json`` (format: :mod:`sagan.prepared`). Train on it with
+labels, and ``meta.json`` (format: :mod:`sagan.data.prepared`). Train on it with
 ``data.name: prepared data.root: OUT``: the same pixels, batches, data identity and
 run ids as ``data.name: imagefolder data.root: IMAGE_FOLDER``, without decoding a
 JPEG per image per epoch. ImageNet's train split at 128 takes about 63 GB.
@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from sagan.data import DataError
+from sagan.data.folders import DataError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--resolution", type=int, required=True, choices=(32, 64, 128))
     p.add_argument("--workers", type=int, default=0, help="decoding processes (default 0)")
     args = p.parse_args(argv)
-    from sagan.prepared import write_prepared
+    from sagan.data.prepared import write_prepared
 
     t = time.perf_counter()
     try:

@@ -3,7 +3,7 @@
 :func:`train` is what every caller uses (this CLI, the ablation worker): it checks
 that the data and weights are there, that a run being resumed was computed from the
 same config and data, records the run's config and data identity, and hands the run
-to :class:`sagan.trainer.Trainer`, which owns the loop. A run directory that already
+to :class:`sagan.training.loop.Trainer`, which owns the loop. A run directory that already
 has checkpoints is resumed from the newest readable one; a resumed run ends with the
 same weights as an uninterrupted one.
 """
@@ -18,8 +18,6 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from sagan import distributed, rundir
-from sagan.checkpoint import CheckpointError, atomic_write_text, load_latest
 from sagan.config import (
     Config,
     ConfigError,
@@ -29,10 +27,14 @@ from sagan.config import (
     to_dict,
     to_yaml,
 )
-from sagan.data import DataError
-from sagan.data_identity import data_identity, describe
+from sagan.data.folders import DataError
+from sagan.data.identity import data_identity, describe
 from sagan.metrics.errors import MetricsError
-from sagan.trainer import Diverged, Stopped, Trainer, pick_device, record_failure
+from sagan.training import distributed, rundir
+from sagan.training.checkpoint import CheckpointError, atomic_write_text, load_latest
+from sagan.training.loop import Trainer
+from sagan.training.outcome import Diverged, Stopped, record_failure
+from sagan.training.setup import pick_device
 
 log = logging.getLogger("sagan.train")
 
@@ -57,7 +59,7 @@ def preflight(cfg: Config) -> None:
     Raises:
         DataError, MetricsError: the one clear message of the first problem found.
     """
-    from sagan.data import check_available
+    from sagan.data.datasets import check_available
     from sagan.metrics.protocol import INCEPTION_METRICS, REFERENCE_METRICS
     from sagan.metrics.weights import inception_weights_path
 

@@ -26,8 +26,8 @@ from pathlib import Path
 from ablations.executors import Task
 from ablations.grid import load_grid
 from ablations.store import RunStore, read_job
-from sagan import rundir
-from sagan.benchmarks.machine import describe, machine
+from sagan.training import rundir
+from sagan.training.machine import describe, machine
 from slurm.executor import SlurmExecutor
 from slurm.profile import load_profile
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from ablations.executors import Detached, Executor, JobView, Outcome, SubmissionError, Task
 from ablations.store import RunLock, holder, read_job
-from sagan import faults, rundir
+from sagan.training import faults, rundir
 from slurm import jobs, journal
 from slurm.job import TrainCell
 from slurm.profile import Profile, sbatch_parameters
@@ -44,7 +44,7 @@ _REFUSED_KEYS = (
 
 def fault(point: str) -> None:
     """A fault-injection point for tests, off unless ``SAGAN_FAULT`` names it
-    (:mod:`sagan.faults`): ``after-sbatch`` kills the submitting process (SIGKILL, as
+    (:mod:`sagan.training.faults`): ``after-sbatch`` kills the submitting process (SIGKILL, as
     a crash would) the moment sbatch has accepted an array, before its job id is
     written anywhere."""
     if faults.hit(point):

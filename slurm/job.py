@@ -68,17 +68,17 @@ def _join_process_group(gpus_per_node: int, device: str, timeout_s: float) -> No
     resources so that every rank chooses the same. A collective waits ``timeout_s``
     (the profile's ``collective_timeout_s``) for a peer before it fails; rank 0's long
     lone work (an evaluation) is waited for with a heartbeat, which that bounds only
-    when rank 0 is gone (:class:`sagan.distributed.OnMain`)."""
+    when rank 0 is gone (:class:`sagan.training.distributed.OnMain`)."""
     import inspect
 
     import torch
     import torch.distributed as dist
 
-    from sagan import distributed
+    from sagan.training import distributed
 
     # Every GPU of the node stays visible (submitit's default would set
     # CUDA_VISIBLE_DEVICES to the local rank, a wrong GPU where SLURM had already
-    # narrowed the list); sagan.distributed.local_device picks this task's.
+    # narrowed the list); sagan.training.distributed.local_device picks this task's.
     dist_env = submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
     backend = distributed.backend_for(gpus_per_node, device)
     kwargs = {}

@@ -16,9 +16,9 @@ from pathlib import Path
 
 from ablations.executors import JobView
 from ablations.store import is_locked, read_job
-from sagan import rundir
-from sagan.checkpoint import list_checkpoints
-from sagan.trainer import record_failure, record_interruption
+from sagan.training import rundir
+from sagan.training.checkpoint import list_checkpoints
+from sagan.training.outcome import record_failure, record_interruption
 
 # What uses up the profile's max_requeues, as submitit 1.5 decides it
 # (submitit/core/job_environment.py, SignalHandler.has_timed_out): shown by
@@ -163,7 +163,7 @@ def settle(run_dir: Path, job: JobView) -> str:
     A job SLURM preempted or timed out (killed before it could stop at a checkpoint)
     leaves its run interrupted: resumable from its newest checkpoint, and the next
     invocation submits it again; but a second such end with the same newest
-    checkpoint is a failure (:func:`sagan.trainer.record_interruption`). A job that
+    checkpoint is a failure (:func:`sagan.training.outcome.record_interruption`). A job that
     ended otherwise while its run was neither done nor diverged nor stopped at a
     checkpoint (killed, cancelled, out of memory, given up after ``max_requeues``) is
     a failure: it is recorded in ``status.json`` with the job's state, exit code and

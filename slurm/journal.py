@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from ablations.store import read_job, write_job
-from sagan import rundir
-from sagan.checkpoint import atomic_write_text
+from sagan.training import rundir
+from sagan.training.checkpoint import atomic_write_text
 
 
 @dataclass

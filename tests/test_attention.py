@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch.nn.attention import SDPBackend
 
-from sagan.attention import fused_attention, sdpa_plan
+from sagan.nets.attention import fused_attention, sdpa_plan
 
 FLASH, EFFICIENT = SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION
 

@@ -10,11 +10,12 @@ import pytest
 import torch
 
 from reports.attention import attention_figure
-from sagan.attention import SelfAttention
-from sagan.attnmaps import DEFAULT_QUERIES, attention_maps, write_attention_maps
 from sagan.config import ModelConfig, load_config, to_yaml
-from sagan.layers import Layers
-from sagan.models import Generator
+from sagan.nets.attention import SelfAttention
+from sagan.nets.attnmaps import DEFAULT_QUERIES, attention_maps
+from sagan.nets.layers import Layers
+from sagan.nets.models import Generator
+from sagan.training.samples import write_attention_maps
 
 TINY = Path(__file__).resolve().parents[1] / "sagan" / "configs" / "tiny.yaml"
 REPO = TINY.parents[2]

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from sagan.batches import Batches
-from sagan.data import InMemoryImages
+from sagan.data.batches import Batches
+from sagan.data.folders import InMemoryImages
 
 
 def _dataset(n=10):

@@ -12,7 +12,8 @@ import json
 import pytest
 import torch
 
-from sagan.bench import add_fractions, cases, main, matmul_ceiling, precision_key, table
+from sagan.bench import main
+from sagan.benchmarks.step import add_fractions, cases, matmul_ceiling, precision_key, table
 
 TINY = ["model.ch=8", "model.z_dim=8", "train.batch_size=4", "data.synthetic.n_images=64"]
 
@@ -62,7 +63,7 @@ def test_the_matmul_ceiling_is_a_rate():
 
 def _bench_file(tmp_path, cells, ms):
     """A sagan.bench file with one case: the step of ``cells[0]`` at ``ms`` per step."""
-    from sagan.bench import step_fields
+    from sagan.benchmarks.step import step_fields
 
     case = step_fields(cells[0].config) | {"ms_per_step": ms}
     path = tmp_path / "bench.json"
@@ -127,9 +128,9 @@ def test_the_flop_count_includes_the_cpu_attention_kernel():
     the CUDA one, so attention counts as 2 products of N x M x head size each way."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from sagan.attention import SelfAttention
-    from sagan.bench import _cpu_attention_flops
-    from sagan.layers import Layers
+    from sagan.benchmarks.step import _cpu_attention_flops
+    from sagan.nets.attention import SelfAttention
+    from sagan.nets.layers import Layers
 
     m = SelfAttention(64, Layers(sn=False, init="xavier"), "official")
     x = torch.randn(2, 64, 32, 32).to(memory_format=torch.channels_last)
@@ -177,7 +178,7 @@ def test_each_case_is_measured_against_the_ceiling_of_its_own_precision():
 
 def test_cost_times_each_distinct_step_once_with_the_config_as_it_is(monkeypatch):
     """`--dry-run --cost` asks sagan.bench for one case per distinct step, no overrides."""
-    import sagan.bench
+    import sagan.benchmarks.step
     from ablations import cost
     from ablations.grid import load_grid
 
@@ -187,7 +188,7 @@ def test_cost_times_each_distinct_step_once_with_the_config_as_it_is(monkeypatch
         calls.append(overrides)
         return [{"ms_per_step": 5.0, "machine": {}} for _ in overrides]
 
-    monkeypatch.setattr(sagan.bench, "run_cases", fake_run_cases)
+    monkeypatch.setattr(sagan.benchmarks.step, "run_cases", fake_run_cases)
     cells = load_grid("ablations/grids/smoke.yaml").cells
     table, _ = cost.measure(cells, steps=2)
     assert calls == [[[]]] * len({cost.step_key(c) for c in cells})

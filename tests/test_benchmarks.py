@@ -1,4 +1,4 @@
-"""sagan.benchmarks.machine: the one description of the machine a benchmark ran on."""
+"""sagan.training.machine: the one description of the machine a benchmark ran on."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 
 import torch
 
-from sagan.benchmarks.machine import describe, machine
+from sagan.training.machine import describe, machine
 
 
 def test_machine_names_cpu_cores_torch_and_device():
@@ -20,8 +20,8 @@ def test_machine_names_cpu_cores_torch_and_device():
 
 
 def test_the_loader_benchmark_times_the_folder_and_its_prepared_copy(tmp_path, monkeypatch, capsys):
-    from sagan import data_identity as di
     from sagan.benchmarks.loader import main
+    from sagan.data import identity as di
 
     monkeypatch.setenv(di.CACHE_ENV, str(tmp_path / "cache"))
     argv = ["--images", "24", "--size", "60x45", "--resolution", "32", "--workers", "0,1"]

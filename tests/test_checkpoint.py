@@ -1,6 +1,6 @@
 """Checkpoint rotation: what survives a save."""
 
-from sagan.checkpoint import ckpt_dir, list_checkpoints, save_checkpoint
+from sagan.training.checkpoint import ckpt_dir, list_checkpoints, save_checkpoint
 
 
 def _state(step):

@@ -14,8 +14,8 @@ import torch
 import torch._dynamo
 
 from sagan.config import build_config
-from sagan.layers import held_power_iteration
-from sagan.step import TrainStep
+from sagan.nets.layers import held_power_iteration
+from sagan.training.step import TrainStep
 from tests.test_resume import BASE
 
 PLACEMENTS = {
@@ -96,11 +96,11 @@ def test_compile_keeps_state_dict_keys_and_leaves_the_ema_copy_eager():
 def test_a_compiled_run_computes_the_eager_step_and_resumes(tmp_path):
     """The real inductor path, end to end (about 5 minutes on 2 cores, nearly all of it
     the first compilation). Compiled kernels round differently from eager ones, and on
-    the CPU not even the same way from one process to the next (README, Measured), so
+    the CPU not even the same way from one process to the next (docs/measured.md), so
     a compiled run stopped at a checkpoint and resumed is held to the eager run within a
     tolerance rather than bit for bit."""
-    from sagan import rundir
     from sagan.train import train
+    from sagan.training import rundir
 
     def losses(run_dir):
         recs = rundir.read_jsonl(run_dir / "metrics.jsonl")

@@ -9,8 +9,14 @@ import torch
 from PIL import Image
 
 from sagan.config import DataConfig
-from sagan.data import DataError, FolderImages, InMemoryImages, build_dataset, dataset_fingerprint
-from sagan.synthetic import consistency
+from sagan.data.datasets import (
+    DataError,
+    FolderImages,
+    InMemoryImages,
+    build_dataset,
+    dataset_fingerprint,
+)
+from sagan.data.synthetic import consistency
 from tests.datafiles import (
     BORDER,
     CLASS_COLOURS,

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from sagan.distributed import DeviceError, backend_for, local_device
+from sagan.training.distributed import DeviceError, backend_for, local_device
 
 # What a task of a 4-task node sees, as SLURM and submitit leave it.
 SLURM_ALL_VISIBLE = {"SLURM_LOCALID": "2", "CUDA_VISIBLE_DEVICES": "0,1,2,3"}

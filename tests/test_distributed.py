@@ -11,8 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from sagan import rundir
-from sagan.checkpoint import list_checkpoints
+from sagan.training import rundir
+from sagan.training.checkpoint import list_checkpoints
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -154,7 +154,7 @@ ON_MAIN = """
 import json, os, sys, time, datetime
 from pathlib import Path
 import torch.distributed as dist
-from sagan import distributed
+from sagan.training import distributed
 
 out = Path(sys.argv[1])
 distributed.join("gloo", 60)

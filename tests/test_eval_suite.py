@@ -21,7 +21,7 @@ from sagan.metrics.errors import EvaluationStopped, MetricsError
 from sagan.metrics.evaluate import planned_protocol
 from sagan.metrics.intra_fid import intra_fid
 from sagan.metrics.protocol import metric_protocol_ids, protocol_id
-from sagan.models import build_models
+from sagan.nets.models import build_models
 from tests import fakeweights
 
 fake_weights = fakeweights.fake_weights
@@ -184,7 +184,7 @@ def test_dinov2_extractor_is_torch_fidelitys_with_the_official_architecture(
 
 
 def test_new_metrics_have_directions_for_reports_and_best_by():
-    from sagan.rundir import HIGHER_IS_BETTER
+    from sagan.training.rundir import HIGHER_IS_BETTER
 
     assert [HIGHER_IS_BETTER[m] for m in ("fid_inf", "intra_fid", "density", "coverage")] == [
         False, False, True, True,

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from sagan import evaluate as evaluate_cli
-from sagan import rundir
-from sagan.checkpoint import list_checkpoints, load_checkpoint
 from sagan.config import load_config
 from sagan.train import train
+from sagan.training import rundir
+from sagan.training.checkpoint import list_checkpoints, load_checkpoint
 from tests import fakeweights
 
 fake_weights = fakeweights.fake_weights

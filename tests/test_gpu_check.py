@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
-from sagan import data_identity as di
 from sagan.bench import main as bench_main
 from sagan.benchmarks import gpu_check
+from sagan.data import identity as di
 
 
 @pytest.fixture(autouse=True)

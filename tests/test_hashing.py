@@ -1,4 +1,4 @@
-"""sagan.hashing: the chunked digest equals hashlib's over the whole file."""
+"""sagan.data.hashing: the chunked digest equals hashlib's over the whole file."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import hashlib
 
 import pytest
 
-from sagan.hashing import file_digest
+from sagan.data.hashing import file_digest
 
 
 @pytest.mark.parametrize("algorithm", ["sha256", "md5"])

@@ -18,7 +18,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from sagan.config import build_config
-from sagan.step import TrainStep
+from sagan.training.step import TrainStep
 from tests.test_resume import BASE
 
 # Ops that make the host wait for the device on CUDA.

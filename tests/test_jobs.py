@@ -13,7 +13,7 @@ import yaml
 from ablations import run as run_cli
 from ablations.grid import load_grid
 from ablations.store import RunStore, write_job
-from sagan import rundir
+from sagan.training import rundir
 from slurm import jobs
 
 HEADER = "JobID|State|ExitCode|Reason"

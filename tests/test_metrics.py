@@ -52,7 +52,7 @@ MAIN_REF = dict(dataset="cifar10", split="train", resolution=RES, n=10, fingerpr
 
 
 class Images(Dataset):
-    """Items ``(uint8 [3,R,R], label)``, as sagan.data yields them."""
+    """Items ``(uint8 [3,R,R], label)``, as sagan.data.datasets yields them."""
 
     def __init__(self, n: int, seed: int):
         g = torch.Generator().manual_seed(seed)
@@ -397,8 +397,8 @@ def test_to_uint8_round_trips_uint8_images():
 
 
 def test_with_sagan_data_and_synthetic_consistency(fake_weights, tmp_path, count_forward):
-    pytest.importorskip("sagan.data")
-    pytest.importorskip("sagan.synthetic")
+    pytest.importorskip("sagan.data.datasets")
+    pytest.importorskip("sagan.data.synthetic")
     cfg = build_config(
         {
             "data": {"name": "synthetic", "resolution": RES, "synthetic": {"n_images": 16, "n_classes": 3}},
@@ -458,8 +458,8 @@ def test_an_image_folder_reference_is_listed_only_on_a_cache_miss(
 ):
     """A cached reference on an image folder is scored without listing or stat-ing the
     folder again: its size and fingerprint come from the folder's cached identity."""
-    import sagan.data
-    import sagan.data_identity
+    import sagan.data.datasets
+    import sagan.data.identity
     import sagan.metrics.refset as refset_mod
     from tests.datafiles import write_tiny_imagefolder
 
@@ -477,7 +477,7 @@ def test_an_image_folder_reference_is_listed_only_on_a_cache_miss(
         }
     )
     builds, walks = [0], [0]
-    real_build, real_list = sagan.data.build_dataset, sagan.data_identity.list_image_files
+    real_build, real_list = sagan.data.datasets.build_dataset, sagan.data.identity.list_image_files
 
     def counting_build(*a, **k):
         builds[0] += 1
@@ -487,8 +487,8 @@ def test_an_image_folder_reference_is_listed_only_on_a_cache_miss(
         walks[0] += 1
         return real_list(*a, **k)
 
-    monkeypatch.setattr(sagan.data, "build_dataset", counting_build)
-    monkeypatch.setattr(sagan.data_identity, "list_image_files", counting_list)
+    monkeypatch.setattr(sagan.data.datasets, "build_dataset", counting_build)
+    monkeypatch.setattr(sagan.data.identity, "list_image_files", counting_list)
     monkeypatch.setattr(refset_mod, "_folder_splits", {})
     G = TinyG()
     first = evaluate_generator(G, cfg, step=1, device="cpu", ema=False)

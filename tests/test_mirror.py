@@ -5,10 +5,10 @@ import torch
 from torchvision.transforms.functional import gaussian_blur
 
 from sagan.config import build_config
-from sagan.data import build_dataset, dataset_fingerprint
-from sagan.data_identity import data_identity
-from sagan.mirror import BAND, CELLS, make_mirror, mirror, realistic
-from sagan.synthetic import BACKGROUND, PALETTE
+from sagan.data.datasets import build_dataset, dataset_fingerprint
+from sagan.data.identity import data_identity
+from sagan.data.mirror import BAND, CELLS, make_mirror, mirror, realistic
+from sagan.data.synthetic import BACKGROUND, PALETTE
 
 
 @pytest.fixture(scope="module")

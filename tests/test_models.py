@@ -8,18 +8,18 @@ from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import _SpectralNorm
 from torch.overrides import TorchFunctionMode
 
-from sagan.arch import ARCHS, attention_sizes
-from sagan.attention import SelfAttention
 from sagan.config import ModelConfig
-from sagan.layers import (
+from sagan.nets.arch import ARCHS, attention_sizes
+from sagan.nets.attention import SelfAttention
+from sagan.nets.layers import (
     CondBatchNorm2d,
     GroupBatchNorm2d,
     Layers,
     count_spectral_norm,
     held_power_iteration,
 )
-from sagan.losses import hinge_d, hinge_g
-from sagan.models import Discriminator, Generator, build_models
+from sagan.nets.losses import hinge_d, hinge_g
+from sagan.nets.models import Discriminator, Generator, build_models
 
 
 def _reference_attention(m: SelfAttention, x: torch.Tensor) -> torch.Tensor:
@@ -288,9 +288,9 @@ def test_a_held_power_iteration_uses_a_fresh_sigma_and_stores_nothing():
 
 @pytest.mark.parametrize(("mode", "moves"), [("hold", False), ("advance", True)])
 def test_the_g_step_leaves_ds_spectral_norm_vectors_alone(mode, moves, tmp_path):
-    from sagan.batches import Batches
     from sagan.config import build_config
-    from sagan.trainer import Trainer
+    from sagan.data.batches import Batches
+    from sagan.training.loop import Trainer
 
     cfg = build_config(
         {

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from sagan import precision
-from sagan.precision import exact_fp32, set_tf32, tf32_state
+from sagan.training import precision
+from sagan.training.precision import exact_fp32, set_tf32, tf32_state
 
 B = torch.backends
 

@@ -10,12 +10,12 @@ import torch
 from PIL import Image
 
 from ablations.runid import run_id
-from sagan import data_identity as di
 from sagan.config import DataConfig, build_config
-from sagan.data import DataError, build_dataset, dataset_fingerprint
-from sagan.data_identity import data_identity
+from sagan.data import identity as di
+from sagan.data.datasets import DataError, build_dataset, dataset_fingerprint
+from sagan.data.identity import data_identity
+from sagan.data.prepared import META, array_files
 from sagan.prepare import main as prepare_main
-from sagan.prepared import META, array_files
 from sagan.train import train
 from tests.test_resume import BASE, _assert_same_end
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 from ablations.grid import load_grid
 from ablations.store import RunStore
-from sagan import rundir
 from sagan.config import to_yaml
+from sagan.training import rundir
 
 GRID = Path(__file__).resolve().parents[1] / "ablations" / "grids" / "probe_mirror.yaml"
 ARMS = ["none", "feat8", "feat16", "feat32", "residual32"]

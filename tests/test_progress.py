@@ -1,4 +1,4 @@
-"""sagan.progress: one line printer, shared by training and the grid display."""
+"""sagan.training.progress: one line printer, shared by training and the grid display."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import re
 from types import SimpleNamespace
 
 from ablations.display import Display
-from sagan.progress import Progress, say
+from sagan.training.progress import Progress, say
 
 LINE = re.compile(r"^\[\d\d:\d\d:\d\d\] ")
 

@@ -16,8 +16,8 @@ from ablations.grid import PAPER_LAYOUTS, GridError, load_grid
 from reports.build import build, main
 from reports.frame import read_store
 from reports.tables import paper_layouts, pivot, resolve, wide_frame
-from sagan import rundir
 from sagan.config import build_config, to_yaml
+from sagan.training import rundir
 
 PLACEMENTS = ["none", "feat8", "feat16", "feat32", "feat64"]
 

@@ -21,8 +21,8 @@ from reports.build import build
 from reports.frame import read_store
 from reports.stats import mean_ci, per_run, reuse, summarize, versus
 from reports.tables import decimals, fmt
-from sagan import rundir
 from sagan.config import build_config, to_yaml
+from sagan.training import rundir
 from tests.test_report_tables import _cell, _final, _index, _monitored, _run, _tables
 
 SYN = {"data": {"name": "synthetic", "resolution": 32}}

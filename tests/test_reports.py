@@ -13,7 +13,7 @@ from ablations.grid import load_grid
 from reports.frame import read_store, write_results
 from reports.stats import per_run, summarize, versus
 from reports.tables import decimals, fmt
-from sagan import rundir
+from sagan.training import rundir
 
 GRID = {
     "name": "rep",
@@ -225,7 +225,7 @@ def test_the_report_renders_in_a_real_browser(store, tmp_path):
     assert n_attention == 1
     assert (ascending, descending) == (min(cells.values()), max(cells.values()))
     # Provenance: the code and machine each run trained with (env.jsonl), and the time.
-    from sagan.provenance import code_version
+    from sagan.training.provenance import code_version
 
     assert f"trained with sagan-bench\t{code_version()['commit']}" in text
     assert "device time\ttraining" in text
@@ -256,7 +256,7 @@ def test_the_report_benchmark_writes_reads_and_builds_a_store(capsys):
 
 
 def test_each_attempt_records_its_code_and_machine(store):
-    from sagan.provenance import code_version
+    from sagan.training.provenance import code_version
 
     out, cells = store
     (env,) = rundir.read_jsonl(out / cells["attention=none,seed=0"] / "env.jsonl")
@@ -281,7 +281,7 @@ def test_a_run_trained_outside_any_grid_is_reported_apart(store, tmp_path):
         {**GRID["base"], "final": GRID["final"], "model": {**GRID["base"]["model"], "attn_g": []}}
     )
     assert train(cfg, mixed / "loose", progress=False) == "done"
-    from sagan.score import score_final
+    from sagan.metrics.final import score_final
 
     (record,) = score_final(cfg, mixed / "loose")
     build(mixed)

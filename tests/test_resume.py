@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from sagan import rundir
-from sagan.checkpoint import CheckpointError, list_checkpoints, load_checkpoint
 from sagan.config import ConfigError, build_config, to_yaml
 from sagan.train import train
-from sagan.trainer import Trainer
+from sagan.training import rundir
+from sagan.training.checkpoint import CheckpointError, list_checkpoints, load_checkpoint
+from sagan.training.loop import Trainer
 from tests.datafiles import write_tiny_imagefolder
 
 REPO = Path(__file__).resolve().parents[1]
@@ -236,7 +236,7 @@ def test_checkpoints_load_onto_the_cpu_whatever_the_device(tmp_path, monkeypatch
 
 def test_d_is_trainable_again_after_the_g_step(tmp_path):
     trainer = Trainer(config(), tmp_path, progress=False)
-    from sagan.batches import Batches
+    from sagan.data.batches import Batches
 
     batches = Batches(trainer.dataset, 8, 0, trainer.device)
     first_bad = torch.full((), -1, dtype=torch.long)
@@ -304,7 +304,7 @@ def test_a_stop_request_at_the_last_step_finishes_the_run(tmp_path):
 KILL_AFTER_EVAL = """
 import os, signal, sys
 from pathlib import Path
-from sagan import rundir
+from sagan.training import rundir
 from sagan.config import load_config
 from sagan.train import train
 

@@ -14,8 +14,8 @@ from ablations import run as run_cli
 from ablations import status as status_cli
 from ablations.grid import load_grid
 from ablations.store import RunBusy, RunLock, RunStore
-from sagan import rundir
-from sagan.checkpoint import list_checkpoints
+from sagan.training import rundir
+from sagan.training.checkpoint import list_checkpoints
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -2,7 +2,7 @@
 
 import math
 
-from sagan import rundir
+from sagan.training import rundir
 
 
 def _record(step, pid="p1", **metrics):
@@ -69,7 +69,7 @@ def test_an_append_to_an_empty_or_missing_file_writes_one_line(tmp_path):
 def test_an_unreadable_line_is_skipped_and_reported_with_its_line_number(tmp_path, caplog):
     path = tmp_path / "eval.jsonl"
     path.write_text('{"step": 10}\n{"step": 2\n{"step": 30}\n')
-    with caplog.at_level("WARNING", logger="sagan.rundir"):
+    with caplog.at_level("WARNING", logger="sagan.training.rundir"):
         assert rundir.read_jsonl(path) == [{"step": 10}, {"step": 30}]
     assert f"{path}:2" in caplog.text
 
@@ -103,7 +103,7 @@ def test_the_first_rank_to_fail_in_this_attempt_is_the_one_named(tmp_path, monke
 def test_fault_points_are_off_unless_named(monkeypatch):
     import pytest
 
-    from sagan import faults
+    from sagan.training import faults
 
     faults._points.cache_clear()
     monkeypatch.setenv(faults.ENV, "rank1-step5, rank0-eval")

@@ -11,7 +11,7 @@ import ablations.grid
 from ablations.grid import load_grid
 from ablations.runid import FROZEN_DEFAULTS, current_defaults, hashed_values, run_id, run_id_of
 from sagan.config import build_config, flatten, to_dict
-from sagan.data_identity import data_identity
+from sagan.data.identity import data_identity
 from tests.datafiles import write_tiny_imagefolder
 
 REPO = Path(__file__).resolve().parents[1]
@@ -118,7 +118,7 @@ def test_the_same_data_copied_elsewhere_keeps_its_run_ids(tmp_path):
 
 
 def test_folder_identity_is_cached_on_disk_and_sees_added_files(tmp_path, monkeypatch):
-    import sagan.data_identity as di
+    import sagan.data.identity as di
 
     monkeypatch.setenv(di.CACHE_ENV, str(tmp_path / "cache"))
     monkeypatch.setattr(di, "_memory", {})

@@ -12,10 +12,11 @@ from ablations import run as run_cli
 from ablations import worker
 from ablations.grid import load_grid
 from ablations.store import EXIT_STOPPED, RunStore
-from sagan import rundir, score
-from sagan.checkpoint import list_checkpoints
 from sagan.config import build_config
+from sagan.metrics import final as score
 from sagan.train import train
+from sagan.training import rundir
+from sagan.training.checkpoint import list_checkpoints
 from tests import fakeweights
 from tests.test_resume import _StopAtCall
 

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from sagan import rundir
-from sagan.checkpoint import list_checkpoints, load_checkpoint
+from sagan.training import rundir
+from sagan.training.checkpoint import list_checkpoints, load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow

@@ -17,8 +17,8 @@ import pytest
 
 from ablations.grid import load_grid
 from ablations.store import read_job
-from sagan import rundir
-from sagan.checkpoint import list_checkpoints
+from sagan.training import rundir
+from sagan.training.checkpoint import list_checkpoints
 from tests.test_slurm import (  # noqa: F401 - the fixtures apply to this module too
     REPO,
     assert_same_run,
@@ -53,7 +53,7 @@ def sacct_row(job: str, fields: str) -> list[str]:
 
 
 def cli_faulty(*args: str, fault: str, cwd: Path, timeout: float = 300):
-    """:func:`cli` with ``SAGAN_FAULT=fault`` (sagan.faults), which the jobs it submits
+    """:func:`cli` with ``SAGAN_FAULT=fault`` (sagan.training.faults), which the jobs it submits
     inherit (sbatch exports the environment)."""
     env = dict(os.environ, OMP_NUM_THREADS="1", SAGAN_FAULT=fault)
     return subprocess.run(

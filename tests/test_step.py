@@ -3,8 +3,8 @@
 import torch
 
 from sagan.config import load_config
-from sagan.models import build_models
-from sagan.step import with_ema_copy
+from sagan.nets.models import build_models
+from sagan.training.step import with_ema_copy
 from tests.test_train import TINY
 
 
@@ -36,7 +36,7 @@ def test_without_ema_there_is_no_copy_and_without_sync_bn_no_conversion():
 def test_the_noise_drawn_does_not_depend_on_the_device():
     """Drawn on the CPU and moved at the end: a device that is not the CPU (meta stands
     for CUDA here) gets the same draw and leaves the generator where the CPU's does."""
-    from sagan.step import draw_noise
+    from sagan.training.step import draw_noise
 
     cpu, other = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
     z, y = draw_noise(cpu, 8, 3, 4, torch.device("cpu"), slice(2, 6))
@@ -50,7 +50,7 @@ def test_the_noise_drawn_does_not_depend_on_the_device():
 
 def test_the_training_noise_generator_is_a_cpu_one_on_every_device():
     """Its state, saved in every checkpoint, then resumes on either kind of device."""
-    from sagan.step import TrainStep
+    from sagan.training.step import TrainStep
 
     cfg = load_config(TINY)
     states = []
@@ -69,7 +69,7 @@ def test_the_ema_update_is_bit_for_bit_the_per_tensor_one():
     """Before and after train.ema_start: the EMA G of a run does not move by one bit."""
     import copy
 
-    from sagan.step import TrainStep
+    from sagan.training.step import TrainStep
 
     cfg = load_config(TINY, {"train.ema": 0.9, "train.ema_start": 1})
     torch.manual_seed(0)

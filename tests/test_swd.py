@@ -3,11 +3,11 @@
 import torch
 
 from sagan.config import build_config
+from sagan.data.synthetic import make_synthetic
 from sagan.metrics import evaluate_generator
 from sagan.metrics.evaluate import planned_protocol
 from sagan.metrics.protocol import protocol_id
 from sagan.metrics.swd import Descriptors, laplacian_pyramid, levels, sliced_wasserstein, swd
-from sagan.synthetic import make_synthetic
 from tests.test_metrics import TinyG
 
 

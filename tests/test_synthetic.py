@@ -4,8 +4,8 @@ import pytest
 import torch
 from torchvision.transforms.functional import gaussian_blur
 
-from sagan import synthetic
-from sagan.synthetic import BACKGROUND, PALETTE, consistency, make_synthetic
+from sagan.data import synthetic
+from sagan.data.synthetic import BACKGROUND, PALETTE, consistency, make_synthetic
 
 K = len(PALETTE)
 

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from sagan import rundir
-from sagan.checkpoint import list_checkpoints, load_checkpoint, load_latest
 from sagan.config import ConfigError, load_config
 from sagan.train import train
-from sagan.trainer import Trainer
+from sagan.training import rundir
+from sagan.training.checkpoint import list_checkpoints, load_checkpoint, load_latest
+from sagan.training.loop import Trainer
 
 TINY = Path(__file__).resolve().parents[1] / "sagan" / "configs" / "tiny.yaml"
 REPO = TINY.parents[2]
@@ -255,11 +255,11 @@ def test_cli_reports_config_errors_without_traceback(tmp_path):
 
 
 def test_the_step_alone_computes_what_the_loop_does(tmp_path):
-    """sagan.step.TrainStep needs no run directory, and is the loop's update."""
-    from sagan.batches import Batches
-    from sagan.data import build_dataset
-    from sagan.step import TrainStep
-    from sagan.trainer import seed_everything
+    """sagan.training.step.TrainStep needs no run directory, and is the loop's update."""
+    from sagan.data.batches import Batches
+    from sagan.data.datasets import build_dataset
+    from sagan.training.setup import seed_everything
+    from sagan.training.step import TrainStep
 
     cfg = tiny(**{"train.steps": 4, "train.log_every": 1})
     train(cfg, tmp_path, progress=False)

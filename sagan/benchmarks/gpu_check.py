@@ -8,7 +8,7 @@ JSON file, rewritten after every check so that what finished survives:
 - ``resume``: a run stopped and resumed on CUDA against an uninterrupted one, with the
   largest weight difference;
 - ``attention``: both variants at feat32 and feat64, fp32 and bf16, on the fused
-  kernels :func:`sagan.attention.sdpa_plan` allows (a math-path fallback fails);
+  kernels :func:`sagan.nets.attention.sdpa_plan` allows (a math-path fallback fails);
 - ``step128``: the SAGAN-128 batch-256 step in fp32 with TF32 off and on and in bf16:
   img/s, peak memory, share of the ceiling measured in the same precision;
 - ``cudnn_benchmark``: the same step with ``train.cudnn_benchmark`` off and on;
@@ -55,7 +55,7 @@ def _step_case(device: str, tiny: bool) -> tuple[str, list[str]]:
 
 
 def _bench(device: str, tiny: bool, cases: list[list[str]], batch: int | None = None):
-    from sagan.bench import measure
+    from sagan.benchmarks.step import measure
 
     config, base = _step_case(device, tiny)
     if batch and not tiny:
@@ -89,8 +89,8 @@ def check_attention_memory(device: str, tiny: bool, tmp: Path) -> dict[str, Any]
 
 
 def check_attention(device: str, tiny: bool, tmp: Path) -> dict[str, Any]:
-    from sagan.attention import SelfAttention, sdpa_plan
-    from sagan.layers import Layers
+    from sagan.nets.attention import SelfAttention, sdpa_plan
+    from sagan.nets.layers import Layers
 
     dev = torch.device(device)
     out = []
@@ -131,8 +131,8 @@ def _train_cfg(device: str, overrides: list[str]):
 
 
 def check_resume(device: str, tiny: bool, tmp: Path) -> dict[str, Any]:
-    from sagan.checkpoint import list_checkpoints, load_checkpoint
     from sagan.train import train
+    from sagan.training.checkpoint import list_checkpoints, load_checkpoint
 
     n = 2 if tiny else 20
     half = [f"train.ckpt_every={n // 2}", "train.log_every=1"]
@@ -160,7 +160,7 @@ def check_resume(device: str, tiny: bool, tmp: Path) -> dict[str, Any]:
 def _ddp_rank(rank: int, device_name: str, init_file: str, out_dir: str) -> None:
     import torch.distributed as dist
 
-    from sagan.distributed import local_device
+    from sagan.training.distributed import local_device
 
     env = {**os.environ, "LOCAL_RANK": str(rank)}
     count = torch.cuda.device_count() if device_name == "cuda" else 0
@@ -206,8 +206,8 @@ def check_loader(device: str, tiny: bool, tmp: Path) -> dict[str, Any]:
 
 
 def check_fid50k(device: str, tiny: bool, tmp: Path) -> dict[str, Any]:
-    from sagan.benchmarks.eval import eval_config, generator
     from sagan.metrics import evaluate_generator, make_random_weights
+    from sagan.metrics.bench import eval_config, generator
     from sagan.metrics.weights import WEIGHTS_FILE
 
     n, res, batch = (16, 32, 8) if tiny else (50_000, 128, 500)
@@ -242,9 +242,9 @@ def check_compile(device: str, tiny: bool, tmp: Path) -> dict[str, Any]:
 
 
 def _compiled_steps(device: str, tiny: bool, counters: Any) -> dict[str, Any]:
-    from sagan.batches import Batches
-    from sagan.data import build_dataset
-    from sagan.step import TrainStep
+    from sagan.data.batches import Batches
+    from sagan.data.datasets import build_dataset
+    from sagan.training.step import TrainStep
 
     cfg = _train_cfg(device, ["train.compile=true"])
     dev = torch.device(device)
@@ -321,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.device == "cpu" and not args.tiny:
         p.error("--device cpu runs only with --tiny (the checks' figures are for a GPU)")
-    from sagan.benchmarks.machine import describe, machine
+    from sagan.training.machine import describe, machine
 
     report: dict[str, Any] = {"machine": machine(args.device), "tiny": args.tiny, "checks": {}}
     print(f"machine: {describe(report['machine'])}")

@@ -6,7 +6,7 @@ with N workers) and from its prepared copy (``sagan.prepare``).
 
 Writes a folder of random-pixel JPEGs of ``--size`` (ImageNet's typical 500x375 by
 default) in a temporary directory, prepares it at ``--resolution``, and times
-:class:`sagan.batches.Batches` (what the training loop draws from) on each, on the
+:class:`sagan.data.batches.Batches` (what the training loop draws from) on each, on the
 CPU. Prints the machine and one line per source.
 """
 
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from sagan.benchmarks.machine import describe, machine
+from sagan.training.machine import describe, machine
 
 
 def write_jpeg_folder(root: Path, n: int, size: tuple[int, int], n_classes: int = 4) -> None:
@@ -39,9 +39,9 @@ def write_jpeg_folder(root: Path, n: int, size: tuple[int, int], n_classes: int 
 
 def images_per_s(cfg: Any, batch_size: int, n_batches: int) -> dict[str, Any]:
     """Draw ``n_batches`` batches (after one not timed: workers starting, caches) of
-    ``cfg.data`` through :class:`sagan.batches.Batches` on the CPU; returns the rate."""
-    from sagan.batches import Batches
-    from sagan.data import build_dataset
+    ``cfg.data`` through :class:`sagan.data.batches.Batches` on the CPU; returns the rate."""
+    from sagan.data.batches import Batches
+    from sagan.data.datasets import build_dataset
 
     ds = build_dataset(cfg, "train")
     batches = Batches(ds, batch_size, 0, torch.device("cpu"), num_workers=cfg.num_workers)
@@ -70,7 +70,7 @@ def run(
 ) -> dict[str, Any]:
     """Write, prepare and time; returns ``{"machine", "setup", "cases"}``."""
     from sagan.config import DataConfig
-    from sagan.prepared import write_prepared
+    from sagan.data.prepared import write_prepared
 
     folder, prepared = tmp / "images", tmp / "prepared"
     write_jpeg_folder(folder, n_images, size)

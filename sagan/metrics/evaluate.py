@@ -139,8 +139,8 @@ def evaluate_generator(
     2017 / the TTUR code), IS (Salimans et al. 2016), KID (Binkowski et al. 2018),
     precision/recall (Kynkaanniemi et al. 2019, on Inception features), FID∞ (Chong &
     Forsyth 2020), density/coverage (Naeem et al. 2020), intra-FID (Miyato & Koyama
-    2018); ``consistency`` (:func:`sagan.synthetic.consistency`, synthetic objects only) and
-    ``mirror`` (the mean of :func:`sagan.mirror.mirror`, synthetic mirror only).
+    2018); ``consistency`` (:func:`sagan.data.synthetic.consistency`, synthetic objects only) and
+    ``mirror`` (the mean of :func:`sagan.data.mirror.mirror`, synthetic mirror only).
 
     Args:
         G: ``G(z, y) -> [B, 3, R, R]`` in [-1, 1], with ``z_dim`` and ``num_classes``; on ``device``.
@@ -151,7 +151,7 @@ def evaluate_generator(
         run_dir: the run's folder. Not written to: the caller appends the record to
             ``run_dir/eval.jsonl``.
         reference: ``(dataset, fingerprint)`` to use instead of
-            ``sagan.data.build_dataset(cfg.data, split)`` and its fingerprint.
+            ``sagan.data.datasets.build_dataset(cfg.data, split)`` and its fingerprint.
         stop: asked before each batch (generated, or real on a reference cache miss):
             when it says True the evaluation is abandoned, so that a time limit's
             warning is heeded within one batch however large ``n_samples`` is.
@@ -179,9 +179,9 @@ def evaluate_generator(
         skipped["intra_fid"] = "defined only for a class-conditional G (num_classes >= 1)"
         inception.remove("intra_fid")
     if want_consistency:
-        from sagan.synthetic import consistency
+        from sagan.data.synthetic import consistency
     if want_mirror:
-        from sagan.mirror import mirror
+        from sagan.data.mirror import mirror
     _check_counts(inception, ev.n_samples, ev.reference.n)
     weights = resolve_weights(ev.inception_weights) if inception else None  # fail before any work
     dino = _dino_weights(cfg, wanted)

@@ -92,9 +92,9 @@ def exact_float32(device: torch.device) -> Iterator[None]:
         with torch.autocast(device.type, enabled=False):
             yield
         return
-    from sagan.precision import exact_fp32
+    from sagan.training.precision import exact_fp32
 
-    # Through sagan.precision: after train.tf32 set the flags with torch's current
+    # Through sagan.training.precision: after train.tf32 set the flags with torch's current
     # API, reading the legacy allow_tf32 flags here would raise.
     with exact_fp32(), torch.autocast("cuda", enabled=False):
         yield

@@ -79,7 +79,7 @@ def probe_blocks(probes: list[str]) -> dict[str, Any]:
     """The protocol block of each probe score in ``probes`` that has one (``mirror``)."""
     if "mirror" not in probes:
         return {}
-    from sagan import mirror
+    from sagan.data import mirror
 
     return {"mirror": mirror.protocol()}
 

@@ -1,7 +1,7 @@
 """Reference-set statistics, extracted once and cached on disk under a hash key.
 
 The key hashes what the numbers depend on: dataset name, split, resolution, number
-of images, the dataset's fingerprint (``sagan.data.dataset_fingerprint``), the
+of images, the dataset's fingerprint (``sagan.data.datasets.dataset_fingerprint``), the
 extractor weights' sha256, plus the extractor, layer, subset rule, torch-fidelity
 version and cache format. A changed dataset or weights file therefore never reuses a
 stale entry; it gets a new one.
@@ -357,7 +357,7 @@ def reference_statistics(
         dataset: items ``(uint8 [3,R,R], label)`` (or bare images); the first
             ``key_parts["n"]`` of a seeded permutation are used when ``n < len(dataset)``.
         key_parts: ``dataset``, ``split``, ``resolution``, ``n`` and ``fingerprint``
-            (``sagan.data.dataset_fingerprint``): with the weights' sha256 they decide the key.
+            (``sagan.data.datasets.dataset_fingerprint``): with the weights' sha256 they decide the key.
         cfg: the run's :class:`~sagan.config.Config` (``eval.cache_dir``,
             ``eval.inception_weights``, ``eval.batch_size``, ``data.num_workers``).
         device: where to run the extractor on a miss.

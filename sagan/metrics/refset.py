@@ -1,7 +1,7 @@
 """The reference set an evaluation compares against: which images, how they are keyed.
 
 The reference is ``cfg.data``'s ``eval.reference.split`` (built through
-``sagan.data.build_dataset``, so any dataset kind, the prepared one included, serves),
+``sagan.data.datasets.build_dataset``, so any dataset kind, the prepared one included, serves),
 the first ``eval.reference.n`` of a seeded permutation of it, and its fingerprint.
 """
 
@@ -32,7 +32,7 @@ class LazySplit(Dataset):
         raise TypeError("build() the split first")
 
     def build(self) -> Dataset:
-        from sagan.data import build_dataset
+        from sagan.data.datasets import build_dataset
 
         return build_dataset(self.data_cfg, self.split)
 
@@ -63,13 +63,13 @@ def _reference_source(
 ) -> tuple[Dataset, dict[str, Any]]:
     split = cfg.eval.reference.split
     if reference is None:
-        from sagan.data import build_dataset, dataset_fingerprint
+        from sagan.data.datasets import build_dataset, dataset_fingerprint
 
         if cfg.data.name == "imagefolder":
             key = (cfg.data.model_dump_json(), split)
             if key not in _folder_splits:
-                from sagan.data import imagefolder_dir
-                from sagan.data_identity import folder_identity
+                from sagan.data.folders import imagefolder_dir
+                from sagan.data.identity import folder_identity
 
                 n_images = folder_identity(imagefolder_dir(cfg.data, split))["n_images"]
                 _folder_splits[key] = (dataset_fingerprint(cfg.data, split), n_images)

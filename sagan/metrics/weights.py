@@ -26,7 +26,7 @@ from torch_fidelity.feature_extractor_inceptionv3 import (
     FeatureExtractorInceptionV3,
 )
 
-from sagan.hashing import file_digest
+from sagan.data.hashing import file_digest
 from sagan.metrics.errors import MetricsError
 
 EXTRACTOR = "inception-v3-compat"

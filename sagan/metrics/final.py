@@ -28,13 +28,13 @@ from typing import Any
 
 import torch
 
-from sagan import rundir
-from sagan.checkpoint import CheckpointError, list_checkpoints, load_checkpoint
 from sagan.config import Config, EvalConfig, to_dict
 from sagan.metrics.errors import EvaluationStopped
-from sagan.models import load_generator
+from sagan.nets.models import load_generator
+from sagan.training import rundir
+from sagan.training.checkpoint import CheckpointError, list_checkpoints, load_checkpoint
 
-log = logging.getLogger("sagan.score")
+log = logging.getLogger("sagan.metrics.final")
 
 ROLES = {"last": ("last",), "best": ("best",), "both": ("last", "best")}
 

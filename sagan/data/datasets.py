@@ -2,14 +2,14 @@
 
 Three sources, chosen by ``data.name``:
 
-- ``synthetic``: :func:`sagan.synthetic.make_synthetic` (``data.synthetic.mode: objects``)
-  or :func:`sagan.mirror.make_mirror` (``mirror``), generated in memory.
+- ``synthetic``: :func:`sagan.data.synthetic.make_synthetic` (``data.synthetic.mode: objects``)
+  or :func:`sagan.data.mirror.make_mirror` (``mirror``), generated in memory.
 - ``cifar10``: torchvision's on-disk format under ``data.root``
   (``ROOT/cifar-10-batches-py/``), never downloaded here.
 - ``imagefolder``: one subfolder per class (``torchvision.datasets.ImageFolder``),
   resized (shorter side to R) and center-cropped to R x R.
 - ``prepared``: an image folder resized once by ``python -m sagan.prepare`` into
-  memory-mapped uint8 arrays under ``data.root`` (:mod:`sagan.prepared`): the same
+  memory-mapped uint8 arrays under ``data.root`` (:mod:`sagan.data.prepared`): the same
   pixels, labels and batches as the folder, without decoding.
 
 Every problem with the data on disk is raised as a :class:`DataError` that names
@@ -23,79 +23,23 @@ import pickle
 from pathlib import Path
 
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
-from torchvision import datasets, transforms
+from torchvision import datasets
 
-from sagan import mirror, synthetic
 from sagan.config import DataConfig
-from sagan.data_identity import folder_identity
-from sagan.hashing import file_digest
+from sagan.data import mirror, synthetic
+from sagan.data.folders import (
+    DataError,
+    FolderImages,
+    InMemoryImages,
+    check_split,
+    imagefolder_dir,
+    load_rgb,
+)
+from sagan.data.hashing import file_digest
+from sagan.data.identity import folder_identity
 
-SPLITS = ("train", "test")
 PREFETCH = "python -m sagan.prefetch --data cifar10 --root {root}"
-
-
-class DataError(Exception):
-    """A problem with the data, phrased for a person: what, where, what to do."""
-
-
-class InMemoryImages(Dataset):
-    """Images held in one uint8 tensor; :class:`sagan.batches.Batches` indexes it directly.
-
-    Args:
-        images: uint8 ``[N, 3, R, R]``.
-        labels: int64 ``[N]``, in ``0 .. num_classes - 1``.
-        num_classes: number of classes (labels are kept even for unconditional runs).
-    """
-
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, num_classes: int):
-        if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3:
-            raise ValueError(
-                f"images must be uint8 [N, 3, R, R], got {images.dtype} {tuple(images.shape)}"
-            )
-        if labels.shape != (images.shape[0],):
-            raise ValueError(f"labels must be [{images.shape[0]}], got {tuple(labels.shape)}")
-        self.images = images
-        self.labels = labels.long()
-        self.num_classes = num_classes
-
-    def __len__(self) -> int:
-        return self.images.shape[0]
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return self.images[i], int(self.labels[i])
-
-
-class FolderImages(datasets.ImageFolder):
-    """``torchvision.datasets.ImageFolder`` yielding uint8 ``[3,R,R]`` and a ``num_classes``."""
-
-    def __init__(self, root: Path, resolution: int):
-        super().__init__(
-            str(root),
-            transform=transforms.Compose(
-                [
-                    transforms.Resize(resolution, antialias=True),
-                    transforms.CenterCrop(resolution),
-                    transforms.PILToTensor(),
-                ]
-            ),
-            loader=load_rgb,
-        )
-        self.num_classes = len(self.classes)
-
-
-def load_rgb(path: str) -> Image.Image:
-    """Open an image file as RGB; a file PIL cannot read raises a DataError naming it."""
-    try:
-        with open(path, "rb") as f:
-            img = Image.open(f)
-            return img.convert("RGB")
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise DataError(
-            f"{path}: cannot read this image ({type(e).__name__}: {e}). "
-            "Replace or delete the file (it may be truncated or not an image)."
-        ) from None
 
 
 def build_dataset(cfg: DataConfig, split: str = "train") -> Dataset:
@@ -110,7 +54,7 @@ def build_dataset(cfg: DataConfig, split: str = "train") -> Dataset:
         DataError: missing, empty or unreadable data, or a single class with
             ``data.conditional: true``.
     """
-    _check_split(split)
+    check_split(split)
     if cfg.name == "synthetic":
         s = cfg.synthetic
         make = mirror.make_mirror if s.mode == "mirror" else synthetic.make_synthetic
@@ -131,16 +75,11 @@ def build_dataset(cfg: DataConfig, split: str = "train") -> Dataset:
 
 def synthetic_seed(seed: int, split: str) -> int:
     """The generator seed of a synthetic split: ``seed`` for train, a derived one for test."""
-    _check_split(split)
+    check_split(split)
     if split == "train":
         return seed
     digest = hashlib.sha256(f"sagan-synthetic-test:{seed}".encode()).digest()
     return int.from_bytes(digest[:8], "little")
-
-
-def _check_split(split: str) -> None:
-    if split not in SPLITS:
-        raise DataError(f"split {split!r}: expected 'train' or 'test'")
 
 
 def _cifar10_dir(cfg: DataConfig) -> Path:
@@ -178,34 +117,6 @@ def _cifar10(cfg: DataConfig, split: str) -> InMemoryImages:
     return InMemoryImages(images, labels, 10)
 
 
-def imagefolder_dir(cfg: DataConfig, split: str) -> Path:
-    """The folder an imagefolder split is read from.
-
-    If ``ROOT/train`` and ``ROOT/val`` both exist they are the train and test
-    splits. Otherwise ROOT itself is the train split, and the test split is a
-    sibling ``val`` folder when ROOT is named ``train`` (``imagenet/train`` next to
-    ``imagenet/val``); with neither layout, asking for the test split is an error.
-    """
-    _check_split(split)
-    root = Path(cfg.root)
-    if not root.is_dir():
-        what = "is a file, not a directory" if root.exists() else "does not exist"
-        raise DataError(
-            f"data.root: {root} {what}. Point data.root at a folder with one subfolder of images per class."
-        )
-    if (root / "train").is_dir() and (root / "val").is_dir():
-        return root / ("train" if split == "train" else "val")
-    if split == "train":
-        return root
-    if root.name == "train" and (root.parent / "val").is_dir():
-        return root.parent / "val"
-    raise DataError(
-        f"data.root: {root} has no test split: expected {root}/train and {root}/val, or a "
-        f"sibling {root.parent / 'val'} when data.root is a folder named train. Lay the data "
-        "out so, or evaluate against the training images (eval.reference.split: train)."
-    )
-
-
 def _imagefolder(cfg: DataConfig, split: str) -> FolderImages:
     folder = imagefolder_dir(cfg, split)
     if not any(p.is_dir() for p in folder.iterdir()):
@@ -229,7 +140,7 @@ def _imagefolder(cfg: DataConfig, split: str) -> FolderImages:
 
 
 def _prepared(cfg: DataConfig, split: str) -> InMemoryImages:
-    from sagan.prepared import open_prepared
+    from sagan.data.prepared import open_prepared
 
     ds = open_prepared(Path(cfg.root), split, cfg.resolution)
     if cfg.conditional and ds.num_classes < 2:
@@ -249,14 +160,14 @@ def dataset_fingerprint(cfg: DataConfig, split: str) -> str:
     copied dataset keeps its caches, at the price of missing an edit that keeps a
     file's size. The name, split and resolution are always included. prepared: the
     fingerprint its source folder had (recorded in its ``meta.json``), as the
-    same pixels give the same statistics (see :mod:`sagan.prepared`).
+    same pixels give the same statistics (see :mod:`sagan.data.prepared`).
 
     Returns:
         ``"<name>-<16 hex digits>"``.
     """
-    _check_split(split)
+    check_split(split)
     if cfg.name == "prepared":
-        from sagan.prepared import prepared_identity
+        from sagan.data.prepared_meta import prepared_identity
 
         source = prepared_identity(Path(cfg.root), split, cfg.resolution)
         h = hashlib.sha256(f"imagefolder|{split}|{cfg.resolution}|".encode())
@@ -283,7 +194,7 @@ def dataset_fingerprint(cfg: DataConfig, split: str) -> str:
     else:
         # The folder's cached identity (sha256 of every file's relative path and size):
         # stat-ing 1.3M files at every evaluation is what the cache saves. Its key
-        # misses a file rewritten in place under the same name; see sagan.data_identity.
+        # misses a file rewritten in place under the same name; see sagan.data.identity.
         h.update(f"files:{folder_identity(imagefolder_dir(cfg, split))['files_sha256']}|".encode())
     return f"{cfg.name}-{h.hexdigest()[:16]}"
 
@@ -309,7 +220,7 @@ def check_available(cfg: DataConfig, split: str = "train") -> None:
     Raises:
         DataError: as :func:`build_dataset` would for a missing or malformed layout.
     """
-    _check_split(split)
+    check_split(split)
     if cfg.name == "cifar10":
         folder = _cifar10_dir(cfg)
         files = datasets.CIFAR10.train_list if split == "train" else datasets.CIFAR10.test_list
@@ -320,7 +231,7 @@ def check_available(cfg: DataConfig, split: str = "train") -> None:
                 f"Fetch them with: {PREFETCH.format(root=cfg.root)}"
             )
     elif cfg.name == "prepared":
-        from sagan.prepared import read_meta, split_meta
+        from sagan.data.prepared import read_meta, split_meta
 
         split_meta(read_meta(Path(cfg.root)), Path(cfg.root), split, cfg.resolution)
     elif cfg.name == "imagefolder":

@@ -1,7 +1,7 @@
 """The training loop of one SAGAN run: :class:`Trainer`.
 
 The update itself (hinge loss, Adam with TTUR, ``n_dis`` D steps per G step, the EMA
-of G) is :class:`sagan.step.TrainStep`; the loop around it owns the data stream, the
+of G) is :class:`sagan.training.step.TrainStep`; the loop around it owns the data stream, the
 schedule, checkpoints, samples, evaluations and the run's status. ``train.steps``
 counts G steps. A run directory that already has
 checkpoints is resumed from the newest readable one; a resumed run ends with the
@@ -12,118 +12,39 @@ that checks a run before handing it to a Trainer.
 from __future__ import annotations
 
 import logging
-import os
-import random
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from sagan import distributed, faults, rundir
-from sagan.batches import Batches
-from sagan.checkpoint import (
+from sagan.config import Config, ConfigError, to_dict
+from sagan.data.batches import Batches
+from sagan.data.datasets import build_dataset
+from sagan.data.identity import data_identity
+from sagan.metrics.errors import EvaluationStopped
+from sagan.nets.attnmaps import N_IMAGES
+from sagan.nets.models import attention_gammas
+from sagan.training import distributed, faults, rundir
+from sagan.training.checkpoint import (
     CheckpointError,
     load_latest,
     rng_state,
     save_checkpoint,
     set_rng_state,
 )
-from sagan.config import Config, ConfigError, to_dict
-from sagan.data import build_dataset
-from sagan.data_identity import data_identity
-from sagan.metrics.errors import EvaluationStopped
-from sagan.models import attention_gammas
-from sagan.progress import Progress
-from sagan.step import TrainStep
+from sagan.training.outcome import Diverged, Stopped, record_failure, record_interruption
+from sagan.training.progress import Progress
+from sagan.training.samples import write_attention_maps, write_sample_grid
+from sagan.training.setup import pick_device, sample_inputs, seed_everything
+from sagan.training.step import TrainStep
 
 log = logging.getLogger("sagan.train")
 
 
-class Diverged(Exception):
-    def __init__(self, step: int):
-        super().__init__(f"non-finite loss at G step {step}")
-        self.step = step
-
-
-class Stopped(Exception):
-    """Stopped on request at a step boundary (or in the evaluation after it, which is
-    then owed), with a checkpoint of that step on disk."""
-
-    def __init__(self, step: int):
-        super().__init__(f"stopped on request at G step {step}, checkpointed")
-        self.step = step
-
-
-def pick_device(name: str) -> torch.device:
-    """``train.device`` for this process (its own GPU under DDP):
-    :func:`sagan.distributed.local_device` with this process's environment."""
-    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    return distributed.local_device(name, os.environ, count)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def record_failure(status: dict[str, Any], error: BaseException | str, **fields: Any) -> None:
-    """Mark ``status`` failed by ``error`` (an exception, or the reason in words): one
-    more failure, the error in one line."""
-    status.update(
-        state="failed",
-        failures=status.get("failures", 0) + 1,
-        error=error if isinstance(error, str) else f"{type(error).__name__}: {error}",
-        **fields,
-    )
-
-
-def record_interruption(status: dict[str, Any], checkpoint_step: int, **fields: Any) -> str:
-    """Mark ``status`` interrupted (resumable, not a failure), its newest checkpoint at
-    ``checkpoint_step``; returns the state recorded.
-
-    Every interruption goes through here, the loop's own stops as the jobs SLURM ended
-    (preempted, timed out), because only a place that sees them all can tell that two
-    in a row left the same newest checkpoint: such a run made no progress in between
-    and would be resumed and interrupted forever, so the second is a failure that
-    says why (and ``--max-attempts`` bounds it).
-    """
-    if status.get("interrupted_at_step") == checkpoint_step:
-        record_failure(
-            status,
-            "no progress between two interruptions: both left the newest checkpoint at "
-            f"G step {checkpoint_step}. A job's time limit leaves too little to resume and "
-            "reach the next checkpoint (with any evaluation owed): raise the profile's time, "
-            "or lower signal_delay_s, train.ckpt_every or eval.n_samples",
-            **fields,
-        )
-    else:
-        status.update(state="interrupted", **fields)
-    status["interrupted_at_step"] = checkpoint_step
-    return status["state"]
-
-
-def sample_inputs(
-    cfg: Config, num_classes: int, n: int | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The fixed z and labels of a run's sample grids, on the CPU.
-
-    Drawn from a generator of their own, seeded by ``train.seed``, so that they never
-    move the training noise. Returns ``n`` (default ``train.n_samples``) rows; the
-    first ``min(n, train.n_samples)`` are those of the sample grids whatever ``n`` is.
-    """
-    tc = cfg.train
-    n = tc.n_samples if n is None else n
-    g = torch.Generator().manual_seed(tc.seed + 7919)
-    z = torch.randn(max(n, tc.n_samples), cfg.model.z_dim, generator=g)[:n]
-    return z, torch.arange(n) % max(num_classes, 1)
-
-
 class Trainer:
-    """The loop of one run around its :class:`~sagan.step.TrainStep`: data, schedule,
+    """The loop of one run around its :class:`~sagan.training.step.TrainStep`: data, schedule,
     checkpoints, samples, evaluations, status and resume."""
 
     def __init__(
@@ -255,7 +176,7 @@ class Trainer:
 
     def _on_main(self, work):
         """``work()`` on rank 0 while the other ranks wait for its result, however long
-        it takes (:class:`sagan.distributed.OnMain`: a heartbeat, so the collective
+        it takes (:class:`sagan.training.distributed.OnMain`: a heartbeat, so the collective
         timeout bounds only a rank 0 that is gone). Inside :meth:`_loop` only."""
         assert self.on_main is not None, "rank 0's work is waited for inside the loop"
         return self.on_main.run(work)
@@ -265,14 +186,13 @@ class Trainer:
         return self.update.autocast()
 
     def train_step(self, batches: Batches, first_bad: torch.Tensor) -> dict[str, torch.Tensor]:
-        """One G step (with its D steps) of the run: :class:`sagan.step.TrainStep`."""
+        """One G step (with its D steps) of the run: :class:`sagan.training.step.TrainStep`."""
         vals = self.update(batches, first_bad, self.step + 1)
         self.step += 1
         self.consumed = batches.consumed
         return vals
 
     def sample(self) -> None:
-        from torchvision.utils import save_image
 
         G = self.G_ema if self.G_ema is not None else self.G
         was_training = G.training
@@ -280,15 +200,9 @@ class Trainer:
         with torch.no_grad(), self._autocast():
             imgs = G(self.sample_z, self.sample_y).float()
         G.train(was_training)
-        out = self.run_dir / "samples"
-        out.mkdir(exist_ok=True)
-        tmp = out / f".step-{self.step:09d}.png"
-        save_image(imgs.add(1).div(2).clamp(0, 1), tmp, nrow=int(len(imgs) ** 0.5))
-        os.replace(tmp, out / f"step-{self.step:09d}.png")
+        write_sample_grid(self.run_dir, imgs, self.step)
         if self.step == self.cfg.train.steps:
             # The paper's Figure 1 for the final G: no RNG drawn, no state changed.
-            from sagan.attnmaps import N_IMAGES, write_attention_maps
-
             k = N_IMAGES
             write_attention_maps(self.run_dir, G, self.sample_z[:k], self.sample_y[:k], self.step)
 
@@ -327,38 +241,9 @@ class Trainer:
             + ", ".join(f"{k}={v:.4g}" for k, v in record["metrics"].items())
         )
         rundir.update_best(status, record)
-        self._track_best_checkpoint(status, record)
-
-    def _best_from_evaluations(self, status: dict[str, Any]) -> None:
-        """Bring ``best``, ``latest`` and ``best_checkpoint`` in ``status`` up to date
-        with the monitoring records of ``eval.jsonl``.
-
-        A kill between an evaluation's record and the status update leaves the status
-        without that step; evaluations are never redone, so without this the best
-        checkpoint could be rotated away and ``final.checkpoint: best`` score another.
-        Replaying every record in order gives what an unbroken run would have written.
-        """
-        for record in rundir.read_jsonl(self.run_dir / "eval.jsonl"):
-            if record.get("origin", "train") == "train" and "metrics" in record:
-                rundir.update_best(status, record)
-                self._track_best_checkpoint(status, record)
-
-    def _track_best_checkpoint(self, status: dict[str, Any], record: dict[str, Any]) -> None:
-        """Keep the checkpoint the final scoring calls ``best`` (by ``final.best_by``)
-        out of rotation, and say which it is in ``status["best_checkpoint"]``."""
-        fin = self.cfg.final
-        if fin is None or fin.checkpoint == "last":
-            return
-        pid = record.get("protocol_id", "unknown")
-        best = status["best"].get(pid, {}).get(fin.best_by)
-        if best is not None and best["step"] == record["step"]:
-            status["best_checkpoint"] = {
-                "step": record["step"],
-                "metric": fin.best_by,
-                "value": best["value"],
-                "protocol_id": pid,
-            }
-            self.best_step = record["step"]
+        self.best_step = rundir.track_best_checkpoint(
+            self.cfg.final, status, record, self.best_step
+        )
 
     def _write_status(self, status: dict[str, Any]) -> None:
         if self.is_main:
@@ -377,7 +262,7 @@ class Trainer:
         tc = self.cfg.train
         status = rundir.read_status(self.run_dir)
         if self.is_main:
-            self._best_from_evaluations(status)
+            rundir.replay_evaluations(self.cfg.final, self.run_dir, status)
         self.best_step = status.get("best_checkpoint", {}).get("step")
         started = time.time()
         status.update(
@@ -389,7 +274,7 @@ class Trainer:
         status.pop("error", None)
         self._write_status(status)
         if self.is_main:
-            from sagan.provenance import environment
+            from sagan.training.provenance import environment
 
             env = environment(self.device, self.world)
             rundir.append_jsonl(self.run_dir / "env.jsonl", {"attempt": status["attempts"], **env})
@@ -508,7 +393,7 @@ class Trainer:
     def _asked_to_stop(self) -> bool:
         """This process's stop flag (a host flag, no sync). Under DDP the signal may
         reach the ranks at different steps: the loop stops where they agree
-        (:class:`sagan.distributed.StopVote`)."""
+        (:class:`sagan.training.distributed.StopVote`)."""
         return self.stop is not None and self.stop.is_set()
 
     def _stop_evaluating(self) -> bool:

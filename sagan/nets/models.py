@@ -1,6 +1,6 @@
 """SAGAN generator and discriminator (ResNet style, 32/64/128).
 
-Layouts are in :mod:`sagan.arch`. The blocks follow the official TensorFlow code:
+Layouts are in :mod:`sagan.nets.arch`. The blocks follow the official TensorFlow code:
 
 * G block: CBN, ReLU, nearest x2 upsample, conv3x3, CBN, ReLU, conv3x3; shortcut
   upsample + conv1x1.
@@ -21,10 +21,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from sagan.arch import ARCHS
-from sagan.attention import SelfAttention
 from sagan.config import ModelConfig
-from sagan.layers import CondBatchNorm2d, GroupBatchNorm2d, Layers, bn_momenta
+from sagan.nets.arch import ARCHS
+from sagan.nets.attention import SelfAttention
+from sagan.nets.layers import CondBatchNorm2d, GroupBatchNorm2d, Layers, bn_momenta
 
 
 class GBlock(nn.Module):

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @cache
@@ -55,7 +55,7 @@ def versions() -> dict[str, str]:
 
 def environment(device: torch.device | str, world_size: int = 1) -> dict[str, Any]:
     """The record an attempt appends to ``env.jsonl``."""
-    from sagan.benchmarks.machine import cpu_model
+    from sagan.training.machine import cpu_model
 
     device = torch.device(device)
     info: dict[str, Any] = {
@@ -67,12 +67,12 @@ def environment(device: torch.device | str, world_size: int = 1) -> dict[str, An
         "world_size": world_size,
     }
     if world_size > 1:
-        from sagan import distributed
+        from sagan.training import distributed
 
         # How long a collective waits for a peer (the SLURM profile's collective_timeout_s).
         info["collective_timeout_s"] = distributed.timeout_s()
     if device.type == "cuda":
-        from sagan.precision import tf32_state
+        from sagan.training.precision import tf32_state
 
         info["gpu"] = torch.cuda.get_device_name(device)
         info["cuda"] = torch.version.cuda

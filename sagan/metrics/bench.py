@@ -1,10 +1,10 @@
 """Time one evaluation, with a cold reference cache and then a warm one, by stage and metric.
 
-    python -m sagan.benchmarks.eval [--n 1000] [--device cpu] [--weights PATH]
+    python -m sagan.metrics.bench [--n 1000] [--device cpu] [--weights PATH]
         [--metrics fid,is,kid,prc,fid_inf,dc,intra_fid]
 
 Scores N generated samples (the real SAGAN generator at its default width when
-``sagan.models`` is importable, else a small random stand-in) against N images of the
+``sagan.nets.models`` is importable, else a small random stand-in) against N images of the
 synthetic reference set, twice: first with an empty reference cache (the reference
 images are pushed through Inception), then with the cache filled. Prints the machine
 (CPU, cores, torch, GPU) and where the time goes.
@@ -26,7 +26,6 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from sagan.benchmarks.machine import describe, machine
 from sagan.config import build_config
 from sagan.metrics import (
     MetricsError,
@@ -35,10 +34,11 @@ from sagan.metrics import (
     make_random_weights,
 )
 from sagan.metrics.weights import WEIGHTS_FILE
+from sagan.training.machine import describe, machine
 
 
 class StandInG(nn.Module):
-    """A small random conditional generator with the interface of ``sagan.models.Generator``."""
+    """A small random conditional generator with the interface of ``sagan.nets.models.Generator``."""
 
     def __init__(self, z_dim: int, num_classes: int, resolution: int, ch: int = 32):
         super().__init__()
@@ -65,27 +65,30 @@ def generator(cfg, num_classes: int, device: torch.device) -> tuple[nn.Module, s
     """The generator the benchmark scores (random init, seed 0) and a line saying which."""
     torch.manual_seed(0)  # the same random G in every run, so values repeat across runs
     try:
-        from sagan.models import build_models
+        from sagan.nets.models import build_models
 
         G = build_models(cfg.model, cfg.data.resolution, num_classes)[0]
-        what = f"sagan.models.Generator (ch {cfg.model.ch}, z {cfg.model.z_dim}, random init)"
+        what = f"sagan.nets.models.Generator (ch {cfg.model.ch}, z {cfg.model.z_dim}, random init)"
     except ImportError:
         G = StandInG(cfg.model.z_dim, num_classes, cfg.data.resolution)
-        what = "stand-in generator (sagan.models not importable)"
+        what = "stand-in generator (sagan.nets.models not importable)"
     return G.to(device), what
 
 
 def _reference(cfg) -> tuple[tuple | None, str]:
     try:
-        import sagan.data  # noqa: F401
+        import sagan.data.datasets  # noqa: F401
 
-        return None, "sagan.data synthetic"
+        return None, "sagan.data.datasets synthetic"
     except ImportError:
         g = torch.Generator().manual_seed(0)
         n, r = cfg.data.synthetic.n_images, cfg.data.resolution
         images = torch.randint(0, 256, (n, 3, r, r), generator=g, dtype=torch.uint8)
         dataset = [(img, 0) for img in images]
-        return (dataset, f"random-uint8-{n}-{r}"), "random images (sagan.data not importable)"
+        return (
+            dataset,
+            f"random-uint8-{n}-{r}",
+        ), "random images (sagan.data.datasets not importable)"
 
 
 def _dinov2_weights(arg: str | None, variant: str, tmp: Path) -> tuple[Path, bool]:
@@ -163,7 +166,7 @@ def eval_config(
 def main(argv: list[str] | None = None) -> int:
     """Command line entry point; returns the exit status."""
     p = argparse.ArgumentParser(
-        prog="python -m sagan.benchmarks.eval", description=__doc__.split("\n")[0]
+        prog="python -m sagan.metrics.bench", description=__doc__.split("\n")[0]
     )
     p.add_argument(
         "--n", type=int, default=1000, help="generated samples, and reference images (default 1000)"

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sagan.checkpoint import atomic_write_text
+from sagan.training.checkpoint import atomic_write_text
 
 STATES = ("pending", "running", "interrupted", "done", "failed", "diverged")
 FINAL_STATES = ("done", "diverged")
@@ -211,3 +211,43 @@ def first_rank_error(run_dir: str | Path, since: float) -> str | None:
         return None
     first = min(found, key=lambda r: r["time"])
     return f"rank {first['rank']}: {first['error']}"
+
+
+def track_best_checkpoint(
+    final: Any, status: dict[str, Any], record: dict[str, Any], kept: int | None = None
+) -> int | None:
+    """After ``record`` entered ``status["best"]``: if it is the best by ``final.best_by``,
+    name its checkpoint in ``status["best_checkpoint"]`` (final scoring's ``best``).
+
+    Returns the step whose checkpoint must stay out of rotation: ``record``'s when it
+    is the new best, ``kept`` (the one before) otherwise. ``final`` is the config's
+    ``final`` section; with none, or ``final.checkpoint: last``, nothing is kept.
+    """
+    if final is None or final.checkpoint == "last":
+        return kept
+    pid = record.get("protocol_id", "unknown")
+    best = status["best"].get(pid, {}).get(final.best_by)
+    if best is not None and best["step"] == record["step"]:
+        status["best_checkpoint"] = {
+            "step": record["step"],
+            "metric": final.best_by,
+            "value": best["value"],
+            "protocol_id": pid,
+        }
+        return record["step"]
+    return kept
+
+
+def replay_evaluations(final: Any, run_dir: Path, status: dict[str, Any]) -> None:
+    """Bring ``best``, ``latest`` and ``best_checkpoint`` in ``status`` up to date with
+    the monitoring records of ``RUN_DIR/eval.jsonl``.
+
+    A kill between an evaluation's record and the status update leaves the status
+    without that step; evaluations are never redone, so without this the best
+    checkpoint could be rotated away and ``final.checkpoint: best`` score another.
+    Replaying every record in order gives what an unbroken run would have written.
+    """
+    for record in read_jsonl(Path(run_dir) / "eval.jsonl"):
+        if record.get("origin", "train") == "train" and "metrics" in record:
+            update_best(status, record)
+            track_best_checkpoint(final, status, record)

@@ -9,7 +9,7 @@ of cells is therefore more than half the image apart (20 and 28 pixels at 32x32)
 and what ties them is detail at the scale of an 8x8 feature map: 16 random bits per
 image that only the left band can tell the right band. A conv stack carries that
 only through several layers; an attention block can read the partner cell in one
-step (README, probe section).
+step (docs/measured.md, probe section).
 
 :func:`mirror` scores that rule without learning anything. :func:`realistic` checks
 first that both bands look like the data (clean cells of one palette colour and the
@@ -22,10 +22,10 @@ blank, flat) 0.
 
 Version 1 of this mode (16x16 cells, bands of four columns, 64 bits, and a plain
 middle required by the realism check) was dropped: in 3000 steps of the probe's
-model no arm mirrored anything and no generated image kept the middle plain (README,
-probe section).
+model no arm mirrored anything and no generated image kept the middle plain
+(docs/measured.md, probe section).
 
-The other mode, ``objects``, is :mod:`sagan.synthetic`; this module reuses its
+The other mode, ``objects``, is :mod:`sagan.data.synthetic`; this module reuses its
 palette, background and colour table.
 """
 
@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import torch
 
-from sagan.synthetic import _BG, BACKGROUND, PALETTE, _colour_table, to_levels
+from sagan.data.synthetic import _BG, BACKGROUND, PALETTE, _colour_table, to_levels
 
 # Bumped whenever make_mirror's output changes (caches keyed on the data's
 # fingerprint and run ids follow it), and SCORE_VERSION whenever mirror() or

@@ -21,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from sagan.layers import Layers
+from sagan.nets.layers import Layers
 
 # CUDA's flash kernel takes fp16/bf16 only, head sizes up to this, and one head size
 # for q, k and v; the memory-efficient kernel also takes fp32 and a value head wider
@@ -127,7 +127,7 @@ class SelfAttention(nn.Module):
             # output, as they were, and turn the math fallback (which holds the
             # B x N x N/4 weights) into a fused kernel: at feat64 on a 2-core CPU the
             # step ran 1.6-2x faster than with explicit weights, at the peak memory of
-            # a step without attention (README, Measured).
+            # a step without attention (docs/measured.md).
             # On CUDA only where it lets a fused kernel run (sdpa_plan).
             pad, backends = sdpa_plan(x.device.type, q.dtype, q.shape[-1], v.shape[-1])
             if pad:

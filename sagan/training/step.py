@@ -3,7 +3,7 @@
 One call is one G step: ``train.n_dis`` D updates, then one G update, then the EMA
 of G (Zhang et al. 2018, section 5: hinge loss, Adam with TTUR). It owns what the
 update changes: G, D, the EMA copy, both optimizers and the training noise
-generator. The loop around it (:class:`sagan.trainer.Trainer`: data stream,
+generator. The loop around it (:class:`sagan.training.loop.Trainer`: data stream,
 schedule, checkpoints, evaluation, resume) and the benchmark use it the same way.
 
 Under DDP (``torch.distributed`` initialised, one process per device) the config's
@@ -22,9 +22,9 @@ from typing import Any
 import torch
 
 from sagan.config import Config, ConfigError
-from sagan.layers import held_power_iteration
-from sagan.losses import LOSSES
-from sagan.models import build_models
+from sagan.nets.layers import held_power_iteration
+from sagan.nets.losses import LOSSES
+from sagan.nets.models import build_models
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ class TrainStep:
         # This rank's slice of every global batch.
         self.local = slice(rank * tc.batch_size // world, (rank + 1) * tc.batch_size // world)
         if self.cuda:
-            from sagan.precision import set_tf32
+            from sagan.training.precision import set_tf32
 
             set_tf32(tc.tf32)
             torch.backends.cudnn.benchmark = tc.cudnn_benchmark
@@ -108,7 +108,7 @@ class TrainStep:
         # fast convolution paths (see sagan.bench for what it buys).
         self.channels_last = tc.channels_last
         if tc.amp and not self.cuda:
-            from sagan.benchmarks.machine import cpu_has_bf16
+            from sagan.training.machine import cpu_has_bf16
 
             if not cpu_has_bf16():
                 log.warning(

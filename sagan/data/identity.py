@@ -10,7 +10,7 @@ share a run and the same folder copied elsewhere keeps its runs.
 - ``imagefolder``: the class names, the image count, and a sha256 of every image's
   relative path and size, the files ``torchvision.datasets.ImageFolder`` reads.
 - ``prepared``: the identity its source folder had when it was prepared (same
-  digest: the same data stored otherwise, see :mod:`sagan.prepared`), plus a
+  digest: the same data stored otherwise, see :mod:`sagan.data.prepared`), plus a
   ``stored_as`` entry outside the digest that says so.
 
 Walking a large folder (ImageNet: 1.3M files) takes minutes on a shared file
@@ -34,8 +34,8 @@ from typing import Any
 
 from torchvision import datasets
 
-from sagan import mirror, synthetic
 from sagan.config import DataConfig
+from sagan.data import mirror, synthetic
 
 log = logging.getLogger(__name__)
 
@@ -83,13 +83,13 @@ def data_identity(cfg: DataConfig) -> dict[str, Any]:
             "md5": {name: md5 for name, md5 in datasets.CIFAR10.train_list},
         }
     elif cfg.name == "prepared":
-        from sagan.prepared import prepared_identity
+        from sagan.data.prepared_meta import prepared_identity
 
         ident = prepared_identity(Path(cfg.root), "train", cfg.resolution)
         stored = {"stored_as": f"prepared at {cfg.resolution}x{cfg.resolution}"}
         return {**ident, "digest": digest(ident), **stored}
     else:
-        from sagan.data import imagefolder_dir
+        from sagan.data.folders import imagefolder_dir
 
         ident = _folder_identity(imagefolder_dir(cfg, "train"))
     return {**ident, "digest": digest(ident)}

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from sagan.data import InMemoryImages
+from sagan.data.folders import InMemoryImages
 
 
 def _generator(seed: int, k: int) -> torch.Generator:

@@ -3,17 +3,17 @@
 Written by ``python -m sagan.prepare`` (:func:`write_prepared`), read with
 ``data.name: prepared`` and ``data.root: OUT`` (:func:`open_prepared`). A prepared
 root holds, per split it was made from (``train``, and ``test`` when the folder has
-one, found as :func:`sagan.data.imagefolder_dir` finds it):
+one, found as :func:`sagan.data.folders.imagefolder_dir` finds it):
 
 - ``SPLIT.images.u8``: uint8 ``[N, 3, R, R]``, C order, memory-mapped on read;
 - ``SPLIT.labels.i64``: int64 ``[N]``, little-endian;
 - ``meta.json``: the format version, the resolution, the transform and the library
   versions that produced the pixels, and per split its shape, classes, the sha256 of
   both arrays and the identity of the source folder
-  (:func:`sagan.data_identity.folder_identity`). Written last, so a prepare that
+  (:func:`sagan.data.identity.folder_identity`). Written last, so a prepare that
   stopped part way leaves no ``meta.json``.
 
-The pixels are those :class:`sagan.data.FolderImages` yields (the same PIL decode,
+The pixels are those :class:`sagan.data.folders.FolderImages` yields (the same PIL decode,
 ``Resize(R, antialias=True)`` of the shorter side, ``CenterCrop(R)``), item by item
 in the folder's order, so the same indices give the same images and labels.
 
@@ -39,11 +39,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from sagan.data import DataError, FolderImages, InMemoryImages, imagefolder_dir
+from sagan.data.folders import DataError, FolderImages, InMemoryImages, imagefolder_dir
+from sagan.data.prepared_meta import (  # noqa: F401  (re-exported: the format's public names)
+    FORMAT,
+    META,
+    VERSION,
+    prepared_identity,
+    read_meta,
+    split_meta,
+)
 
-FORMAT = "sagan-prepared"
-VERSION = 1
-META = "meta.json"
 TRANSFORM = "PIL RGB decode, Resize(R, antialias=True) of the shorter side, CenterCrop(R)"
 _verified: set[str] = set()
 
@@ -85,7 +90,7 @@ def write_prepared(
             prepared, or an unreadable image (named).
     """
     from sagan.config import DataConfig
-    from sagan.data_identity import folder_identity
+    from sagan.data.identity import folder_identity
 
     folder, out = Path(folder), Path(out)
     if not folder.is_dir():
@@ -154,78 +159,8 @@ def _write_split(
     }
 
 
-def read_meta(root: Path) -> dict[str, Any]:
-    """``root/meta.json``, checked: the format, version and keys this reader needs.
-
-    Raises:
-        DataError: missing, unparsable or foreign metadata, naming the file and the key.
-    """
-    path = Path(root) / META
-    if not Path(root).is_dir():
-        what = "is a file, not a directory" if Path(root).exists() else "does not exist"
-        raise DataError(
-            f"data.root: {root} {what}. Make it with: python -m sagan.prepare IMAGE_FOLDER {root} --resolution R"
-        )
-    try:
-        meta = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise DataError(
-            f"{path}: missing: {root} is not a prepared dataset (or its prepare did not finish). "
-            f"Make it with: python -m sagan.prepare IMAGE_FOLDER {root} --resolution R"
-        ) from None
-    except (OSError, ValueError) as e:
-        raise DataError(
-            f"{path}: cannot read it as JSON ({e}); prepare the dataset again"
-        ) from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        got = meta.get("format") if isinstance(meta, dict) else meta
-        raise DataError(f"{path}: format: expected {FORMAT!r}, got {got!r}")
-    if meta.get("version") != VERSION:
-        raise DataError(
-            f"{path}: version: this code reads version {VERSION}, got {meta.get('version')!r}; prepare again"
-        )
-    for key, kind in (("resolution", int), ("splits", dict)):
-        if not isinstance(meta.get(key), kind):
-            raise DataError(f"{path}: {key}: expected {kind.__name__}, got {meta.get(key)!r}")
-    return meta
-
-
-def split_meta(meta: dict[str, Any], root: Path, split: str, resolution: int) -> dict[str, Any]:
-    """One split's entry of ``meta``, checked against the config's resolution."""
-    path = Path(root) / META
-    if meta["resolution"] != resolution:
-        raise DataError(
-            f"data.resolution: {resolution}, but {path} holds {meta['resolution']}x{meta['resolution']} "
-            f"images; set data.resolution: {meta['resolution']} or prepare again with --resolution {resolution}"
-        )
-    if split not in meta["splits"]:
-        raise DataError(
-            f"{path}: no {split!r} split (it has {', '.join(meta['splits']) or 'none'}): its folder had "
-            "none; evaluate against the training images (eval.reference.split: train)"
-        )
-    s = meta["splits"][split]
-    r = meta["resolution"]
-    need = {
-        "n_images": int,
-        "classes": list,
-        "images_sha256": str,
-        "labels_sha256": str,
-        "source": dict,
-    }
-    for key, kind in need.items():
-        if not isinstance(s.get(key), kind):
-            raise DataError(
-                f"{path}: splits.{split}.{key}: expected {kind.__name__}, got {s.get(key)!r}"
-            )
-    if s.get("shape") != [s["n_images"], 3, r, r]:
-        raise DataError(
-            f"{path}: splits.{split}.shape: expected {[s['n_images'], 3, r, r]}, got {s.get('shape')!r}"
-        )
-    return s
-
-
 def _check_file(path: Path, size: int, sha256: str) -> None:
-    from sagan.data_identity import cache_dir, digest
+    from sagan.data.identity import cache_dir, digest
 
     try:
         st = path.stat()
@@ -257,7 +192,7 @@ def _check_file(path: Path, size: int, sha256: str) -> None:
 
 def open_prepared(root: Path, split: str, resolution: int) -> InMemoryImages:
     """The prepared split as an :class:`InMemoryImages` over a memory-mapped array,
-    which :class:`sagan.batches.Batches` indexes directly (no workers, no decoding).
+    which :class:`sagan.data.batches.Batches` indexes directly (no workers, no decoding).
 
     Raises:
         DataError: bad metadata, a resolution other than the config's, or an array
@@ -277,12 +212,6 @@ def open_prepared(root: Path, split: str, resolution: int) -> InMemoryImages:
     if n and (int(labels.min()) < 0 or int(labels.max()) >= k):
         raise DataError(f"{labels_path}: labels outside 0..{k - 1} (meta.json lists {k} classes)")
     return InMemoryImages(images, labels, k)
-
-
-def prepared_identity(root: Path, split: str, resolution: int) -> dict[str, Any]:
-    """The source folder's identity recorded in ``meta.json`` (see the module docstring)."""
-    root = Path(root)
-    return split_meta(read_meta(root), root, split, resolution)["source"]
 
 
 __all__ = [
