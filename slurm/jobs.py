@@ -22,7 +22,7 @@ from sagan.training.outcome import record_failure, record_interruption
 
 # What uses up the profile's max_requeues, as submitit 1.5 decides it
 # (submitit/core/job_environment.py, SignalHandler.has_timed_out): shown by
-# ablations.status and said in the README.
+# ablations.status and said in docs/slurm.md.
 REQUEUE_RULE = (
     "max_requeues counts timeouts only: submitit calls a signal a timeout when the job "
     "(since it or its requeue started) has run at least min(0.8 x time, time - 10 min), "

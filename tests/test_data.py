@@ -218,7 +218,7 @@ def test_imagefolder_fingerprint_changes_when_a_file_changes(tmp_path):
     assert fp != dataset_fingerprint(folder_cfg(tmp_path, resolution=64), "train")
     Image.new("RGB", (41, 40), (1, 2, 3)).save(paths[0])
     # The fingerprint comes from the folder's cached identity, keyed by the folders'
-    # mtimes: a file rewritten in place is seen once its folder is touched (README).
+    # mtimes: a file rewritten in place is seen once its folder is touched (docs/training.md).
     os.utime(paths[0].parent, ns=(time.time_ns(), time.time_ns() + 10**9))
     changed = dataset_fingerprint(cfg, "train")
     assert changed != fp
