@@ -14,7 +14,8 @@ from sagan.config import DataConfig, build_config
 from sagan.data import identity as di
 from sagan.data.datasets import DataError, build_dataset, dataset_fingerprint
 from sagan.data.identity import data_identity
-from sagan.data.prepared import META, array_files
+from sagan.data.prepared import array_files
+from sagan.data.prepared_meta import META
 from sagan.prepare import main as prepare_main
 from sagan.train import train
 from tests.test_resume import BASE, _assert_same_end

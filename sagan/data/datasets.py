@@ -231,7 +231,7 @@ def check_available(cfg: DataConfig, split: str = "train") -> None:
                 f"Fetch them with: {PREFETCH.format(root=cfg.root)}"
             )
     elif cfg.name == "prepared":
-        from sagan.data.prepared import read_meta, split_meta
+        from sagan.data.prepared_meta import read_meta, split_meta
 
         split_meta(read_meta(Path(cfg.root)), Path(cfg.root), split, cfg.resolution)
     elif cfg.name == "imagefolder":

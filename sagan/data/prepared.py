@@ -40,14 +40,7 @@ import numpy as np
 import torch
 
 from sagan.data.folders import DataError, FolderImages, InMemoryImages, imagefolder_dir
-from sagan.data.prepared_meta import (  # noqa: F401  (re-exported: the format's public names)
-    FORMAT,
-    META,
-    VERSION,
-    prepared_identity,
-    read_meta,
-    split_meta,
-)
+from sagan.data.prepared_meta import FORMAT, META, VERSION, read_meta, split_meta
 
 TRANSFORM = "PIL RGB decode, Resize(R, antialias=True) of the shorter side, CenterCrop(R)"
 _verified: set[str] = set()
@@ -215,13 +208,7 @@ def open_prepared(root: Path, split: str, resolution: int) -> InMemoryImages:
 
 
 __all__ = [
-    "FORMAT",
-    "META",
-    "VERSION",
     "array_files",
     "open_prepared",
-    "prepared_identity",
-    "read_meta",
-    "split_meta",
     "write_prepared",
 ]

@@ -92,3 +92,6 @@ def prepared_identity(root: Path, split: str, resolution: int) -> dict[str, Any]
     """The source folder's identity recorded in ``meta.json`` (see the module docstring)."""
     root = Path(root)
     return split_meta(read_meta(root), root, split, resolution)["source"]
+
+
+__all__ = ["FORMAT", "META", "VERSION", "prepared_identity", "read_meta", "split_meta"]

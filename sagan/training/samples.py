@@ -1,7 +1,8 @@
-"""What a run stores to show its G: the sample grids (``RUN_DIR/samples/step-<step:09d>.png``)
-and the attention maps of the paper's Figure 1, as ``RUN_DIR/attention/step-<step:09d>.npz`` (the layout is
-:mod:`sagan.nets.attnmaps`'). The trainer writes them for its final G and
-``python -m sagan.attnmaps`` for any saved checkpoint.
+"""What a run stores to show its G: the sample grids,
+``RUN_DIR/samples/step-<step:09d>.png``, and the attention maps of the paper's
+Figure 1, ``RUN_DIR/attention/step-<step:09d>.npz`` (laid out as
+:mod:`sagan.nets.attnmaps` says). The trainer writes both; ``python -m
+sagan.attnmaps`` writes the maps for any saved checkpoint.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ def write_attention_maps(
     step: int,
     queries: Sequence[tuple[float, float]] = DEFAULT_QUERIES,
 ) -> Path | None:
-    """Write :func:`sagan.nets.attnmaps.attention_maps` of ``G(z, y)`` to ``RUN_DIR/attention/step-<step>.npz``.
+    """Write :func:`sagan.nets.attnmaps.attention_maps` of ``G(z, y)`` to
+    ``RUN_DIR/attention/step-<step>.npz``.
 
     Written atomically (a temporary file in the same folder, renamed over the name).
 
